@@ -1,0 +1,108 @@
+"""The one record type every reader produces, and the bad-row policy shared by all readers.
+
+A record is `{"id", "text", "tli", "wli": [{"type", "span", "start", "end"}]}` (see DESIGN.md).
+Readers never raise bare exceptions on bad rows: they go through `RowIssues`, which either
+stops with a `DataFormatError` naming file, line and problem (`on_bad_row="error"`) or counts
+the row as skipped with its reason (`on_bad_row="skip"`), so one policy governs every format.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+OnBadRow = Literal["error", "skip"]
+
+
+class DataFormatError(ValueError):
+    """A source file does not match the format its reader expects."""
+
+
+@dataclass(frozen=True)
+class WLIPair:
+    """One word-level item: an entity type and its surface span (char offsets when known)."""
+
+    type: str
+    span: str
+    start: int | None = None
+    end: int | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One MRE-mix sample. `tli` is None for sources without a text-level label."""
+
+    id: str
+    text: str
+    tli: str | None
+    wli: tuple[WLIPair, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain dict in the DESIGN.md layout (what the project's own jsonl files hold)."""
+        d = asdict(self)
+        d["wli"] = [asdict(p) for p in self.wli]
+        return d
+
+    @staticmethod
+    def from_json(obj: dict[str, Any]) -> Record:
+        """Inverse of `to_json`; raises KeyError/TypeError/ValueError on malformed input."""
+        pairs = tuple(
+            WLIPair(str(p["type"]), str(p["span"]), p.get("start"), p.get("end")) for p in obj.get("wli", [])
+        )
+        tli = obj.get("tli")
+        return Record(str(obj["id"]), str(obj["text"]), None if tli is None else str(tli), pairs)
+
+
+def check_record(rec: Record) -> str | None:
+    """Return the problem with a record (empty text, span outside the text, ...) or None."""
+    if not rec.text.strip():
+        return "empty text"
+    for p in rec.wli:
+        if not p.span:
+            return f"empty span for type {p.type!r}"
+        if p.start is None or p.end is None:
+            continue
+        if not (0 <= p.start < p.end <= len(rec.text)):
+            return f"span [{p.start}, {p.end}) of {p.span!r} lies outside the text (length {len(rec.text)})"
+        if rec.text[p.start : p.end] != p.span:
+            return f"span [{p.start}, {p.end}) reads {rec.text[p.start:p.end]!r}, not {p.span!r}"
+    return None
+
+
+class RowIssues:
+    """Applies the bad-row policy for one file and keeps the skip counts per reason."""
+
+    def __init__(self, path: str | Path, on_bad_row: OnBadRow = "error") -> None:
+        if on_bad_row not in ("error", "skip"):
+            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+        self.path = str(path)
+        self.on_bad_row = on_bad_row
+        self.skipped: Counter[str] = Counter()
+
+    def bad(self, line: int, problem: str) -> None:
+        """Report a bad row at a 1-based line (or item) number: raise, or count it as skipped."""
+        if self.on_bad_row == "error":
+            raise DataFormatError(
+                f"{self.path}, line {line}: {problem} (set dataset.on_bad_row=skip to skip such rows)"
+            )
+        self.skipped[problem.split(":")[0]] += 1
+
+    def accept(self, line: int, rec: Record) -> Record | None:
+        """Validate a parsed record; return it, or None when it was skipped."""
+        problem = check_record(rec)
+        if problem is None:
+            return rec
+        self.bad(line, problem)
+        return None
+
+    def report(self) -> None:
+        """Log how many rows were skipped and why (once, after reading the file)."""
+        if self.skipped:
+            total = sum(self.skipped.values())
+            reasons = ", ".join(f"{n} x {r}" for r, n in self.skipped.most_common())
+            log.warning("%s: skipped %d bad rows (%s)", self.path, total, reasons)
