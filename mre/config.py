@@ -1,0 +1,163 @@
+"""Structured config schema: Hydra validates every option name and type against these dataclasses
+at start-up, so a typo (`dataset.n_trian`) or a wrong type fails before any work with the valid
+keys or choices listed. Groups whose content is library kwargs (trainer, logger, callbacks) stay
+free-form dicts instantiated with `_target_`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+class Source(str, Enum):
+    synthetic = "synthetic"
+    records = "records"
+    bio = "bio"
+    ner_json = "ner_json"
+    mmm = "mmm"
+    giellm = "giellm"
+    csv_pairs = "csv_pairs"
+
+
+class Language(str, Enum):
+    en = "en"
+    ja = "ja"
+
+
+class Direction(str, Enum):
+    wli = "wli"
+    tli = "tli"
+
+
+class OnBadRow(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+@dataclass
+class SyntheticConfig:
+    """Knobs of the synthetic MRE generator (see mre/data/synthetic.py)."""
+
+    n: int = 3000
+    n_classes: int = 4
+    wli_helps_tli: float = 0.8
+    tli_helps_wli: float = 0.8
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "synthetic_en"
+    source: Source = Source.synthetic
+    path: str | None = None
+    expected: str = ""  # what file `path` must point at, quoted in the error when it is missing
+    language: Language = Language.en
+    n_train: int = 1000
+    n_test: int = 1000
+    n_dev: int = 200
+    split_seed: int = 42
+    on_bad_row: OnBadRow = OnBadRow.error
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class DirectionConfig:
+    name: Direction = Direction.wli
+    instruction: dict[str, str] = field(default_factory=dict)  # per language
+
+
+@dataclass
+class FieldsConfig:
+    text: str = "Text:"
+    tli: str = "Label:"
+    wli: str = "Entities:"
+    answer: str = "Answer:"
+
+
+@dataclass
+class PromptConfig:
+    fields: dict[str, FieldsConfig] = field(default_factory=dict)  # per language
+    code_scheme: str = "letters"
+    pair_sep: str = ";"
+    kv_sep: str = ":"
+    empty: str = "none"
+    max_length: int = 256
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "llama"  # tiny tokenizers: bpe | llama; ignored for pretrained models
+    vocab_size: int = 2000
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_llama"
+    kind: str = "tiny"  # tiny | pretrained
+    arch: str = "llama"  # a transformers model_type for tiny models (llama, qwen2, gpt2, mistral, t5)
+    tiny: dict[str, Any] = field(default_factory=dict)  # config kwargs of the tiny architecture
+    pretrained_path: str | None = None
+    dtype: str = "float32"
+    quantization: str | None = None  # null | 4bit | 8bit
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = False
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class DataConfig:
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    group_by_length: bool = False
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    output_dir: str = "."
+    cache_dir: str = ".cache"
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    direction: DirectionConfig = field(default_factory=DirectionConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    logger: dict[str, Any] = field(default_factory=dict)
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+    with_anchor: bool = True
+    seed: int = 42
+    task: str = "generative"
+    ckpt_path: str | None = None
+
+
+def register_configs() -> None:
+    """Register the schema as `base_config` (config.yaml lists it first in its defaults)."""
+    ConfigStore.instance().store(name="base_config", node=Config)

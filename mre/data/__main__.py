@@ -1,0 +1,20 @@
+"""`python -m mre.data dataset=<name> direction=<wli|tli> with_anchor=<bool>`: the data view."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+from mre.cli import compose, make_datamodule
+from mre.data.view import setup_for_view, show
+
+
+def main(argv: list[str]) -> None:
+    cfg = compose(argv)
+    console = Console()
+    show(setup_for_view(make_datamodule(cfg), console), console)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

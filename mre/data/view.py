@@ -1,0 +1,95 @@
+"""The data view users run before training: statistics of a data set and rendered prompts with the
+text, anchor and target position marked (from the builder's token ranges, not from strings)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mre.data.datamodule import MREDataModule
+from mre.data.prompts import Encoded, PromptError
+
+
+def split_stats(dm: MREDataModule) -> Table:
+    """Rows, distinct labels, WLI pairs and token length percentiles per split."""
+    t = Table(title=f"{dm.ds.name}: splits")
+    for col in ("split", "rows", "encoded", "labels", "WLI pairs", "no WLI", "tokens p50", "p90", "p99", "max"):
+        t.add_column(col, justify="right")
+    for name in ("train", "dev", "test"):
+        recs = dm.records(name)
+        lens = [len(e.prompt_ids) + len(e.answer_ids) for e in dm.encoded.get(name, [])] or [0]
+        p50, p90, p99 = np.percentile(lens, [50, 90, 99])
+        t.add_row(
+            name, str(len(recs)), str(len(dm.encoded.get(name, []))),
+            str(len({r.tli for r in recs if r.tli is not None})),
+            str(sum(len(r.wli) for r in recs)), str(sum(not r.wli for r in recs)),
+            f"{p50:.0f}", f"{p90:.0f}", f"{p99:.0f}", str(max(lens)),
+        )
+    return t
+
+
+def counts_table(title: str, counts: Counter, total: int) -> Table:
+    t = Table(title=title)
+    t.add_column("value")
+    t.add_column("count", justify="right")
+    t.add_column("share", justify="right")
+    for k, n in counts.most_common():
+        t.add_row(str(k), str(n), f"{n / max(total, 1):.1%}")
+    return t
+
+
+def marked_prompt(dm: MREDataModule, e: Encoded) -> Text:
+    """Prompt with the text in green «…», the anchor in yellow ⟨…⟩, q in red [q] and the answer."""
+    dec = dm.tokenizer.decode
+    ids = e.prompt_ids
+    (t0, t1), (a0, a1), q = e.text_range, e.anchor_range, e.q
+    out = Text(dec(ids[:t0]))
+    out.append("«" + dec(ids[t0:t1]) + "»", style="bold green")
+    if a1 > a0:
+        out.append(dec(ids[t1:a0]))
+        out.append("⟨" + dec(ids[a0:a1]) + "⟩", style="bold yellow")
+        out.append(dec(ids[a1:q]))
+    else:
+        out.append(dec(ids[t1:q]))
+    out.append("[" + dec(ids[q : q + 1]) + "]q", style="bold red")
+    out.append(dec(e.answer_ids), style="cyan")
+    return out
+
+
+def show(dm: MREDataModule, console: Console | None = None, n_examples: int = 3) -> None:
+    """Print statistics and `n_examples` rendered prompts of the train split."""
+    console = console or Console()
+    console.print(split_stats(dm))
+    train = dm.records("train")
+    if any(r.tli is not None for r in train):
+        console.print(counts_table("text labels (TLI), train", Counter(r.tli for r in train), len(train)))
+    pairs = Counter(p.type for r in train for p in r.wli)
+    console.print(counts_table("WLI types, train", pairs, sum(pairs.values())))
+    if dm.builder.truncated:
+        console.print(f"texts shortened to fit prompt.max_length={dm.builder.max_length}: {dm.builder.truncated}")
+    if dm.builder.dropped:
+        console.print(f"dropped while encoding: {dict(dm.builder.dropped)}")
+    console.print(f"tokenizer: {type(dm.tokenizer).__name__}, {len(dm.tokenizer)} tokens")
+    setting = f"direction={dm.builder.direction} with_anchor={dm.with_anchor}"
+    console.print(f"\n[bold]{n_examples} prompts ({setting}); «text» ⟨anchor⟩ \\[q] answer:[/bold]")
+    for e in dm.encoded["train"][:n_examples]:
+        console.print(marked_prompt(dm, e))
+        console.print()
+
+
+def setup_for_view(dm: MREDataModule, console: Console) -> MREDataModule:
+    """Set up the data; a setting the data set cannot offer falls back to the one it can, saying so."""
+    try:
+        dm.setup()
+    except PromptError as err:
+        if not dm.with_anchor:
+            raise
+        console.print(f"[yellow]{err}[/yellow]\nshowing with_anchor=false instead")
+        dm.with_anchor = False
+        dm.splits = None
+        dm.setup()
+    return dm
