@@ -1,0 +1,574 @@
+"""Attention-saliency information flow (DESIGN.md, "Saliency and the three flow metrics").
+
+For layer l, head h, with A_{h,l} the attention probabilities (after softmax, before dropout) and L the
+cross-entropy of the gold target token at position q, the saliency matrix is
+
+    I_l = | sum_h A_{h,l} * dL/dA_{h,l} |          (sum over heads, then abs)
+
+and the three flow metrics are means of I_l over pair sets (T text, P anchor, q target position):
+
+    S_wp: C_wp = {(p, j): p in P, j in T, j < p}          text -> anchor
+    S_pq: C_pq = {(q, p): p in P}                         anchor -> target
+    S_ww: every other pair (i, j), j < i <= q, both non-pad (the reference level)
+
+How it is computed (one forward + one activation-only backward for the whole batch):
+
+* A custom attention function is registered as ``"mre_flow"`` in transformers' ``AttentionInterface`` (and
+  the eager 4D mask in ``AttentionMaskInterface``). It calls the model's *own* eager attention (the
+  ``eager_attention_forward`` of the module's modeling file, so model-specific details such as GPT-2's
+  default scaling stay exact), hooks the returned probabilities ``A`` (``register_hook`` gives dL/dA when
+  the backward reaches that layer) and fetches ``A`` itself through a tiny autograd function saved with
+  ``save_for_backward``, so that gradient checkpointing may drop and recompute it. The hook reduces
+  ``A * dL/dA`` -> sum over heads -> abs -> three masked sums per sample (one ``bmm`` against
+  precomputed pair masks) into that layer's slot; the L x L map is then dropped. Only O(layers) numbers
+  per sample survive (unless ``keep_maps``).
+* The model is switched to ``"mre_flow"`` with ``set_attn_implementation`` and always switched back
+  (also on exceptions), together with its ``training`` flags and every parameter's ``requires_grad``.
+  Weights are frozen during the pass, so no weight gradient is ever allocated; the only leaf that
+  requires grad is a detached copy of the input embeddings.
+* The batch loss is the SUM over samples of each sample's cross-entropy at its own q, so each sample's
+  gradient equals its single-sample gradient (samples do not interact in attention). Left padding is
+  handled with ``position_ids = cumsum(attention_mask) - 1`` so a padded sample sees the same positions
+  as the unpadded one.
+* Gradient checkpointing: HF only checkpoints layers in training mode; the pass runs in eval mode (no
+  dropout) but flips ``training`` on the checkpointing layer modules themselves (not their children, so
+  dropout stays off) so a model that enabled checkpointing keeps its memory savings. The recomputed
+  forward builds a throw-away graph whose hooks never fire; each layer's slot is filled exactly once per
+  backward (checked: a second fill raises).
+
+Departure options (not the DESIGN.md default, offered because the "Label Words are Anchors" code or its
+plots use them): ``sources="all_prior"`` (S_wp sources are all non-pad positions before p, anchor
+positions included), ``loss="label_restricted"`` (C-way cross-entropy over the labels' first tokens),
+``normalize="per_layer"`` (the three means rescaled to sum to 1 per layer and sample), ``exclude_bos``
+(drop every pair whose source j is the first non-pad token, an attention sink).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FLOW_ATTN_IMPLEMENTATION", "FlowEngine", "FlowResult"]
+
+FLOW_ATTN_IMPLEMENTATION = "mre_flow"
+
+_SOURCES = ("text", "all_prior")
+_LOSSES = ("full_vocab", "label_restricted")
+_NORMALIZE = ("none", "per_layer")
+_KEEP_MAPS = (None, "layer", "head")
+
+_EAGER_HELP = (
+    "attention-saliency flow needs eager attention (the attention probabilities and their gradient); "
+    "it runs a Hugging Face causal LM through transformers' AttentionInterface"
+)
+
+
+@dataclass
+class FlowResult:
+    """Per-sample, per-layer flow metrics. ``s_*`` are NaN exactly where the matching count is 0."""
+
+    s_wp: Tensor  # [B, n_layers] float64: text -> anchor
+    s_pq: Tensor  # [B, n_layers] float64: anchor -> target
+    s_ww: Tensor  # [B, n_layers] float64: all other pairs
+    n_wp: Tensor  # [B] long: |C_wp| (the same for every layer)
+    n_pq: Tensor  # [B] long
+    n_ww: Tensor  # [B] long
+    maps: Tensor | None = None  # [B, n_layers, L, L] (keep_maps="layer") or [B, n_layers, H, L, L] ("head")
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.s_ww.shape[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# the attention function registered in transformers
+# --------------------------------------------------------------------------------------------------
+
+_ACTIVE: _FlowState | None = None  # the pass in progress (set only inside FlowEngine.compute)
+_COMPUTE_LOCK = threading.Lock()
+_EAGER_CACHE: dict[type, Any] = {}
+
+
+def _eager_for(module: nn.Module):
+    """The eager attention function of the module's own modeling file (what ``"eager"`` would run)."""
+    cls = type(module)
+    fn = _EAGER_CACHE.get(cls)
+    if fn is None:
+        for klass in cls.__mro__:
+            fn = getattr(sys.modules.get(klass.__module__), "eager_attention_forward", None)
+            if callable(fn):
+                break
+        if not callable(fn):
+            raise RuntimeError(
+                f"{_EAGER_HELP}, but no `eager_attention_forward` was found for {cls.__name__} "
+                f"(module {cls.__module__})."
+            )
+        _EAGER_CACHE[cls] = fn
+    return fn
+
+
+class _FetchProbs(torch.autograd.Function):
+    """Identity on the attention output that saves the probabilities for the backward.
+
+    Its backward runs just before the backward of ``probs @ V`` (it sits downstream of it), and hands the
+    saved probabilities to the hook on ``probs`` that fires right after. Saving through
+    ``save_for_backward`` lets gradient checkpointing drop and recompute them like any activation.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, probs: Tensor, box: dict) -> Tensor:
+        ctx.save_for_backward(probs)
+        ctx.box = box
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (probs,) = ctx.saved_tensors
+        ctx.box["probs"] = probs
+        return grad_out, None, None
+
+
+def _flow_attention(module, query, key, value, attention_mask, **kwargs):
+    kwargs["dropout"] = 0.0  # probabilities before dropout; the pass runs without dropout anyway
+    out, probs = _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
+    state = _ACTIVE
+    if state is None:
+        return out, probs
+    slot = state.slot_of(module)
+    if probs is None or not (torch.is_grad_enabled() and probs.requires_grad):
+        # e.g. the no-grad first forward of reentrant checkpointing: the taps come with the recomputation
+        return out, probs
+    box: dict = {}
+    probs.register_hook(state.make_hook(slot, box))
+    return _FetchProbs.apply(out, probs, box), probs
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(FLOW_ATTN_IMPLEMENTATION, _flow_attention)
+    AttentionMaskInterface.register(FLOW_ATTN_IMPLEMENTATION, eager_mask)
+
+
+_register()
+
+
+# --------------------------------------------------------------------------------------------------
+# per-pass state
+# --------------------------------------------------------------------------------------------------
+
+
+class _FlowState:
+    def __init__(self, masks: Tensor, keep_maps: str | None):
+        self.masks = masks  # [B, 3, L, L] bool: wp, pq, ww
+        self._masks_as: dict[torch.dtype, Tensor] = {}
+        self.keep_maps = keep_maps
+        self.slots: dict[int, int] = {}  # id(attention module) -> layer slot (order of first call)
+        self.modules: list[nn.Module] = []
+        self.in_backward = False
+        self.forward_calls = 0
+        self.sums: dict[int, Tensor] = {}  # slot -> [B, 3]
+        self.maps: dict[int, Tensor] = {}
+        self.fills: dict[int, int] = {}
+
+    def slot_of(self, module: nn.Module) -> int:
+        self.forward_calls += 1
+        slot = self.slots.get(id(module))
+        if slot is None:
+            if self.in_backward:
+                raise RuntimeError(
+                    f"{type(module).__name__} ran attention for the first time during the backward pass; "
+                    "cannot assign it a layer."
+                )
+            slot = len(self.slots)
+            self.slots[id(module)] = slot
+            self.modules.append(module)
+        elif not self.in_backward:
+            raise RuntimeError(
+                f"attention module {type(module).__name__} (layer slot {slot}) ran twice in one forward pass; "
+                "weight-shared attention layers are not supported by the flow engine."
+            )
+        return slot
+
+    def _float_masks(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        m = self._masks_as.get(dtype)
+        if m is None:
+            b = self.masks.shape[0]
+            m = self.masks.to(device=device, dtype=dtype).view(b, 3, -1)
+            self._masks_as[dtype] = m
+        return m
+
+    def make_hook(self, slot: int, box: dict):
+        def hook(grad: Tensor) -> None:
+            probs = box.pop("probs", None)
+            if probs is None:  # cannot happen: _FetchProbs.backward always runs first
+                raise RuntimeError(f"flow engine: attention probabilities of layer {slot} were not fetched")
+            self._reduce(slot, probs, grad)
+
+        return hook
+
+    @torch.no_grad()
+    def _reduce(self, slot: int, probs: Tensor, grad: Tensor) -> None:
+        if slot in self.sums:
+            self.fills[slot] += 1
+            raise RuntimeError(f"flow engine: saliency of layer slot {slot} filled twice in one backward")
+        b, _, lq, lk = probs.shape
+        if lq != lk or lq != self.masks.shape[-1]:
+            raise RuntimeError(
+                f"flow engine: attention map of shape {tuple(probs.shape)} does not match the prompt length "
+                f"{self.masks.shape[-1]} (a cache or prefix must not be used)"
+            )
+        acc = torch.promote_types(probs.dtype, torch.float32)  # float32 accumulation (float64 stays)
+        per_head = probs.to(acc) * grad.to(acc)  # [B, H, L, L]
+        sal = per_head.sum(dim=1).abs_()  # [B, L, L]
+        masks = self._float_masks(acc, sal.device)
+        self.sums[slot] = torch.bmm(masks, sal.view(b, -1, 1)).squeeze(-1)  # [B, 3]
+        self.fills[slot] = 1
+        if self.keep_maps == "layer":
+            self.maps[slot] = sal
+        elif self.keep_maps == "head":
+            self.maps[slot] = per_head.abs_()
+
+
+# --------------------------------------------------------------------------------------------------
+# model switching (always restored)
+# --------------------------------------------------------------------------------------------------
+
+
+def _hf_model(model: nn.Module):
+    from transformers import PreTrainedModel
+
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel):
+            return m
+    raise RuntimeError(f"{_EAGER_HELP}; {type(model).__name__} contains no transformers PreTrainedModel.")
+
+
+def _all_configs(model: nn.Module) -> list:
+    """Every config whose attention implementation the switch may touch (sub-configs included)."""
+    from transformers import PreTrainedModel
+
+    seen: dict[int, Any] = {}
+    todo = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
+    while todo:
+        cfg = todo.pop()
+        if cfg is None or id(cfg) in seen:
+            continue
+        seen[id(cfg)] = cfg
+        for key in getattr(cfg, "sub_configs", {}) or {}:
+            todo.append(getattr(cfg, key, None))
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def _flow_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode, frozen weights, "mre_flow" attention; everything restored exactly afterwards."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    hf = _hf_model(model)
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        raise ValueError(
+            "flow engine: prompt-learning PEFT adapters prepend virtual tokens and shift every position; "
+            "only weight adapters such as LoRA are supported."
+        )
+    configs = _all_configs(model)
+    attn_before = [(c, c._attn_implementation_internal) for c in configs]
+    modes_before = [(m, m.training) for m in model.modules()]
+    grads_before = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in grads_before:
+            p.requires_grad_(False)
+        try:
+            hf.set_attn_implementation(FLOW_ATTN_IMPLEMENTATION)
+        except (ValueError, ImportError, KeyError, AttributeError) as e:
+            raise RuntimeError(f"{_EAGER_HELP}; switching {type(hf).__name__} failed: {e}") from e
+        if hf.config._attn_implementation != FLOW_ATTN_IMPLEMENTATION:
+            raise RuntimeError(
+                f"{_EAGER_HELP}, but {type(hf).__name__} does not let its attention implementation be "
+                f"switched (it stays {hf.config._attn_implementation!r}); load a model whose attention "
+                "dispatches through AttentionInterface (attn_implementation='eager' must be supported)."
+            )
+        # keep gradient checkpointing working in eval mode (HF only checkpoints layers in training mode):
+        # flag the checkpointing layers themselves, not their children, so dropout stays off
+        for m in model.modules():
+            if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False):
+                m.training = True
+        yield
+    finally:
+        for c, impl in attn_before:
+            c._attn_implementation_internal = impl
+        for m, mode in modes_before:
+            m.training = mode
+        for p, flag in grads_before:
+            p.requires_grad_(flag)
+
+
+def _supports_logits_to_keep(hf: nn.Module) -> bool:
+    try:
+        return "logits_to_keep" in inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# the engine
+# --------------------------------------------------------------------------------------------------
+
+
+class FlowEngine:
+    """Per-layer saliency flow metrics (S_wp, S_pq, S_ww) for a batch of left-padded prompts.
+
+    Args:
+        model: a Hugging Face causal LM (LLaMA, Qwen2, Mistral, GPT-2, ...), optionally PEFT-wrapped (LoRA),
+            quantized (bitsandbytes) or with gradient checkpointing enabled. Its state (attention
+            implementation, train/eval flags, requires_grad flags) is restored after every ``compute``.
+        sources: "text" (DESIGN.md: S_wp sources are the text positions) or "all_prior" (departure option,
+            as in the "Label Words are Anchors" code: every non-pad position before the anchor token).
+        loss: "full_vocab" (DESIGN.md) or "label_restricted" (departure option: C-way cross-entropy over
+            ``batch["label_token_ids"]``, the labels' first tokens).
+        normalize: "none" (DESIGN.md) or "per_layer" (departure option: the three means rescaled to sum to
+            1 per layer and sample, as in that paper's plots).
+        exclude_bos: departure option: drop every pair whose source is the first non-pad token.
+        keep_maps: None, "layer" (return the I_l maps, [B, n_layers, L, L]) or "head" (|A * dL/dA| per
+            head, [B, n_layers, H, L, L]) for heatmaps; this keeps all layers' maps in memory.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sources: str = "text",
+        loss: str = "full_vocab",
+        normalize: str = "none",
+        exclude_bos: bool = False,
+        keep_maps: str | None = None,
+    ):
+        for name, val, allowed in (
+            ("sources", sources, _SOURCES),
+            ("loss", loss, _LOSSES),
+            ("normalize", normalize, _NORMALIZE),
+            ("keep_maps", keep_maps, _KEEP_MAPS),
+        ):
+            if val not in allowed:
+                raise ValueError(f"FlowEngine: {name}={val!r} is not one of {allowed}")
+        self.model = model
+        self.sources = sources
+        self.loss = loss
+        self.normalize = normalize
+        self.exclude_bos = bool(exclude_bos)
+        self.keep_maps = keep_maps
+        self.last_stats: dict[str, Any] = {}  # diagnostics of the last pass (tests, debugging)
+
+    # ---------------------------------------------------------------------------------------------
+    def compute(self, batch: dict[str, Tensor]) -> FlowResult:
+        # Lightning runs validation under inference_mode: leave it, and clone the batch there (tensors made
+        # under inference mode cannot take part in autograd)
+        with _COMPUTE_LOCK, torch.inference_mode(False), torch.enable_grad():
+            batch = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in batch.items()}
+            return self._compute(batch)
+
+    def _compute(self, batch: dict[str, Tensor]) -> FlowResult:
+        global _ACTIVE
+        for k in ("input_ids", "attention_mask", "text_range", "anchor_range", "q", "target"):
+            if k not in batch:
+                raise ValueError(f"FlowEngine: batch has no {k!r}")
+        input_ids = batch["input_ids"].long()
+        if input_ids.ndim != 2:
+            raise ValueError(f"FlowEngine: input_ids must be [B, L], got shape {tuple(input_ids.shape)}")
+        bsz, seq = input_ids.shape
+        mask = batch["attention_mask"].reshape(bsz, seq) != 0
+        q = batch["q"].reshape(-1).long()
+        target = batch["target"].reshape(-1).long()
+        text_range = batch["text_range"].reshape(bsz, 2).long()
+        anchor_range = batch["anchor_range"].reshape(bsz, 2).long()
+        if q.numel() != bsz or target.numel() != bsz:
+            raise ValueError(f"FlowEngine: q and target need one entry per sample (B={bsz})")
+        label_ids = batch.get("label_token_ids")
+        gold = self._gold_index(target, label_ids)
+        self._validate(mask.cpu(), q.cpu(), text_range.cpu(), anchor_range.cpu())
+
+        masks, counts = self._pair_masks(mask.cpu(), q.cpu(), text_range.cpu(), anchor_range.cpu())
+        for b in range(bsz):
+            a0, a1 = anchor_range[b].tolist()
+            if a1 > a0 and counts[b, 0] == 0:
+                why = "no text position precedes the anchor" if self.sources == "text" else "no source"
+                raise ValueError(
+                    f"FlowEngine: sample {b}: the text->anchor pair set C_wp is empty ({why}; "
+                    f"text={text_range[b].tolist()}, anchor=[{a0}, {a1}), exclude_bos={self.exclude_bos})"
+                )
+
+        model = self.model
+        hf = _hf_model(model)
+        emb_layer = model.get_input_embeddings()
+        if emb_layer is None:
+            raise RuntimeError("FlowEngine: the model has no input embeddings (get_input_embeddings())")
+        device = emb_layer.weight.device
+        input_ids, mask_d = input_ids.to(device), mask.to(device)
+        q_d, gold_d = q.to(device), gold.to(device)
+        position_ids = (mask_d.long().cumsum(-1) - 1).clamp_(min=0)
+        state = _FlowState(masks.to(device), self.keep_maps)
+
+        with _flow_mode(model):
+            _ACTIVE = state
+            try:
+                embeds = emb_layer(input_ids).detach().requires_grad_(True)
+                kwargs: dict[str, Any] = {
+                    "inputs_embeds": embeds,
+                    "attention_mask": mask_d.long(),
+                    "position_ids": position_ids,
+                    "use_cache": False,
+                }
+                if _supports_logits_to_keep(hf):
+                    kwargs["logits_to_keep"] = q_d.view(bsz, 1)  # logits at q only
+                logits = model(**kwargs).logits
+                if logits.shape[1] == 1 and "logits_to_keep" in kwargs:
+                    logits_q = logits[:, 0]
+                else:
+                    logits_q = logits[torch.arange(bsz, device=logits.device), q_d.to(logits.device)]
+                if not state.slots:
+                    raise RuntimeError(
+                        f"{_EAGER_HELP}, but {type(hf).__name__} never called it (its attention does not "
+                        "dispatch through AttentionInterface)."
+                    )
+                loss = self._loss(logits_q, gold_d.to(logits_q.device), label_ids)
+                state.in_backward = True
+                loss.backward()
+            finally:
+                _ACTIVE = None
+
+        n_layers = len(state.slots)
+        missing = [s for s in range(n_layers) if s not in state.sums]
+        if missing:
+            raise RuntimeError(
+                f"flow engine: no saliency reached layer slots {missing} (their attention probabilities got "
+                "no gradient; is the model's output detached from them?)"
+            )
+        self.last_stats = {
+            "n_layers": n_layers,
+            "fills": [state.fills[s] for s in range(n_layers)],
+            "attention_calls": state.forward_calls,
+            "layer_modules": [type(m).__name__ for m in state.modules],
+        }
+        sums = torch.stack([state.sums[s] for s in range(n_layers)], dim=1).double().cpu()  # [B, nl, 3]
+        n = counts.double()[:, None, :]  # [B, 1, 3]
+        means = torch.where(n > 0, sums / n.clamp(min=1), torch.full_like(sums, float("nan")))
+        if self.normalize == "per_layer":
+            total = means.nan_to_num(0.0).sum(-1, keepdim=True)
+            means = torch.where(
+                torch.isnan(means), means, torch.where(total > 0, means / total, torch.zeros_like(means))
+            )
+        maps = None
+        if self.keep_maps is not None:
+            maps = torch.stack([state.maps[s] for s in range(n_layers)], dim=1)
+        return FlowResult(
+            s_wp=means[..., 0],
+            s_pq=means[..., 1],
+            s_ww=means[..., 2],
+            n_wp=counts[:, 0].clone(),
+            n_pq=counts[:, 1].clone(),
+            n_ww=counts[:, 2].clone(),
+            maps=maps,
+        )
+
+    # ---------------------------------------------------------------------------------------------
+    def _gold_index(self, target: Tensor, label_ids: Tensor | None) -> Tensor:
+        if self.loss == "full_vocab":
+            return target
+        if label_ids is None:
+            raise ValueError("FlowEngine: loss='label_restricted' needs batch['label_token_ids']")
+        label_ids = label_ids.reshape(-1).long().cpu()
+        gold = []
+        for b, t in enumerate(target.tolist()):
+            hits = (label_ids == t).nonzero().flatten().tolist()
+            if not hits:
+                raise ValueError(
+                    f"FlowEngine: sample {b}: target token {t} is not among label_token_ids "
+                    f"{label_ids.tolist()} (loss='label_restricted')"
+                )
+            gold.append(hits[0])
+        return torch.tensor(gold, dtype=torch.long)
+
+    def _loss(self, logits_q: Tensor, gold: Tensor, label_ids: Tensor | None) -> Tensor:
+        acc = torch.promote_types(logits_q.dtype, torch.float32)
+        if self.loss == "label_restricted":
+            logits_q = logits_q[:, label_ids.reshape(-1).long().to(logits_q.device)]
+        vocab = logits_q.shape[-1]
+        bad = ((gold < 0) | (gold >= vocab)).nonzero().flatten().tolist()
+        if bad:
+            b = bad[0]
+            raise ValueError(f"FlowEngine: sample {b}: target {int(gold[b])} is outside the vocabulary ({vocab})")
+        # SUM over samples: each sample's gradient is its own single-sample gradient
+        return F.cross_entropy(logits_q.to(acc), gold, reduction="sum")
+
+    def _validate(self, mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor) -> None:
+        bsz, seq = mask.shape
+        for b in range(bsz):
+            qb = int(q[b])
+            if not 0 <= qb < seq:
+                raise ValueError(f"FlowEngine: sample {b}: target position q={qb} is beyond the sequence (L={seq})")
+            if not mask[b, qb]:
+                raise ValueError(f"FlowEngine: sample {b}: q={qb} is not attended (attention_mask is 0 there)")
+            first = int(mask[b].nonzero()[0])
+            t0, t1 = text_range[b].tolist()
+            a0, a1 = anchor_range[b].tolist()
+            if t1 <= t0:
+                raise ValueError(f"FlowEngine: sample {b}: empty text range [{t0}, {t1})")
+            if t0 < 0 or t1 > qb + 1 or not bool(mask[b, t0:t1].all()):
+                raise ValueError(
+                    f"FlowEngine: sample {b}: text range [{t0}, {t1}) must lie on non-pad positions up to q={qb}"
+                )
+            if a1 < a0:
+                raise ValueError(f"FlowEngine: sample {b}: anchor range [{a0}, {a1}) has end < start")
+            if a1 == a0:
+                continue  # no anchor: s_wp / s_pq are NaN with n_wp = n_pq = 0
+            if a0 <= first:
+                raise ValueError(
+                    f"FlowEngine: sample {b}: the anchor starts at position {a0}, the first non-pad position "
+                    f"is {first}: nothing precedes the anchor (no text before it)"
+                )
+            if a1 > qb or not bool(mask[b, a0:a1].all()):
+                raise ValueError(
+                    f"FlowEngine: sample {b}: anchor range [{a0}, {a1}) must lie on non-pad positions before "
+                    f"q={qb}"
+                )
+            if a0 < t1 and t0 < a1:
+                raise ValueError(f"FlowEngine: sample {b}: text [{t0}, {t1}) and anchor [{a0}, {a1}) overlap")
+
+    def _pair_masks(
+        self, mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Boolean pair masks [B, 3, L, L] (wp, pq, ww) over (i = target row, j = source column) and counts [B, 3]."""
+        bsz, seq = mask.shape
+        pos = torch.arange(seq)
+        i = pos.view(1, seq, 1)
+        j = pos.view(1, 1, seq)
+
+        def inside(r: Tensor, x: Tensor) -> Tensor:
+            return (x >= r[:, 0].view(-1, 1, 1)) & (x < r[:, 1].view(-1, 1, 1))
+
+        valid_i = mask.view(bsz, seq, 1)
+        valid_j = mask.view(bsz, 1, seq)
+        qv = q.view(bsz, 1, 1)
+        causal = (j < i) & (i <= qv) & valid_i & valid_j  # every pair j < i <= q, off-diagonal, non-pad
+        if self.exclude_bos:
+            first = mask.long().argmax(dim=1).view(bsz, 1, 1)
+            causal &= j != first
+        in_p_i = inside(anchor_range, i)
+        src_j = inside(text_range, j) if self.sources == "text" else valid_j
+        wp = causal & in_p_i & src_j
+        pq = causal & (i == qv) & inside(anchor_range, j)
+        ww = causal & ~wp & ~pq
+        masks = torch.stack([wp, pq, ww], dim=1)
+        counts = masks.flatten(2).sum(-1)
+        return masks, counts

@@ -1,0 +1,27 @@
+"""Shared fixtures: where the real data lives, and small data modules built from the real configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MRE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def shared_data(sub: str) -> Path:
+    """Path of a real data set under ../shared/data, or skip the test when it is absent."""
+    p = SHARED_DATA / sub
+    if not p.exists():
+        pytest.skip(f"real data not present at {p}")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Tokenizer cache shared by the session but outside the repo and the user's home."""
+    monkeypatch.setenv("MRE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
