@@ -13,7 +13,10 @@ from mre.data.synthetic import generate
 from mre.data.tokenizer import train_tiny_tokenizer
 from mre.data.wli_format import WLIFormat
 
-FIELDS = {"en": Fields("Text:", "Label:", "Entities:", "Answer:"), "ja": Fields("文:", "ラベル:", "固有表現:", "答え:")}
+FIELDS = {
+    "en": Fields("Text:", "Label:", "Entities:", "Answer:"),
+    "ja": Fields("文:", "ラベル:", "固有表現:", "答え:"),
+}
 INSTR = {"wli": "Extract the entities.", "tli": "Classify. Codes: {codes}."}
 
 
@@ -31,8 +34,11 @@ def setup(request, tmp_path_factory):
     kind, lang = request.param
     recs = generate(400, n_classes=4, language=lang, seed=1)
     tok = train_tiny_tokenizer(
-        corpus(recs[:300], lang), kind=kind, vocab_size=800,
-        cache_dir=tmp_path_factory.mktemp("tok"), extra_alphabet="".join(r.text for r in recs[300:]),
+        corpus(recs[:300], lang),
+        kind=kind,
+        vocab_size=800,
+        cache_dir=tmp_path_factory.mktemp("tok"),
+        extra_alphabet="".join(r.text for r in recs[300:]),
     )
     labels = sorted({r.tli for r in recs})
     return tok, recs, labels, lang

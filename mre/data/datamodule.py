@@ -44,8 +44,12 @@ def load_sources(ds: DatasetConfig) -> dict[str, list[Record]]:
     if source == "synthetic":
         s = ds.synthetic
         recs = generate(
-            s.n, n_classes=s.n_classes, language=_value(ds.language), seed=s.seed,
-            wli_helps_tli=s.wli_helps_tli, tli_helps_wli=s.tli_helps_wli,
+            s.n,
+            n_classes=s.n_classes,
+            language=_value(ds.language),
+            seed=s.seed,
+            wli_helps_tli=s.wli_helps_tli,
+            tli_helps_wli=s.tli_helps_wli,
         )
         return {"all": recs}
     if ds.path is None or not Path(ds.path).exists():
@@ -61,14 +65,18 @@ def load_splits(ds: DatasetConfig) -> Splits:
     return make_splits(load_sources(ds), ds.n_train, ds.n_test, ds.n_dev, ds.split_seed)
 
 
-def tokenizer_corpus(records: list[Record], direction: DirectionConfig, prompt: PromptConfig, lang: str) -> list[str]:
+def tokenizer_corpus(
+    records: list[Record], direction: DirectionConfig, prompt: PromptConfig, lang: str
+) -> list[str]:
     """Training texts for a tiny tokenizer: every field a prompt of either direction can hold."""
     f = prompt.fields[lang]
     fmt = WLIFormat(prompt.pair_sep, prompt.kv_sep, prompt.empty)
     lines = [str(v) for v in direction.instruction.values()] + [f.text, f.tli, f.wli, f.answer]
     for i, r in enumerate(records):
         code = chr(ord("A") + i % 26)
-        lines.append(f"{f.text} {r.text}\n{f.tli} {r.tli or ''}\n{f.wli} {fmt.serialize(r.wli)}\n{f.answer} {code}")
+        lines.append(
+            f"{f.text} {r.text}\n{f.tli} {r.tli or ''}\n{f.wli} {fmt.serialize(r.wli)}\n{f.answer} {code}"
+        )
     return lines
 
 
@@ -125,7 +133,9 @@ class Collator:
             "prompt_mask": pmask,
             "prompt_position_ids": position_ids(pmask),
             "text_range": torch.tensor([e.text_range for e in items]) + shift,
-            "anchor_range": torch.where(anchor[:, 1:] > anchor[:, :1], anchor + shift, anchor),  # (0, 0): none
+            "anchor_range": torch.where(
+                anchor[:, 1:] > anchor[:, :1], anchor + shift, anchor
+            ),  # (0, 0): none
             "q": torch.full((len(items),), prompt.shape[1] - 1, dtype=torch.long),
             "target": torch.tensor([e.target for e in items]),
             "index": torch.tensor([e.index for e in items]),
@@ -150,7 +160,9 @@ class LengthGroupedSampler(Sampler[int]):
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         mega = self.batch_size * 50
-        chunks = [sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)]
+        chunks = [
+            sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)
+        ]
         batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
         rng.shuffle(batches)
         return iter([i for b in batches for i in b])
@@ -189,7 +201,9 @@ class MREDataModule(L.LightningDataModule):
         self.tokenizer = self._tokenizer(self.splits)
         self.labels = sorted({r.tli for r in self.splits.train if r.tli is not None})
         self.builder = self._builder()
-        self.encoded = {name: self.builder.encode_all(getattr(self.splits, name)) for name in ("train", "dev", "test")}
+        self.encoded = {
+            name: self.builder.encode_all(getattr(self.splits, name)) for name in ("train", "dev", "test")
+        }
         unseen = sum(1 for r in self.splits.test if r.tli is not None and r.tli not in self.labels)
         if unseen and _value(self.direction.name) == "tli":
             log.warning("%d test samples have a text label never seen in training: scored as wrong", unseen)
@@ -200,8 +214,11 @@ class MREDataModule(L.LightningDataModule):
         corpus = tokenizer_corpus(splits.train, self.direction, self.prompt_cfg, self.language)
         held_out_chars = "".join(r.text + "".join(p.span for p in r.wli) for r in splits.dev + splits.test)
         return train_tiny_tokenizer(
-            corpus, kind=self.tokenizer_cfg.kind, vocab_size=self.tokenizer_cfg.vocab_size,
-            cache_dir=self.cache_dir, extra_alphabet=held_out_chars,
+            corpus,
+            kind=self.tokenizer_cfg.kind,
+            vocab_size=self.tokenizer_cfg.vocab_size,
+            cache_dir=self.cache_dir,
+            extra_alphabet=held_out_chars,
         )
 
     def _builder(self) -> PromptBuilder:
@@ -223,7 +240,9 @@ class MREDataModule(L.LightningDataModule):
         bs = self.data_cfg.batch_size if train else self.data_cfg.eval_batch_size
         sampler = None
         if train and self.data_cfg.group_by_length:
-            sampler = LengthGroupedSampler([len(e.prompt_ids) + len(e.answer_ids) for e in items], bs, self.seed)
+            sampler = LengthGroupedSampler(
+                [len(e.prompt_ids) + len(e.answer_ids) for e in items], bs, self.seed
+            )
         return DataLoader(
             EncodedDataset(items),
             batch_size=bs,

@@ -178,7 +178,9 @@ class PromptBuilder:
     def render(self, rec: Record, text: str | None = None) -> Rendered:
         """Prompt string for a record (optionally with a shortened text) and the char ranges."""
         text = rec.text if text is None else text
-        instruction = self.instruction.format(codes=self.code_list()) if self.direction == "tli" else self.instruction
+        instruction = (
+            self.instruction.format(codes=self.code_list()) if self.direction == "tli" else self.instruction
+        )
         head = f"{instruction}\n{self.fields.text} "
         t0 = len(head)
         prompt = head + text
@@ -207,9 +209,13 @@ class PromptBuilder:
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         n_prompt = next((i for i, (s, e) in enumerate(offsets) if e > s and s >= len(r.prompt)), len(ids))
         if any(s < len(r.prompt) < e for s, e in offsets):
-            raise PromptError(f"a token straddles the prompt/answer boundary in {r.prompt[-20:] + r.answer[:10]!r}")
+            raise PromptError(
+                f"a token straddles the prompt/answer boundary in {r.prompt[-20:] + r.answer[:10]!r}"
+            )
         answer_ids = ids[n_prompt:]
-        if self.tokenizer.eos_token_id is not None and (not answer_ids or answer_ids[-1] != self.tokenizer.eos_token_id):
+        if self.tokenizer.eos_token_id is not None and (
+            not answer_ids or answer_ids[-1] != self.tokenizer.eos_token_id
+        ):
             answer_ids = [*answer_ids, self.tokenizer.eos_token_id]
         text_range = self._token_range(offsets[:n_prompt], r.text_chars)
         anchor_range = self._token_range(offsets[:n_prompt], r.anchor_chars) if self.with_anchor else (0, 0)

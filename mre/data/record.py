@@ -70,7 +70,7 @@ def check_record(rec: Record) -> str | None:
         if not (0 <= p.start < p.end <= len(rec.text)):
             return f"span [{p.start}, {p.end}) of {p.span!r} lies outside the text (length {len(rec.text)})"
         if rec.text[p.start : p.end] != p.span:
-            return f"span [{p.start}, {p.end}) reads {rec.text[p.start:p.end]!r}, not {p.span!r}"
+            return f"span [{p.start}, {p.end}) reads {rec.text[p.start : p.end]!r}, not {p.span!r}"
     return None
 
 

@@ -51,7 +51,11 @@ def check_disjoint(splits: Splits) -> None:
 
 
 def make_splits(
-    sources: dict[str, list[Record]], n_train: int = 1000, n_test: int = 1000, n_dev: int = 200, seed: int = 42
+    sources: dict[str, list[Record]],
+    n_train: int = 1000,
+    n_test: int = 1000,
+    n_dev: int = 200,
+    seed: int = 42,
 ) -> Splits:
     """Seeded splits capped by what exists; see the module docstring for the rules."""
     rng = random.Random(seed)
@@ -65,7 +69,9 @@ def make_splits(
         train, rest = _sample(rest, n_train, rng)
         dev = _sample(sources["dev"], n_dev, rng)[0] if sources.get("dev") else _sample(rest, n_dev, rng)[0]
     else:
-        raise SplitError(f"cannot make splits from source splits {sorted(sources)}: expected train+test or all")
+        raise SplitError(
+            f"cannot make splits from source splits {sorted(sources)}: expected train+test or all"
+        )
     splits = Splits(train, dev, test)
     check_disjoint(splits)
     if not train or not test:

@@ -39,7 +39,9 @@ def _corpus_key(kind: str, vocab_size: int, texts: list[str], alphabet: str, ext
     return h.hexdigest()[:16]
 
 
-def _build_bpe(vocab_size: int, alphabet: list[str], specials: list[str]) -> tuple[Tokenizer, trainers.Trainer]:
+def _build_bpe(
+    vocab_size: int, alphabet: list[str], specials: list[str]
+) -> tuple[Tokenizer, trainers.Trainer]:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -52,7 +54,9 @@ def _build_bpe(vocab_size: int, alphabet: list[str], specials: list[str]) -> tup
     return tok, trainer
 
 
-def _build_llama(vocab_size: int, alphabet: list[str], specials: list[str]) -> tuple[Tokenizer, trainers.Trainer]:
+def _build_llama(
+    vocab_size: int, alphabet: list[str], specials: list[str]
+) -> tuple[Tokenizer, trainers.Trainer]:
     tok = Tokenizer(models.BPE(unk_token=SPECIALS["unk_token"], fuse_unk=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -110,7 +114,7 @@ def train_tiny_tokenizer(
         return _load_cached(path)
     builder = _build_bpe if kind == "bpe" else _build_llama
     tok, trainer = builder(vocab_size, list(alphabet), special_list)
-    tok.train_from_iterator(texts + [alphabet], trainer=trainer)
+    tok.train_from_iterator([*texts, alphabet], trainer=trainer)
     if seq2seq:
         eos = specials["eos_token"]
         tok.post_processor = processors.TemplateProcessing(
@@ -140,8 +144,8 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         except OSError as e:
             raise FileNotFoundError(
                 f"tokenizer {name_or_path!r} is neither a local folder nor in the local Hugging Face cache, "
-                "and no model hub is reached from here. Download the model elsewhere and point at its folder: "
-                "model.pretrained_path=/path/to/Llama-2-7b-chat-hf (or set MRE_LLAMA_PATH)."
+                "and no model hub is reached from here. Download the model elsewhere and point at its "
+                "folder: model.pretrained_path=/path/to/Llama-2-7b-chat-hf (or set MRE_LLAMA_PATH)."
             ) from e
     else:
         tok = AutoTokenizer.from_pretrained(name_or_path)

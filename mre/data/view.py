@@ -17,17 +17,34 @@ from mre.data.prompts import Encoded, PromptError
 def split_stats(dm: MREDataModule) -> Table:
     """Rows, distinct labels, WLI pairs and token length percentiles per split."""
     t = Table(title=f"{dm.ds.name}: splits")
-    for col in ("split", "rows", "encoded", "labels", "WLI pairs", "no WLI", "tokens p50", "p90", "p99", "max"):
+    for col in (
+        "split",
+        "rows",
+        "encoded",
+        "labels",
+        "WLI pairs",
+        "no WLI",
+        "tokens p50",
+        "p90",
+        "p99",
+        "max",
+    ):
         t.add_column(col, justify="right")
     for name in ("train", "dev", "test"):
         recs = dm.records(name)
         lens = [len(e.prompt_ids) + len(e.answer_ids) for e in dm.encoded.get(name, [])] or [0]
         p50, p90, p99 = np.percentile(lens, [50, 90, 99])
         t.add_row(
-            name, str(len(recs)), str(len(dm.encoded.get(name, []))),
+            name,
+            str(len(recs)),
+            str(len(dm.encoded.get(name, []))),
             str(len({r.tli for r in recs if r.tli is not None})),
-            str(sum(len(r.wli) for r in recs)), str(sum(not r.wli for r in recs)),
-            f"{p50:.0f}", f"{p90:.0f}", f"{p99:.0f}", str(max(lens)),
+            str(sum(len(r.wli) for r in recs)),
+            str(sum(not r.wli for r in recs)),
+            f"{p50:.0f}",
+            f"{p90:.0f}",
+            f"{p99:.0f}",
+            str(max(lens)),
         )
     return t
 
@@ -70,7 +87,9 @@ def show(dm: MREDataModule, console: Console | None = None, n_examples: int = 3)
     pairs = Counter(p.type for r in train for p in r.wli)
     console.print(counts_table("WLI types, train", pairs, sum(pairs.values())))
     if dm.builder.truncated:
-        console.print(f"texts shortened to fit prompt.max_length={dm.builder.max_length}: {dm.builder.truncated}")
+        console.print(
+            f"texts shortened to fit prompt.max_length={dm.builder.max_length}: {dm.builder.truncated}"
+        )
     if dm.builder.dropped:
         console.print(f"dropped while encoding: {dict(dm.builder.dropped)}")
     console.print(f"tokenizer: {type(dm.tokenizer).__name__}, {len(dm.tokenizer)} tokens")
