@@ -13,7 +13,14 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 
-class Source(str, Enum):
+class _StrEnum(str, Enum):
+    """An enum that prints as its value, so `${direction.name}` interpolates to `wli`."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Source(_StrEnum):
     synthetic = "synthetic"
     records = "records"
     bio = "bio"
@@ -23,17 +30,17 @@ class Source(str, Enum):
     csv_pairs = "csv_pairs"
 
 
-class Language(str, Enum):
+class Language(_StrEnum):
     en = "en"
     ja = "ja"
 
 
-class Direction(str, Enum):
+class Direction(_StrEnum):
     wli = "wli"
     tli = "tli"
 
 
-class OnBadRow(str, Enum):
+class OnBadRow(_StrEnum):
     error = "error"
     skip = "skip"
 
@@ -133,6 +140,11 @@ class OptimConfig:
 
 
 @dataclass
+class EvalConfig:
+    max_new_tokens: int = 64  # WLI generation budget (answers are cut here, then parsed)
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     output_dir: str = "."
@@ -147,6 +159,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)

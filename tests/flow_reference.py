@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 
-def pair_sets(n: int, q: int, text: tuple[int, int], anchor: tuple[int, int], sources: str, exclude_bos: bool):
+def pair_sets(
+    n: int, q: int, text: tuple[int, int], anchor: tuple[int, int], sources: str, exclude_bos: bool
+):
     """C_wp, C_pq, C_ww over unpadded positions 0..n-1 (position 0 is the first token)."""
     P = set(range(*anchor))
     T = set(range(*text))

@@ -5,7 +5,8 @@ path as a real model. Two kinds mirror the two families users meet:
 
 - `bpe`: byte-level BPE (GPT-2 / Qwen / LLaMA-3 style): no unknown tokens by construction;
 - `llama`: a sentencepiece-like BPE (Metaspace word boundary `▁`, digits split one by one as
-  LLaMA-2 does). Its alphabet is every character of the corpus and the extra alphabet, so text in
+  LLaMA-2 does, punctuation kept apart so `type:span;type:span` never merges into one
+  token). Its alphabet is every character of the corpus and the extra alphabet, so text in
   any script (Japanese included) tokenizes without `<unk>`.
 
 Trained tokenizers are cached on disk under a key of (kind, vocab size, corpus hash), so a sweep
@@ -62,6 +63,7 @@ def _build_llama(
         [
             pre_tokenizers.Split("\n", behavior="isolated"),
             pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
             pre_tokenizers.Digits(individual_digits=True),
         ]
     )

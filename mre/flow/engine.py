@@ -152,12 +152,27 @@ def _flow_attention(module, query, key, value, attention_mask, **kwargs):
     return _FetchProbs.apply(out, probs, box), probs
 
 
+def _flow_mask(*args, **kwargs):
+    """The eager 4D float mask, with every position allowed to attend to itself.
+
+    Real rows are unchanged (the causal diagonal is always allowed); a left-padding row would otherwise be
+    fully masked, and with a float64 model the eager softmax (computed in float32) turns the float64
+    minimum into -inf and the row into NaN, which then leaks into real rows through 0 * NaN in A @ V.
+    """
+    from transformers.masking_utils import eager_mask
+
+    mask = eager_mask(*args, **kwargs)
+    if isinstance(mask, Tensor) and mask.ndim == 4 and mask.shape[-1] == mask.shape[-2]:
+        mask.diagonal(dim1=-2, dim2=-1).zero_()
+    return mask
+
+
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(FLOW_ATTN_IMPLEMENTATION, _flow_attention)
-    AttentionMaskInterface.register(FLOW_ATTN_IMPLEMENTATION, eager_mask)
+    AttentionMaskInterface.register(FLOW_ATTN_IMPLEMENTATION, _flow_mask)
 
 
 _register()
@@ -195,8 +210,8 @@ class _FlowState:
             self.modules.append(module)
         elif not self.in_backward:
             raise RuntimeError(
-                f"attention module {type(module).__name__} (layer slot {slot}) ran twice in one forward pass; "
-                "weight-shared attention layers are not supported by the flow engine."
+                f"attention module {type(module).__name__} (layer slot {slot}) ran twice in one forward "
+                "pass; weight-shared attention layers are not supported by the flow engine."
             )
         return slot
 
@@ -507,7 +522,9 @@ class FlowEngine:
         bad = ((gold < 0) | (gold >= vocab)).nonzero().flatten().tolist()
         if bad:
             b = bad[0]
-            raise ValueError(f"FlowEngine: sample {b}: target {int(gold[b])} is outside the vocabulary ({vocab})")
+            raise ValueError(
+                f"FlowEngine: sample {b}: target {int(gold[b])} is outside the vocabulary ({vocab})"
+            )
         # SUM over samples: each sample's gradient is its own single-sample gradient
         return F.cross_entropy(logits_q.to(acc), gold, reduction="sum")
 
@@ -516,9 +533,13 @@ class FlowEngine:
         for b in range(bsz):
             qb = int(q[b])
             if not 0 <= qb < seq:
-                raise ValueError(f"FlowEngine: sample {b}: target position q={qb} is beyond the sequence (L={seq})")
+                raise ValueError(
+                    f"FlowEngine: sample {b}: target position q={qb} is beyond the sequence (L={seq})"
+                )
             if not mask[b, qb]:
-                raise ValueError(f"FlowEngine: sample {b}: q={qb} is not attended (attention_mask is 0 there)")
+                raise ValueError(
+                    f"FlowEngine: sample {b}: q={qb} is not attended (attention_mask is 0 there)"
+                )
             first = int(mask[b].nonzero()[0])
             t0, t1 = text_range[b].tolist()
             a0, a1 = anchor_range[b].tolist()
@@ -526,13 +547,19 @@ class FlowEngine:
                 raise ValueError(f"FlowEngine: sample {b}: empty text range [{t0}, {t1})")
             if t0 < 0 or t1 > qb + 1 or not bool(mask[b, t0:t1].all()):
                 raise ValueError(
-                    f"FlowEngine: sample {b}: text range [{t0}, {t1}) must lie on non-pad positions up to q={qb}"
+                    f"FlowEngine: sample {b}: text range [{t0}, {t1}) must lie on non-pad positions up to "
+                    f"q={qb}"
                 )
             if a1 < a0:
                 raise ValueError(f"FlowEngine: sample {b}: anchor range [{a0}, {a1}) has end < start")
             if a1 == a0:
                 continue  # no anchor: s_wp / s_pq are NaN with n_wp = n_pq = 0
-            if a0 <= first:
+            if a0 < first:
+                raise ValueError(
+                    f"FlowEngine: sample {b}: anchor range [{a0}, {a1}) starts on padding (first non-pad "
+                    f"position: {first})"
+                )
+            if a0 == first:
                 raise ValueError(
                     f"FlowEngine: sample {b}: the anchor starts at position {a0}, the first non-pad position "
                     f"is {first}: nothing precedes the anchor (no text before it)"
@@ -548,7 +575,7 @@ class FlowEngine:
     def _pair_masks(
         self, mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Boolean pair masks [B, 3, L, L] (wp, pq, ww) over (i = target row, j = source column) and counts [B, 3]."""
+        """Boolean pair masks [B, 3, L, L] (wp, pq, ww; i = target row, j = source column), counts [B, 3]."""
         bsz, seq = mask.shape
         pos = torch.arange(seq)
         i = pos.view(1, seq, 1)

@@ -1,0 +1,166 @@
+"""Model construction for every model config: tiny random-weight architectures, real local weights,
+LoRA adapters (peft) and 4/8-bit quantization (bitsandbytes).
+
+Tiny models are built from a small config of the real architecture (`transformers` model_type),
+sized to the run's trained tokenizer. A tiny model that is to be quantized is first saved and then
+loaded back through `from_pretrained`, because bitsandbytes quantizes on load: this is the same code
+path a real QLoRA run takes, only smaller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelLoadError(RuntimeError):
+    """A model cannot be built or loaded from its config."""
+
+
+def _plain(x: Any) -> Any:
+    return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
+
+
+def tiny_config(arch: str, tiny: dict[str, Any], tokenizer: PreTrainedTokenizerBase, seed: int = 0):
+    """A transformers config of architecture `arch` sized to the tokenizer."""
+    specials = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+    }
+    if arch == "t5":
+        specials["decoder_start_token_id"] = tokenizer.pad_token_id
+    return AutoConfig.for_model(arch, **_plain(tiny), **specials)
+
+
+def _quantization(kind: str | None, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if kind is None:
+        return None
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=True,
+        )
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ModelLoadError(f"model.quantization must be null, 4bit or 8bit, got {kind!r}")
+
+
+def _auto_class(arch_or_config) -> type:
+    return (
+        AutoModelForSeq2SeqLM
+        if getattr(arch_or_config, "is_encoder_decoder", False)
+        else AutoModelForCausalLM
+    )
+
+
+def _tiny_checkpoint(
+    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int, cache_dir: str | None
+) -> Path:
+    """Save the seeded random tiny model once (keyed by config + tokenizer) so it can be quantized on load."""
+    config = tiny_config(cfg.arch, cfg.tiny, tokenizer)
+    key = hashlib.sha256(
+        json.dumps([config.to_dict(), seed], sort_keys=True, default=str).encode()
+    ).hexdigest()[:16]
+    root = Path(cache_dir or os.environ.get("MRE_CACHE", Path.home() / ".cache" / "mre-flow"))
+    path = root / "tiny-models" / f"{cfg.arch}-{key}"
+    if not (path / "config.json").exists():
+        torch.manual_seed(seed)
+        _auto_class(config).from_config(config).save_pretrained(path)
+    return path
+
+
+def _from_pretrained(path: str, cls: type, **kw: Any) -> PreTrainedModel:
+    local = Path(path).exists()
+    try:
+        return cls.from_pretrained(path, local_files_only=not local, **kw)
+    except OSError as e:
+        raise ModelLoadError(
+            f"cannot load model weights {path!r}: it is not a local folder and no model hub is reachable "
+            "here. Download the weights elsewhere (e.g. `hf download meta-llama/Llama-2-7b-chat-hf`), "
+            "copy the folder to this machine and set model.pretrained_path=/path/to/folder "
+            "(or MRE_LLAMA_PATH)."
+        ) from e
+
+
+def build_model(
+    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0, cache_dir: str | None = None
+) -> PreTrainedModel:
+    """The model of a model config, with LoRA and quantization applied as configured."""
+    dtype = DTYPES[cfg.dtype]
+    quant = _quantization(cfg.quantization, dtype)
+    if cfg.kind == "tiny" and quant is None:
+        config = tiny_config(cfg.arch, cfg.tiny, tokenizer)
+        torch.manual_seed(seed)
+        model = _auto_class(config).from_config(config, dtype=dtype)
+    else:
+        path = (
+            str(_tiny_checkpoint(cfg, tokenizer, seed, cache_dir))
+            if cfg.kind == "tiny"
+            else cfg.pretrained_path
+        )
+        if not path:
+            raise ModelLoadError(
+                f"model {cfg.name!r} needs model.pretrained_path (a local folder of weights)"
+            )
+        cls = (
+            _auto_class(AutoConfig.from_pretrained(path, local_files_only=True))
+            if Path(path).exists()
+            else AutoModelForCausalLM
+        )
+        model = _from_pretrained(path, cls, dtype=dtype, quantization_config=quant)
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if quant is not None:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.lora is not None:
+        model = _add_lora(model, cfg.lora)
+    return model
+
+
+def _add_lora(model: PreTrainedModel, lora: DictConfig):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type=task,
+    )
+    return get_peft_model(model, config)
+
+
+def save_for_tools(model, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    """`save_pretrained` layout for analyze.py and other tools: adapters only for LoRA models."""
+    path = Path(path)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

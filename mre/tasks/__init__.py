@@ -1,0 +1,1 @@
+"""LightningModules: the generative MRE task (causal LMs) and the few-shot prompt classifier (T5)."""

@@ -1,0 +1,247 @@
+"""Generative MRE fine-tuning of any Hugging Face causal LM in the four settings.
+
+Training: cross-entropy on the answer tokens only (the builder's labels). Evaluation:
+- TLI: one forward pass; the scores of the one-token label codes at q, arg-max over the codes only
+  (no `generate()`): accuracy, macro-F1 (reported as `f1`) and micro-F1.
+- WLI: batched greedy generation with KV cache from the left-padded prompts, stopping at EOS;
+  parsed with the serialization's parser; micro P/R/F1 over (type, span) pairs, exact match and
+  per-type F1 (`mre.metrics.WLIF1`).
+Every evaluated sample becomes a prediction row (id, prompt, gold, prediction, correct), gathered
+from all ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+
+from mre.data.prompts import PromptBuilder
+from mre.data.record import Record
+from mre.metrics import WLIF1
+from mre.models import build_model
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN/inf; a checkpoint was saved first."""
+
+
+class GenerativeMRE(L.LightningModule):
+    """Fine-tunes a causal LM on prompt builder batches; see the module docstring."""
+
+    def __init__(
+        self,
+        model_cfg: DictConfig,
+        optim_cfg: DictConfig,
+        tokenizer: PreTrainedTokenizerBase,
+        builder: PromptBuilder,
+        wli_types: list[str],
+        max_new_tokens: int = 64,
+        seed: int = 42,
+        cache_dir: str | None = None,
+        predictions_path: str | Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            {
+                "model": OmegaConf.to_container(model_cfg, resolve=True),
+                "optim": OmegaConf.to_container(optim_cfg, resolve=True),
+                "direction": builder.direction,
+                "with_anchor": builder.with_anchor,
+                "labels": list(builder.labels),
+                "max_new_tokens": max_new_tokens,
+                "seed": seed,
+            }
+        )
+        self.model_cfg, self.optim_cfg = model_cfg, optim_cfg
+        self.tokenizer, self.builder = tokenizer, builder
+        self.direction = builder.direction
+        self.max_new_tokens, self.seed, self.cache_dir = max_new_tokens, seed, cache_dir
+        self.model = None
+        self.strict_loading = model_cfg.lora is None  # LoRA checkpoints hold the adapters only
+        self.metrics = torch.nn.ModuleDict({s: self._make_metrics(wli_types) for s in ("val", "test")})
+        self.predictions: list[dict[str, Any]] = []
+        self.predictions_path = predictions_path
+        self.split_records: dict[str, list[Record]] = {}
+
+    def setup(self, stage: str) -> None:
+        """Records behind the batch indices: gold answers and prompts for the prediction rows."""
+        dm = self.trainer.datamodule
+        self.split_records = {"val": dm.records("dev"), "test": dm.records("test")}
+
+    def _make_metrics(self, wli_types: list[str]):
+        if self.direction == "wli":
+            return WLIF1(wli_types)
+        n = len(self.builder.labels) + 1  # the extra class stands for labels unseen in training
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes=n, average="micro"),
+                "f1": MulticlassF1Score(num_classes=n, average="macro"),
+                "micro_f1": MulticlassF1Score(num_classes=n, average="micro"),
+            }
+        )
+
+    # ---------- model and optimizer ----------
+    def configure_model(self) -> None:
+        """Build the network here (not in __init__) so FSDP/DeepSpeed can shard it as it is made."""
+        if self.model is None:
+            self.model = build_model(self.model_cfg, self.tokenizer, seed=self.seed, cache_dir=self.cache_dir)
+
+    def configure_optimizers(self):
+        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(
+            params,
+            lr=self.optim_cfg.lr,
+            weight_decay=self.optim_cfg.weight_decay,
+            betas=tuple(self.optim_cfg.betas),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = get_linear_schedule_with_warmup(opt, min(self.optim_cfg.warmup_steps, total), total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """LoRA runs keep only the trainable (adapter) weights: a 7B base model is not copied each epoch."""
+        if self.model_cfg.lora is not None:
+            trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    # ---------- training ----------
+    def forward(self, batch: dict[str, torch.Tensor]):
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            labels=batch["labels"],
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        if not torch.isfinite(loss).all():
+            self._stop_on_nonfinite(loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def _stop_on_nonfinite(self, loss: torch.Tensor) -> None:
+        step = self.global_step
+        path = Path(self.trainer.default_root_dir) / "checkpoints" / f"nonfinite-step{step}.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteLossError(
+            f"training loss is {loss.item()} at global step {step} (epoch {self.current_epoch}); "
+            f"checkpoint saved to {path}. Lower optim.lr, check the data, or use precision=32-true."
+        )
+
+    # ---------- evaluation ----------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+        out = self(batch)
+        bs = batch["input_ids"].shape[0]
+        self.log(f"{stage}/loss", out.loss, batch_size=bs, sync_dist=True)
+        if self.direction == "tli":
+            preds, golds = self._score_codes(out.logits, batch)
+            self.metrics[stage].update(preds, golds)
+            labels = [*self.builder.labels, "<unseen>"]
+            rows = zip([labels[g] for g in golds.tolist()], [labels[p] for p in preds.tolist()], strict=True)
+        else:
+            texts = self.generate(batch)
+            pred_pairs = [self.builder.wli_format.parse(t) for t in texts]
+            golds = [self.builder.answer_of(self.split_records[stage][i]) for i in batch["index"].tolist()]
+            self.metrics[stage].update(pred_pairs, [self.builder.wli_format.parse(g) for g in golds])
+            rows = zip(golds, texts, strict=True)
+        if stage == "test":
+            self._collect(batch["index"].tolist(), rows)
+
+    def _score_codes(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]):
+        """Arg-max over the code tokens at q (the position before the first answer token)."""
+        first_answer = (batch["labels"] != -100).int().argmax(dim=1)
+        q_logits = logits[torch.arange(logits.shape[0], device=logits.device), first_answer - 1]
+        code_ids = torch.tensor(self.builder.code_ids, device=logits.device)
+        preds = q_logits[:, code_ids].argmax(-1)
+        gold_ids = batch["target"].unsqueeze(1) == code_ids.unsqueeze(0)
+        golds = torch.where(gold_ids.any(1), gold_ids.int().argmax(1), len(self.builder.labels))
+        return preds, golds
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor]) -> list[str]:
+        """Greedy, batched, KV-cached decoding of the left-padded prompts; returns answer strings."""
+        out = self.model.generate(
+            input_ids=batch["prompt_ids"],
+            attention_mask=batch["prompt_mask"],
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            use_cache=True,
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        new = out[:, batch["prompt_ids"].shape[1] :]
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def _collect(self, indices: list[int], rows) -> None:
+        for i, (gold, pred) in zip(indices, rows, strict=True):
+            rec = self.split_records["test"][i]
+            self.predictions.append(
+                {
+                    "id": rec.id,
+                    "prompt": self.builder.render(rec).prompt,
+                    "gold": gold,
+                    "prediction": pred,
+                    "correct": self._correct(gold, pred),
+                }
+            )
+
+    def _correct(self, gold: str, pred: str) -> bool:
+        if self.direction == "tli":
+            return gold == pred
+        fmt = self.builder.wli_format
+        return sorted(fmt.parse(gold)) == sorted(fmt.parse(pred))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.predictions = []
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+        self.predictions = gather_rows(self.predictions)
+        if self.predictions_path and self.trainer.is_global_zero:
+            write_jsonl(self.predictions_path, self.predictions)
+
+    def _log_metrics(self, stage: str) -> None:
+        values = self.metrics[stage].compute()
+        self.metrics[stage].reset()
+        for k, v in values.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k == "f1")
+
+
+def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All ranks' prediction rows on every rank, de-duplicated by id (samplers pad the last batch)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(parts, rows)
+        rows = [r for part in parts for r in part]
+    unique = {r["id"]: r for r in rows}
+    return sorted(unique.values(), key=lambda r: r["id"])
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -1,0 +1,438 @@
+"""FlowEngine against the plain reference (tests/flow_reference.py) on tiny random models.
+
+float64 everywhere it is possible; the 4-bit model is float32 (bitsandbytes has no float64 compute).
+The engine must match the definition to relative error 1e-5 in every case.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from flow_reference import reference_flow
+
+from mre.flow import FlowEngine, FlowResult
+
+VOCAB = 200
+RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
+    threads slow these small ops down by an order of magnitude."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_llama(seed: int = 0, attn: str | None = None) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+    )
+    if attn is not None:
+        cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).double()
+
+
+def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+    )
+    return Qwen2ForCausalLM(cfg).double()
+
+
+def tiny_mistral(seed: int = 0) -> MistralForCausalLM:
+    """With a sliding window shorter than the prompts, so the sliding-window mask path is exercised."""
+    torch.manual_seed(seed)
+    cfg = MistralConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+        sliding_window=8,
+    )
+    return MistralForCausalLM(cfg).double()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=128)
+    return GPT2LMHeadModel(cfg).double()
+
+
+def make_samples(n: int, seed: int, anchor: bool = True, min_len: int = 10, max_len: int = 22) -> list[dict]:
+    """Unpadded samples: [prefix][text][sep][anchor][suffix], q = last token."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        length = rng.randint(min_len, max_len)
+        ids = [rng.randrange(1, VOCAB) for _ in range(length)]
+        t0 = rng.randint(0, 2)
+        t1 = rng.randint(t0 + 2, length - 6)
+        if anchor:
+            a0 = rng.randint(t1, t1 + 1)
+            a1 = rng.randint(a0 + 1, length - 2)
+        else:
+            a0 = a1 = 0
+        out.append(
+            {
+                "input_ids": ids,
+                "text": (t0, t1),
+                "anchor": (a0, a1),
+                "q": length - 1,
+                "target": rng.randrange(VOCAB),
+            }
+        )
+    return out
+
+
+def collate(samples: list[dict], extra_pad: int = 0) -> dict[str, torch.Tensor]:
+    """Left-pad to the longest sample (+ extra_pad), spans shifted to padded coordinates."""
+    width = max(len(s["input_ids"]) for s in samples) + extra_pad
+    ids, mask, text, anchor, q, target = [], [], [], [], [], []
+    for s in samples:
+        pad = width - len(s["input_ids"])
+        ids.append([0] * pad + s["input_ids"])
+        mask.append([0] * pad + [1] * len(s["input_ids"]))
+        text.append([s["text"][0] + pad, s["text"][1] + pad])
+        a = s["anchor"]
+        anchor.append([a[0] + pad, a[1] + pad] if a[1] > a[0] else [0, 0])
+        q.append(s["q"] + pad)
+        target.append(s["target"])
+    return {
+        "input_ids": torch.tensor(ids),
+        "attention_mask": torch.tensor(mask),
+        "text_range": torch.tensor(text),
+        "anchor_range": torch.tensor(anchor),
+        "q": torch.tensor(q),
+        "target": torch.tensor(target),
+    }
+
+
+def hf_of(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def reference(model, samples, **opts):
+    """Reference metrics for each sample, run with eager attention (then the previous one is restored)."""
+    hf = hf_of(model)
+    before = hf.config._attn_implementation
+    hf.set_attn_implementation("eager")
+    try:
+        return [reference_flow(model, s, **opts) for s in samples]
+    finally:
+        hf.set_attn_implementation(before)
+
+
+def assert_matches(res: FlowResult, refs, rtol: float = RTOL) -> None:
+    for b, ((s_wp, s_pq, s_ww), (n_wp, n_pq, n_ww), _maps) in enumerate(refs):
+        assert (int(res.n_wp[b]), int(res.n_pq[b]), int(res.n_ww[b])) == (n_wp, n_pq, n_ww), f"counts {b}"
+        for name, got, want in (
+            ("wp", res.s_wp[b], s_wp),
+            ("pq", res.s_pq[b], s_pq),
+            ("ww", res.s_ww[b], s_ww),
+        ):
+            want = torch.tensor(want, dtype=torch.float64)
+            assert got.shape == want.shape, name
+            assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{name}[{b}] NaN pattern"
+            ok = ~torch.isnan(want)
+            torch.testing.assert_close(
+                got[ok], want[ok], rtol=rtol, atol=1e-14, msg=lambda m, b=b, name=name: f"S_{name}[{b}]: {m}"
+            )
+            # not degenerate (S_wp of the LAST layer is exactly 0: only row q reaches the loss there)
+            assert (want[ok][:-1] > 0).all() and (want[ok] >= 0).all(), f"degenerate reference S_{name}"
+
+
+def check(model, samples, extra_pad: int = 0, rtol: float = RTOL, label_token_ids=None, **opts) -> FlowResult:
+    batch = collate(samples, extra_pad)
+    if label_token_ids is not None:
+        batch["label_token_ids"] = torch.tensor(label_token_ids)
+    res = FlowEngine(model, **opts).compute(batch)
+    refs = reference(model, samples, label_token_ids=label_token_ids, **opts)
+    assert_matches(res, refs, rtol)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# exactness
+# ------------------------------------------------------------------------------------------------
+
+
+def test_batch_size_one():
+    res = check(tiny_llama(), make_samples(1, seed=1))
+    assert res.s_wp.shape == (1, 3) and res.maps is None
+
+
+def test_batched_left_padding_and_maps():
+    model = tiny_llama(seed=2)
+    samples = make_samples(5, seed=2)
+    assert len({len(s["input_ids"]) for s in samples}) > 2  # different padding lengths
+    batch = collate(samples, extra_pad=3)
+    res = FlowEngine(model, keep_maps="layer").compute(batch)
+    refs = reference(model, samples)
+    assert_matches(res, refs)
+    width = batch["input_ids"].shape[1]
+    assert res.maps.shape == (5, 3, width, width)
+    for b, s in enumerate(samples):  # the padded map restricted to real tokens is the unpadded map
+        pad = width - len(s["input_ids"])
+        torch.testing.assert_close(res.maps[b, :, pad:, pad:].double(), refs[b][2], rtol=RTOL, atol=1e-12)
+    head = FlowEngine(model, keep_maps="head").compute(batch)
+    assert head.maps.shape == (5, 3, 4, width, width)
+    # sum over heads then abs <= sum of per-head abs
+    assert (head.maps.sum(2) + 1e-12 >= res.maps).all()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral", "gpt2"])
+def test_other_architectures(arch):
+    model = {"qwen2": tiny_qwen2, "mistral": tiny_mistral, "gpt2": tiny_gpt2}[arch](seed=3)
+    check(model, make_samples(3, seed=3), extra_pad=1)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"sources": "all_prior"},
+        {"loss": "label_restricted"},
+        {"normalize": "per_layer"},
+        {"exclude_bos": True},
+        {"sources": "all_prior", "normalize": "per_layer", "exclude_bos": True},
+    ],
+    ids=["all_prior", "label_restricted", "per_layer", "exclude_bos", "combined"],
+)
+def test_options(opts):
+    model = tiny_llama(seed=4)
+    samples = make_samples(3, seed=4)
+    labels = None
+    if opts.get("loss") == "label_restricted":
+        labels = [7, 19, 33, 101, 150]
+        for i, s in enumerate(samples):
+            s["target"] = labels[i % len(labels)]
+    res = check(model, samples, label_token_ids=labels, **opts)
+    if opts.get("normalize") == "per_layer":
+        torch.testing.assert_close(res.s_wp + res.s_pq + res.s_ww, torch.ones_like(res.s_ww))
+
+
+def test_no_anchor_gives_nan_and_zero_counts():
+    model = tiny_llama(seed=5)
+    samples = make_samples(2, seed=5, anchor=False) + make_samples(1, seed=6)
+    res = check(model, samples, normalize="per_layer")
+    assert res.n_wp.tolist()[:2] == [0, 0] and res.n_pq.tolist()[:2] == [0, 0]
+    assert torch.isnan(res.s_wp[:2]).all() and torch.isnan(res.s_pq[:2]).all()
+    assert not torch.isnan(res.s_ww).any() and not torch.isnan(res.s_wp[2]).any()
+    torch.testing.assert_close(res.s_ww[:2], torch.ones_like(res.s_ww[:2]))
+
+
+def test_lora_adapters():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(7)
+    base = tiny_llama(seed=7).float()
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    model = get_peft_model(base, cfg).double()
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.2)  # non-zero B: the adapters change the model
+    samples = make_samples(3, seed=7)
+    batch = collate(samples)
+    with_lora = FlowEngine(model).compute(batch)
+    with model.disable_adapter():
+        without = FlowEngine(model).compute(batch)
+    assert not torch.allclose(with_lora.s_ww, without.s_ww)
+    assert_matches(with_lora, reference(model, samples))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # flags restored (LoRA only)
+
+
+def test_4bit_model(tmp_path):
+    """4-bit weights, float32 compute (bitsandbytes has no float64): engine vs reference on the same model.
+    rtol 1e-5 holds here (even 1e-6 did when written), although batching and padding change the float32
+    summation order."""
+    from transformers import BitsAndBytesConfig
+
+    tiny_llama(seed=8).float().save_pretrained(tmp_path)
+    qcfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(tmp_path, quantization_config=qcfg, device_map="cpu")
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    check(model, make_samples(3, seed=8), extra_pad=1)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing(reentrant):
+    model = tiny_llama(seed=9)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+    model.train()
+    samples = make_samples(3, seed=9)
+    engine = FlowEngine(model)
+    res = engine.compute(collate(samples))
+    stats = engine.last_stats
+    assert stats["fills"] == [1, 1, 1]  # each layer's slot filled exactly once per backward
+    assert stats["attention_calls"] == 6  # 3 forward + 3 recomputed: checkpointing was really active
+    assert model.training and all(layer.gradient_checkpointing for layer in model.model.layers)
+    assert_matches(res, reference(model, samples))
+
+
+# ------------------------------------------------------------------------------------------------
+# state restored, no weight gradients, inference mode
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_state_restored_and_no_weight_grads(attn):
+    model = tiny_llama(seed=10, attn=attn)
+    assert model.config._attn_implementation == attn
+    model.train()
+    model.model.layers[1].eval()
+    frozen = {"model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"}
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in frozen)
+    modes = {n: m.training for n, m in model.named_modules()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    engine = FlowEngine(model)
+    engine.compute(collate(make_samples(2, seed=10)))
+    assert engine.last_stats["fills"] == [1, 1, 1]
+    assert model.config._attn_implementation == attn
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_under_inference_mode():
+    model = tiny_llama(seed=11)
+    samples = make_samples(2, seed=11)
+    with torch.inference_mode():
+        batch = collate(samples)  # inference tensors, as in Lightning validation
+        res = FlowEngine(model).compute(batch)
+    assert_matches(res, reference(model, samples))
+    assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------
+# errors
+# ------------------------------------------------------------------------------------------------
+
+
+def _bad(batch, b, **changes):
+    batch = {k: v.clone() for k, v in batch.items()}
+    for k, v in changes.items():
+        batch[k][b] = torch.as_tensor(v)
+    return batch
+
+
+def test_batch_errors():
+    model = tiny_llama(seed=12)
+    samples = make_samples(3, seed=12)
+    batch = collate(samples, extra_pad=2)
+    width = batch["input_ids"].shape[1]
+    first = int(batch["attention_mask"][1].nonzero()[0])
+    engine = FlowEngine(model)
+    cases = [
+        (_bad(batch, 1, anchor_range=[first, first + 2]), r"sample 1.*first non-pad"),
+        (_bad(batch, 1, q=width), r"sample 1.*q=.*beyond"),
+        (_bad(batch, 1, text_range=[first + 2, first + 2]), r"sample 1.*empty text range"),
+        (_bad(batch, 1, q=0), r"sample 1.*not attended"),
+    ]
+    # sample 2: the anchor right after the first token, the text after it: no text precedes the anchor
+    first2 = int(batch["attention_mask"][2].nonzero()[0])
+    moved = _bad(batch, 2, anchor_range=[first2 + 1, first2 + 2], text_range=[first2 + 2, width - 2])
+    cases.append((moved, r"sample 2.*C_wp is empty"))
+    with_labels = dict(batch, label_token_ids=torch.tensor([1, 2, 3]))
+    for bad, pattern in cases:
+        with pytest.raises(ValueError, match=pattern):
+            engine.compute(bad)
+    with pytest.raises(ValueError, match=r"sample 0.*not among label_token_ids"):
+        FlowEngine(model, loss="label_restricted").compute(with_labels)
+    no_text_first = _bad(batch, 0, text_range=[int(batch["anchor_range"][0, 1]), width - 1])
+    with pytest.raises(ValueError, match=r"sample 0.*C_wp is empty"):
+        engine.compute(no_text_first)
+    with pytest.raises(ValueError, match="sources"):
+        FlowEngine(model, sources="everything")
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_anchor_with_no_text_before_it():
+    model = tiny_llama(seed=13)
+    s = make_samples(1, seed=13)[0]
+    n = len(s["input_ids"])
+    s["anchor"], s["text"] = (2, 4), (5, n - 2)  # the anchor precedes the text: C_wp empty
+    with pytest.raises(ValueError, match=r"sample 0.*no text position precedes the anchor"):
+        FlowEngine(model).compute(collate([s]))
+    FlowEngine(model, sources="all_prior").compute(collate([s]))  # all prior positions: fine
+
+
+class _NoSwitchLlama(LlamaForCausalLM):
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return False
+
+
+def test_model_that_cannot_run_eager():
+    torch.manual_seed(14)
+    model = _NoSwitchLlama(tiny_llama().config)
+    batch = collate(make_samples(1, seed=14))
+    before = model.config._attn_implementation
+    with pytest.raises(RuntimeError, match="eager attention"):
+        FlowEngine(model).compute(batch)
+    assert model.config._attn_implementation == before
+
+    # attention that bypasses the AttentionInterface dispatch (e.g. a hand-written sdpa module)
+    model = tiny_llama(seed=14)
+    for layer in model.model.layers:
+        layer.self_attn.forward = types.MethodType(
+            lambda self, hidden_states, **kw: (torch.zeros_like(hidden_states), None), layer.self_attn
+        )
+    flags = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="eager attention"):
+        FlowEngine(model).compute(batch)
+    assert model.config._attn_implementation == "sdpa"
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+    with pytest.raises(RuntimeError, match="eager attention"):
+        FlowEngine(nn.Linear(3, 3)).compute(batch)
+
+
+def test_nan_only_where_counts_are_zero():
+    model = tiny_llama(seed=15)
+    res = FlowEngine(model).compute(collate(make_samples(4, seed=15)))
+    for s, n in ((res.s_wp, res.n_wp), (res.s_pq, res.n_pq), (res.s_ww, res.n_ww)):
+        assert not torch.isnan(s[n > 0]).any()
+        assert all(math.isfinite(v) for v in s.flatten().tolist())

@@ -1,0 +1,24 @@
+"""Fine-tune and evaluate: `python train.py [dataset=...] [direction=wli|tli] [with_anchor=...] [model=...]`.
+
+A thin Hydra entry point; everything happens in `mre.run`. See README.md for examples.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from mre.config import register_configs
+from mre.run import run
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Returns test/f1 so Hydra sweepers (e.g. Optuna) can optimize it."""
+    return run(cfg).get("test/f1", float("nan"))
+
+
+if __name__ == "__main__":
+    main()
