@@ -145,6 +145,21 @@ class EvalConfig:
 
 
 @dataclass
+class VerbalizerConfig:
+    """Few-shot verbalizer options (mre/fewshot); extended by the few-shot task."""
+
+    kind: str = "knowledgeable"  # manual | knowledgeable
+
+
+@dataclass
+class FewShotConfig:
+    """Few-shot sampling protocol (mre/fewshot); extended by the few-shot task."""
+
+    n_total: int | None = 100  # N samples in total (the paper: 100) ...
+    k_per_class: int | None = None  # ... or K per class when set
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     output_dir: str = "."
@@ -160,6 +175,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    verbalizer: VerbalizerConfig = field(default_factory=VerbalizerConfig)
+    fewshot: FewShotConfig = field(default_factory=FewShotConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     logger: dict[str, Any] = field(default_factory=dict)
@@ -167,7 +184,7 @@ class Config:
     extras: dict[str, Any] = field(default_factory=dict)
     with_anchor: bool = True
     seed: int = 42
-    task: str = "generative"
+    task: str = "generative"  # generative | fewshot
     ckpt_path: str | None = None
 
 

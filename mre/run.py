@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,11 @@ import hydra
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
 
 from mre.cli import make_datamodule
 from mre.data.datamodule import MREDataModule
 from mre.models import save_for_tools
+from mre.results import print_metrics, write_metrics
 from mre.tasks.generative import GenerativeMRE
 
 log = logging.getLogger(__name__)
@@ -64,6 +62,10 @@ def extra_callbacks(cfg: DictConfig, dm: MREDataModule) -> list[Callback]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one configuration; returns the flat test metrics written to metrics.json."""
+    if cfg.task == "fewshot":
+        from mre.fewshot.run import run_fewshot
+
+        return run_fewshot(cfg)
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     dm = make_datamodule(cfg)
@@ -79,21 +81,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer.test(module, datamodule=dm, ckpt_path=best or None)
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test/")}
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_metrics(output_dir / "metrics.json", metrics)
         save_for_tools(module.model, dm.tokenizer, output_dir / "model")
         print_metrics(
             metrics, f"{cfg.dataset.name} | {cfg.direction.name} | anchor={cfg.with_anchor}", output_dir
         )
     return metrics
 
-
-def print_metrics(metrics: dict[str, float], title: str, output_dir: Path) -> None:
-    table = Table(title=f"test metrics: {title}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        if "/f1_type/" not in k:
-            table.add_row(k, f"{v:.4f}")
-    console = Console()
-    console.print(table)
-    console.print(f"run directory: {output_dir}")

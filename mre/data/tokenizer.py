@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 TINY_KINDS = ("bpe", "llama")
+BUILD_VERSION = 2  # part of the cache key: bump when a builder below changes
 T5_SPECIALS = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
 def _corpus_key(kind: str, vocab_size: int, texts: list[str], alphabet: str, extra: str) -> str:
-    h = hashlib.sha256(f"{kind}|{vocab_size}|{extra}|{alphabet}".encode())
+    h = hashlib.sha256(f"{BUILD_VERSION}|{kind}|{vocab_size}|{extra}|{alphabet}".encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\x00")

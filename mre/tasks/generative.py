@@ -12,7 +12,6 @@ from all ranks.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from mre.data.prompts import PromptBuilder
 from mre.data.record import Record
 from mre.metrics import WLIF1
 from mre.models import build_model
+from mre.results import write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -239,9 +239,3 @@ def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     unique = {r["id"]: r for r in rows}
     return sorted(unique.values(), key=lambda r: r["id"])
 
-
-def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")

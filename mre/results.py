@@ -1,0 +1,41 @@
+"""What every run leaves in its directory: metrics.json, predictions.jsonl, and a printed table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """One JSON object per line, UTF-8 kept readable (Japanese stays Japanese)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_metrics(path: str | Path, metrics: dict[str, float]) -> None:
+    """Flat `{"test/f1": 0.71, ...}`: what analyze.py and sweeps read back."""
+    Path(path).write_text(json.dumps(dict(sorted(metrics.items())), indent=2))
+
+
+def print_metrics(metrics: dict[str, float], title: str, output_dir: Path) -> None:
+    """The final table a user sees (per-type scores stay in metrics.json)."""
+    table = Table(title=f"test metrics: {title}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        if "/f1_type/" not in k:
+            table.add_row(k, f"{v:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"run directory: {output_dir}")
