@@ -9,7 +9,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from mre.cli import make_datamodule
@@ -55,11 +55,6 @@ def build_generative(cfg: DictConfig, dm: MREDataModule, output_dir: Path) -> Ge
     )
 
 
-def extra_callbacks(cfg: DictConfig, dm: MREDataModule) -> list[Callback]:
-    """Callbacks built from code rather than config (they need the data module)."""
-    return []
-
-
 def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one configuration; returns the flat test metrics written to metrics.json."""
     if cfg.task == "fewshot":
@@ -70,21 +65,25 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     dm = make_datamodule(cfg)
     module = build_generative(cfg, dm, output_dir)
-    callbacks = instantiate_all(cfg.callbacks) + extra_callbacks(cfg, dm)
+    callbacks = instantiate_all(cfg.callbacks)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=instantiate_all(cfg.logger), callbacks=callbacks
     )
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(module, datamodule=dm, ckpt_path=resolve_ckpt(cfg.ckpt_path, output_dir))
-    best = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
-    trainer.test(module, datamodule=dm, ckpt_path=best or None)
+    ckpt = resolve_ckpt(cfg.ckpt_path, output_dir)
+    if cfg.fit:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        ckpt = (
+            next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "") or None
+        )
+    trainer.test(module, datamodule=dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test/")}
     if trainer.is_global_zero:
         write_metrics(output_dir / "metrics.json", metrics)
-        save_for_tools(module.model, dm.tokenizer, output_dir / "model")
+        if module.model is not None:  # None in the parent of ddp_spawn workers
+            save_for_tools(module.model, dm.tokenizer, output_dir / "model")
         print_metrics(
             metrics, f"{cfg.dataset.name} | {cfg.direction.name} | anchor={cfg.with_anchor}", output_dir
         )
     return metrics
-

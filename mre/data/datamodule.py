@@ -142,6 +142,24 @@ class Collator:
         }
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), like DistributedSampler: a run resumed at
+    epoch k sees the same order as an uninterrupted one (a stateful generator would restart)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
 class LengthGroupedSampler(Sampler[int]):
     """Seeded shuffle, then sort by length inside mega-batches of 50 batches: less padding,
     still a random order of batches, and the same permutation for the same (seed, epoch)."""

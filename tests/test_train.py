@@ -1,0 +1,202 @@
+"""End-to-end fine-tuning runs on tiny real models: outputs, resume after a kill, determinism,
+DDP metric sync, LoRA/QLoRA, NaN handling and scoring rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from mre.cli import compose
+from mre.results import read_jsonl
+from mre.run import run
+from tests.conftest import REPO
+
+SMALL = [
+    "dataset.synthetic.n=500",
+    "dataset.n_train=240",
+    "dataset.n_dev=32",
+    "dataset.n_test=64",
+    "eval.max_new_tokens=24",
+    "model.tiny.hidden_size=64",
+    "model.tiny.intermediate_size=128",
+    "model.tiny.num_hidden_layers=2",
+    "model.tokenizer.vocab_size=800",
+    "callbacks.rich_progress_bar=null",
+]
+
+
+def small_cfg(tmp_path: Path, *overrides: str):
+    return compose(
+        [
+            *SMALL,
+            "logger=csv",
+            f"paths.output_dir={tmp_path}",
+            f"paths.cache_dir={tmp_path.parent}/c",
+            *overrides,
+        ]
+    )
+
+
+def train_cli(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={run_dir}", *overrides]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def test_default_cli_run_writes_the_run_directory(tmp_path):
+    run_dir = tmp_path / "run"
+    out = train_cli(run_dir, "trainer.max_epochs=2")
+    assert "test metrics" in out.stdout and "test/f1" in out.stdout
+    for p in [
+        ".hydra/config.yaml",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "predictions.jsonl",
+        "csv/metrics.csv",
+    ]:
+        assert (run_dir / p).exists(), p
+    assert len(list((run_dir / "checkpoints").glob("epoch*.ckpt"))) == 1  # the best one
+    assert (run_dir / "model" / "config.json").exists() and (run_dir / "model" / "tokenizer.json").exists()
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B runs offline by default"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"test/f1", "test/precision", "test/recall", "test/exact_match"} <= set(metrics)
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "test/loss")
+    rows = read_jsonl(run_dir / "predictions.jsonl")
+    assert len(rows) == 64 and set(rows[0]) == {"id", "prompt", "gold", "prediction", "correct"}
+    assert sum(r["correct"] for r in rows) / 64 == pytest.approx(metrics["test/exact_match"], abs=1e-6)
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    args = ["trainer.max_epochs=4", "logger=csv"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    train_cli(full, *args)
+    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={killed}", *args]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    last = killed / "checkpoints" / "last.ckpt"
+    saves: set[float] = set()  # last.ckpt is rewritten at every epoch end: kill after the second
+    deadline = time.time() + 600
+    while time.time() < deadline and len(saves) < 2 and proc.poll() is None:
+        if last.exists():
+            saves.add(last.stat().st_mtime)
+        time.sleep(0.05)
+    time.sleep(1.0)  # never kill while the checkpoint is being written
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
+    assert last.exists()
+    train_cli(killed, *args, "ckpt_path=last")
+    a = json.loads((full / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), k
+
+
+def test_same_seed_same_metrics_and_tli_without_anchor(tmp_path):
+    m1 = run(small_cfg(tmp_path / "a", "direction=tli", "with_anchor=false", "trainer.max_epochs=2"))
+    m2 = run(small_cfg(tmp_path / "b", "direction=tli", "with_anchor=false", "trainer.max_epochs=2"))
+    assert {"test/acc", "test/f1", "test/micro_f1"} <= set(m1)
+    assert m1 == m2
+    assert m1["test/micro_f1"] == pytest.approx(m1["test/acc"])
+    rows = read_jsonl(tmp_path / "a" / "predictions.jsonl")
+    assert all(r["gold"] in {"Music", "Sports", "Technology", "Travel"} for r in rows)
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    base = small_cfg(tmp_path / "one", "direction=tli", "trainer.max_epochs=1")
+    run(base)
+    ckpt = str(next((tmp_path / "one" / "checkpoints").glob("epoch*.ckpt")))
+    one = run(small_cfg(tmp_path / "eval1", "direction=tli", "fit=false", f"ckpt_path={ckpt}"))
+    two = train_cli(
+        tmp_path / "eval2",
+        "direction=tli",
+        "fit=false",
+        f"ckpt_path={ckpt}",
+        "logger=csv",
+        "trainer=ddp_spawn",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+    )
+    assert two.returncode == 0
+    m2 = json.loads((tmp_path / "eval2" / "metrics.json").read_text())
+    for k in ("test/acc", "test/f1", "test/micro_f1"):
+        assert m2[k] == pytest.approx(one[k], abs=1e-6), k
+    p1 = read_jsonl(tmp_path / "eval1" / "predictions.jsonl")
+    p2 = read_jsonl(tmp_path / "eval2" / "predictions.jsonl")
+    assert p1 == p2 and len(p1) == 64
+
+
+def test_qlora_runs_and_saves_adapters_only(tmp_path):
+    metrics = run(
+        small_cfg(tmp_path, "model=tiny_llama_qlora", "trainer.max_epochs=1", "model.tiny.hidden_size=64")
+    )
+    assert "test/f1" in metrics
+    files = {p.name for p in (tmp_path / "model").iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    state = torch.load(next((tmp_path / "checkpoints").glob("epoch*.ckpt")), weights_only=False)["state_dict"]
+    assert state and all("lora_" in k for k in state)
+
+
+class InjectNaN(L.Callback):
+    """Corrupts one real weight at a given step, so the loss genuinely becomes NaN there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
+    cfg = small_cfg(
+        tmp_path,
+        "trainer.max_epochs=1",
+        "+callbacks.nan._target_=tests.test_train.InjectNaN",
+        "+callbacks.nan.step=3",
+    )
+    with pytest.raises(FloatingPointError, match="global step 3") as e:
+        run(cfg)
+    assert (tmp_path / "checkpoints" / "nonfinite-step3.ckpt").exists()
+    assert "nonfinite-step3.ckpt" in str(e.value)
+
+
+def test_unseen_test_label_is_scored_wrong(tmp_path):
+    from mre.cli import make_datamodule
+    from mre.run import build_generative
+
+    cfg = small_cfg(tmp_path, "direction=tli")
+    dm = make_datamodule(cfg)
+    module = build_generative(cfg, dm, tmp_path)
+    module.configure_model()
+    batch = next(iter(dm.test_dataloader()))
+    batch["target"][0] = dm.tokenizer.unk_token_id  # a gold code no label maps to
+    logits = module(batch).logits
+    preds, golds = module._score_codes(logits, batch)
+    assert golds[0] == len(dm.builder.labels) and preds[0] != golds[0]
+    assert (golds[1:] < len(dm.builder.labels)).all()
+
+
+def test_hub_id_without_network_says_how_to_point_at_weights(tmp_path):
+    from mre.models import ModelLoadError, build_model
+
+    cfg = compose(["model=llama2_7b_chat", "model.pretrained_path=meta-llama/Llama-2-7b-chat-hf"])
+    from mre.data.tokenizer import train_tiny_tokenizer
+
+    tok = train_tiny_tokenizer(["a b c"], vocab_size=300, cache_dir=tmp_path)
+    with pytest.raises(ModelLoadError, match=r"model\.pretrained_path=/path/to/folder"):
+        build_model(cfg.model, tok)
