@@ -102,6 +102,8 @@ class SaliencyFlowCallback(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
+        if stage != "fit":
+            return
         if not dm.with_anchor:
             log.warning("flow: the setting has no anchor, so S_wp and S_pq are undefined; flow is skipped")
             self.enabled = False

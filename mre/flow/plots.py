@@ -24,6 +24,7 @@ def draw_curves(ax, layers: np.ndarray, curves: dict[str, tuple[np.ndarray, np.n
         mean, lo, hi = curves[m]
         ax.plot(layers, mean, marker="o", ms=3, color=COLORS[m], label=LABELS[m])
         ax.fill_between(layers, lo, hi, color=COLORS[m], alpha=0.2, linewidth=0)
+    ax.set_xticks(layers)
     ax.set_xlabel("layer")
     ax.set_ylabel("flow intensity")
     ax.grid(alpha=0.3)

@@ -1,0 +1,58 @@
+"""SaliencyFlowCallback inside real training runs: files, skip without anchor, DDP equality."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+
+import pytest
+
+from mre.run import run
+from tests.test_train import small_cfg, train_cli
+
+FAST = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "dataset.n_test=24", "callbacks.flow.n_samples=16"]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_flow_written_for_base_model_and_every_epoch(tmp_path):
+    run(small_cfg(tmp_path, *FAST))
+    flow = tmp_path / "flow"
+    for name in ("epoch_-1.csv", "epoch_0.csv", "epoch_1.csv", "epoch_-1.png", "epoch_1.png", "evolution.png"):
+        assert (flow / name).exists(), name
+    rows = read_csv(flow / "epoch_0.csv")
+    assert [int(r["layer"]) for r in rows] == [0, 1]  # the 2-layer test model
+    for r in rows:
+        assert int(r["n"]) == 16
+        for m in ("S_wp", "S_pq", "S_ww"):
+            v = float(r[m])
+            assert math.isfinite(v) and v >= 0
+            assert float(r[f"{m}_lo"]) <= v <= float(r[f"{m}_hi"])
+    assert read_csv(flow / "epoch_-1.csv") != read_csv(flow / "epoch_1.csv"), "training changes the flow"
+    assert any(float(r["S_pq"]) > 0 for r in rows)
+
+
+def test_no_anchor_setting_skips_flow_without_failing(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        metrics = run(small_cfg(tmp_path, *FAST, "with_anchor=false", "trainer.max_epochs=1"))
+    assert "test/f1" in metrics
+    assert not (tmp_path / "flow").exists()
+    assert sum("S_wp and S_pq are undefined" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.slow
+def test_ddp_flow_equals_one_process(tmp_path):
+    args = [*FAST, "trainer.max_epochs=1", "logger=csv", "direction=tli"]
+    run(small_cfg(tmp_path / "one", *args))
+    train_cli(tmp_path / "two", *args, "trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2")
+    one = read_csv(tmp_path / "one" / "flow" / "epoch_-1.csv")
+    two = read_csv(tmp_path / "two" / "flow" / "epoch_-1.csv")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two, strict=True):
+        assert a["n"] == b["n"] == "16"
+        for m in ("S_wp", "S_pq", "S_ww", "S_pq_lo", "S_pq_hi"):
+            assert float(a[m]) == pytest.approx(float(b[m]), rel=1e-6, abs=1e-12), m
