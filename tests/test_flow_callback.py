@@ -11,7 +11,12 @@ import pytest
 from mre.run import run
 from tests.test_train import small_cfg, train_cli
 
-FAST = ["trainer.max_epochs=2", "trainer.limit_train_batches=3", "dataset.n_test=24", "callbacks.flow.n_samples=16"]
+FAST = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "dataset.n_test=24",
+    "callbacks.flow.n_samples=16",
+]
 
 
 def read_csv(path):
@@ -22,7 +27,14 @@ def read_csv(path):
 def test_flow_written_for_base_model_and_every_epoch(tmp_path):
     run(small_cfg(tmp_path, *FAST))
     flow = tmp_path / "flow"
-    for name in ("epoch_-1.csv", "epoch_0.csv", "epoch_1.csv", "epoch_-1.png", "epoch_1.png", "evolution.png"):
+    for name in (
+        "epoch_-1.csv",
+        "epoch_0.csv",
+        "epoch_1.csv",
+        "epoch_-1.png",
+        "epoch_1.png",
+        "evolution.png",
+    ):
         assert (flow / name).exists(), name
     rows = read_csv(flow / "epoch_0.csv")
     assert [int(r["layer"]) for r in rows] == [0, 1]  # the 2-layer test model

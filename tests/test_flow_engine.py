@@ -276,6 +276,7 @@ def test_lora_adapters():
     with_lora = FlowEngine(model).compute(batch)
     with model.disable_adapter():
         without = FlowEngine(model).compute(batch)
+    assert all(p.grad is None for p in model.parameters())
     assert not torch.allclose(with_lora.s_ww, without.s_ww)
     assert_matches(with_lora, reference(model, samples))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -307,6 +308,7 @@ def test_gradient_checkpointing(reentrant):
     stats = engine.last_stats
     assert stats["fills"] == [1, 1, 1]  # each layer's slot filled exactly once per backward
     assert stats["attention_calls"] == 6  # 3 forward + 3 recomputed: checkpointing was really active
+    assert all(p.grad is None for p in model.parameters())
     assert model.training and all(layer.gradient_checkpointing for layer in model.model.layers)
     assert_matches(res, reference(model, samples))
 

@@ -185,7 +185,8 @@ _register()
 
 class _FlowState:
     def __init__(self, masks: Tensor, keep_maps: str | None):
-        self.masks = masks  # [B, 3, L, L] bool: wp, pq, ww
+        self.masks: Tensor | None = masks  # [B, 3, L, L] bool: wp, pq, ww (dropped once converted)
+        self.seq = masks.shape[-1]
         self._masks_as: dict[torch.dtype, Tensor] = {}
         self.keep_maps = keep_maps
         self.slots: dict[int, int] = {}  # id(attention module) -> layer slot (order of first call)
@@ -216,11 +217,15 @@ class _FlowState:
         return slot
 
     def _float_masks(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """[B, 3, L*L] in the accumulation dtype (made once per pass; the bool copy is then dropped)."""
         m = self._masks_as.get(dtype)
         if m is None:
+            if self.masks is None:  # another dtype already took it: rebuild from that one
+                self.masks = next(iter(self._masks_as.values())).bool().view(-1, 3, self.seq, self.seq)
             b = self.masks.shape[0]
             m = self.masks.to(device=device, dtype=dtype).view(b, 3, -1)
             self._masks_as[dtype] = m
+            self.masks = None
         return m
 
     def make_hook(self, slot: int, box: dict):
@@ -238,10 +243,10 @@ class _FlowState:
             self.fills[slot] += 1
             raise RuntimeError(f"flow engine: saliency of layer slot {slot} filled twice in one backward")
         b, _, lq, lk = probs.shape
-        if lq != lk or lq != self.masks.shape[-1]:
+        if lq != lk or lq != self.seq:
             raise RuntimeError(
                 f"flow engine: attention map of shape {tuple(probs.shape)} does not match the prompt length "
-                f"{self.masks.shape[-1]} (a cache or prefix must not be used)"
+                f"{self.seq} (a cache or prefix must not be used)"
             )
         acc = torch.promote_types(probs.dtype, torch.float32)  # float32 accumulation (float64 stays)
         per_head = probs.to(acc) * grad.to(acc)  # [B, H, L, L]
@@ -413,7 +418,16 @@ class FlowEngine:
         gold = self._gold_index(target, label_ids)
         self._validate(mask.cpu(), q.cpu(), text_range.cpu(), anchor_range.cpu())
 
-        masks, counts = self._pair_masks(mask.cpu(), q.cpu(), text_range.cpu(), anchor_range.cpu())
+        model = self.model
+        hf = _hf_model(model)
+        emb_layer = model.get_input_embeddings()
+        if emb_layer is None:
+            raise RuntimeError("FlowEngine: the model has no input embeddings (get_input_embeddings())")
+        device = emb_layer.weight.device
+        input_ids, mask_d = input_ids.to(device), mask.to(device)
+        q_d, gold_d = q.to(device), gold.to(device)
+        masks, counts = self._pair_masks(mask_d, q_d, text_range.to(device), anchor_range.to(device))
+        counts = counts.cpu()
         for b in range(bsz):
             a0, a1 = anchor_range[b].tolist()
             if a1 > a0 and counts[b, 0] == 0:
@@ -423,16 +437,9 @@ class FlowEngine:
                     f"text={text_range[b].tolist()}, anchor=[{a0}, {a1}), exclude_bos={self.exclude_bos})"
                 )
 
-        model = self.model
-        hf = _hf_model(model)
-        emb_layer = model.get_input_embeddings()
-        if emb_layer is None:
-            raise RuntimeError("FlowEngine: the model has no input embeddings (get_input_embeddings())")
-        device = emb_layer.weight.device
-        input_ids, mask_d = input_ids.to(device), mask.to(device)
-        q_d, gold_d = q.to(device), gold.to(device)
         position_ids = (mask_d.long().cumsum(-1) - 1).clamp_(min=0)
-        state = _FlowState(masks.to(device), self.keep_maps)
+        state = _FlowState(masks, self.keep_maps)
+        del masks
 
         with _flow_mode(model):
             _ACTIVE = state
@@ -577,7 +584,7 @@ class FlowEngine:
     ) -> tuple[Tensor, Tensor]:
         """Boolean pair masks [B, 3, L, L] (wp, pq, ww; i = target row, j = source column), counts [B, 3]."""
         bsz, seq = mask.shape
-        pos = torch.arange(seq)
+        pos = torch.arange(seq, device=mask.device)
         i = pos.view(1, seq, 1)
         j = pos.view(1, 1, seq)
 
