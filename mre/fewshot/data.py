@@ -1,0 +1,213 @@
+"""Few-shot data: the seeded sample, the prompt template (mask = T5's first sentinel) and a
+LightningDataModule of right-padded encoder inputs with class indices.
+
+Class indices follow the sorted text labels of the whole training split; a test record whose label
+never occurs in training gets the extra index C (never predicted, so always wrong), as in the
+generative TLI task.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import PreTrainedTokenizerBase
+
+from mre.data.record import Record
+from mre.data.splits import k_shot, n_total_sample
+
+log = logging.getLogger(__name__)
+
+SENTINEL = "<extra_id_0>"
+
+
+class TemplateError(ValueError):
+    """A prompt template or tokenizer cannot express the few-shot prompt."""
+
+
+def fewshot_sample(
+    records: list[Record], n_total: int | None = 100, k_per_class: int | None = None, seed: int = 42
+) -> list[Record]:
+    """K per class when `k_per_class` is set, else N in total (the paper's 100), seeded; records
+    without a text label are never sampled."""
+    labelled = [r for r in records if r.tli is not None]
+    if k_per_class is not None:
+        if k_per_class < 1:
+            raise ValueError(f"fewshot.k_per_class must be >= 1, got {k_per_class}")
+        return k_shot(labelled, k_per_class, seed)
+    if n_total is None or n_total < 1:
+        raise ValueError(f"fewshot.n_total must be >= 1 (or set fewshot.k_per_class), got {n_total}")
+    if n_total > len(labelled):
+        log.warning("fewshot.n_total=%d but the training split has %d records", n_total, len(labelled))
+    return n_total_sample(labelled, n_total, seed)
+
+
+def class_labels(train: list[Record]) -> list[str]:
+    """The sorted text labels of the training split; a data set without them cannot be classified."""
+    labels = sorted({r.tli for r in train if r.tli is not None})
+    if len(labels) < 2:
+        raise ValueError(
+            f"the few-shot classifier needs text labels (TLI) of at least two classes in the training "
+            f"split; found {labels}"
+        )
+    return labels
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """`template` with one `{text}` and one `{mask}`; the mask becomes the sentinel token."""
+
+    template: str
+    mask_token: str = SENTINEL
+
+    def __post_init__(self) -> None:
+        for slot in ("{text}", "{mask}"):
+            if self.template.count(slot) != 1:
+                raise TemplateError(
+                    f"fewshot.template must contain {slot} exactly once, got {self.template!r}"
+                )
+
+    def render(self, text: str) -> str:
+        return self.template.replace("{text}", text).replace("{mask}", self.mask_token)
+
+    def mask_id(self, tokenizer: PreTrainedTokenizerBase) -> int:
+        """The sentinel's id; a tokenizer without it is not T5-style and fails clearly."""
+        ids = tokenizer.convert_tokens_to_ids([self.mask_token])
+        if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
+            raise TemplateError(
+                f"the tokenizer has no {self.mask_token} token: the few-shot classifier needs a T5-style "
+                "tokenizer with sentinel tokens"
+            )
+        return ids[0]
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> list[int]:
+        """Token ids of the rendered prompt (with the tokenizer's special tokens, e.g. T5's `</s>`);
+        a text too long for `max_length` is shortened, the template never is."""
+        ids = tokenizer(self.render(text)).input_ids
+        if len(ids) > max_length:
+            text_ids = tokenizer.encode(text, add_special_tokens=False)
+            budget = max(0, len(text_ids) - (len(ids) - max_length))
+            while True:
+                short = tokenizer.decode(text_ids[:budget], skip_special_tokens=True)
+                ids = tokenizer(self.render(short)).input_ids
+                if len(ids) <= max_length or budget == 0:
+                    break
+                budget -= 1
+        if self.mask_id(tokenizer) not in ids:
+            raise TemplateError(f"the prompt lost its mask token after shortening to {max_length} tokens")
+        return ids
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]
+    label: int
+    index: int
+
+
+class _Examples(Dataset):
+    def __init__(self, items: list[Example]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.items[i]
+
+
+class Collate:
+    """Right-pads encoder inputs (T5 uses relative positions; the mask hides the padding)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[Example]) -> dict[str, torch.Tensor]:
+        width = max(len(e.ids) for e in items)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for b, e in enumerate(items):
+            ids[b, : len(e.ids)] = torch.tensor(e.ids)
+            mask[b, : len(e.ids)] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([e.label for e in items]),
+            "index": torch.tensor([e.index for e in items]),
+        }
+
+
+class FewShotDataModule(L.LightningDataModule):
+    """The few-shot train sample, the dev split (val/f1) and the test split as prompts."""
+
+    def __init__(
+        self,
+        train: list[Record],
+        dev: list[Record],
+        test: list[Record],
+        labels: list[str],
+        tokenizer: PreTrainedTokenizerBase,
+        template: PromptTemplate,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        max_length: int = 256,
+        num_workers: int = 0,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.splits = {"train": train, "dev": dev, "test": test}
+        self.labels, self.tokenizer, self.template = list(labels), tokenizer, template
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.max_length, self.num_workers, self.seed = max_length, num_workers, seed
+        self.examples: dict[str, list[Example]] = {}
+
+    def label_index(self, label: str | None) -> int:
+        return self.labels.index(label) if label in self.labels else len(self.labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.examples:
+            return
+        self.template.mask_id(self.tokenizer)  # fails clearly for a tokenizer without sentinels
+        for name, recs in self.splits.items():
+            self.examples[name] = [
+                Example(
+                    self.template.encode(self.tokenizer, r.text, self.max_length), self.label_index(r.tli), i
+                )
+                for i, r in enumerate(recs)
+            ]
+        unseen = sum(1 for e in self.examples["test"] if e.label == len(self.labels))
+        if unseen:
+            log.warning("%d test samples have a text label never seen in training: scored as wrong", unseen)
+
+    def records(self, split: str) -> list[Record]:
+        return self.splits[split]
+
+    def prompt(self, split: str, i: int) -> str:
+        return self.template.render(self.splits[split][i].text)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        return DataLoader(
+            _Examples(self.examples[split]),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            collate_fn=Collate(self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Prompts of unlabeled texts (contextual calibration)."""
+        return [self.template.encode(self.tokenizer, t, self.max_length) for t in texts]
