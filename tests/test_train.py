@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -76,27 +75,29 @@ def test_default_cli_run_writes_the_run_directory(tmp_path):
     assert sum(r["correct"] for r in rows) / 64 == pytest.approx(metrics["test/exact_match"], abs=1e-6)
 
 
+class KillAt(L.Callback):
+    """SIGKILLs its own process at a given training step: a crash with no chance to clean up."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
-    args = ["trainer.max_epochs=4", "logger=csv"]
+    args = ["trainer.max_epochs=3", "logger=csv"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     train_cli(full, *args)
-    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={killed}", *args]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    last = killed / "checkpoints" / "last.ckpt"
-    saves: set[float] = set()  # last.ckpt is rewritten at every epoch end: kill after the second
-    deadline = time.time() + 600
-    while time.time() < deadline and len(saves) < 2 and proc.poll() is None:
-        if last.exists():
-            saves.add(last.stat().st_mtime)
-        time.sleep(0.05)
-    time.sleep(1.0)  # never kill while the checkpoint is being written
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "metrics.json").exists(), "the run finished before it was killed"
-    assert last.exists()
+    kill = ["+callbacks.kill._target_=tests.test_train.KillAt", "+callbacks.kill.step=22"]  # mid epoch 1
+    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={killed}", *args, *kill]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    assert not (killed / "metrics.json").exists()
+    assert (
+        torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 15
+    )  # epoch 0 end
     train_cli(killed, *args, "ckpt_path=last")
     a = json.loads((full / "metrics.json").read_text())
     b = json.loads((killed / "metrics.json").read_text())
