@@ -1,0 +1,159 @@
+"""Shared set-up for the hand-run benchmarks in bench/ (not a benchmark itself).
+
+Builds the real objects from the real configs (`mre.cli.compose` -> `make_datamodule` ->
+`mre.run.build_generative`), with the run directory and caches in a temporary folder, and a plain
+PyTorch training loop that does what the Lightning fit loop does for `GenerativeMRE`: same model
+init, same batches in the same order, AdamW + linear warm-up stepped per batch, gradient-norm
+clipping at the trainer config's `gradient_clip_val`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+# Before torch loads OpenMP (import this module first): with the default (active, spinning) wait policy
+# two OpenMP threads on a busy 2-core machine run a training step 3-30x slower than one thread does;
+# PASSIVE costs a little on an idle machine and removes that cliff. Set OMP_WAIT_POLICY to override.
+if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+    warnings.warn("bench/_common.py imported after torch: OMP_WAIT_POLICY=PASSIVE not applied", stacklevel=2)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from mre.cli import compose, make_datamodule  # noqa: E402
+from mre.data.datamodule import Collator, MREDataModule  # noqa: E402
+from mre.run import build_generative  # noqa: E402
+from mre.tasks.generative import GenerativeMRE  # noqa: E402
+
+THREADS = int(os.environ.get("BENCH_THREADS", 2))
+logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # the GPU/TPU lines and tips of each fit
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+warnings.filterwarnings("ignore", ".*LeafSpec.*")  # lightning's own use of a deprecated torch pytree API
+
+TMP = Path(tempfile.mkdtemp(prefix="mre-bench-"))
+atexit.register(shutil.rmtree, TMP, ignore_errors=True)
+
+
+def setup(direction: str, extra: Iterable[str] = ()) -> tuple:
+    """(cfg, datamodule, module with its model built) for `model=tiny_llama dataset=synthetic_en`."""
+    torch.set_num_threads(THREADS)
+    cfg = compose(
+        [
+            "model=tiny_llama",
+            "dataset=synthetic_en",
+            f"direction={direction}",
+            f"paths.output_dir={TMP / 'run'}",
+            f"paths.cache_dir={TMP / 'cache'}",
+            *extra,
+        ]
+    )
+    dm = make_datamodule(cfg)
+    module = build_module(cfg, dm)
+    return cfg, dm, module
+
+
+def build_module(cfg, dm: MREDataModule) -> GenerativeMRE:
+    """A fresh module (model built from the seeded random init, as `configure_model` does in a fit)."""
+    module = build_generative(cfg, dm, TMP / "run")
+    module.configure_model()
+    return module
+
+
+def make_optim(module: GenerativeMRE, cfg, total_steps: int):
+    """The optimizer and per-step scheduler of `GenerativeMRE.configure_optimizers`, built by hand."""
+    from transformers import get_linear_schedule_with_warmup
+
+    o = cfg.optim
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
+    sched = get_linear_schedule_with_warmup(opt, min(o.warmup_steps, total_steps), total_steps)
+    return opt, sched
+
+
+def train_plain(
+    module: GenerativeMRE, cfg, batches: Iterable[dict], total_steps: int, clip: float | None = None
+) -> list[float]:
+    """Plain PyTorch training over `batches` (at most `total_steps`); returns the per-step losses."""
+    clip = cfg.trainer.gradient_clip_val if clip is None else clip
+    opt, sched = make_optim(module, cfg, total_steps)
+    module.train()
+    losses: list[float] = []
+    for step, batch in enumerate(batches):
+        if step >= total_steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss = module(batch).loss
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    module.eval()
+    return losses
+
+
+def cycle_batches(dm: MREDataModule) -> Iterable[dict]:
+    """Training batches epoch after epoch (a fresh loader per epoch, as the fit loop does)."""
+    while True:
+        yield from dm.train_dataloader()
+
+
+def pretrain(module: GenerativeMRE, cfg, dm: MREDataModule, steps: int) -> str:
+    """Train the tiny model briefly (plain loop) so that generation stops at EOS as a trained model's does."""
+    if steps <= 0:
+        return "untrained (random weights)"
+    t0 = time.perf_counter()
+    losses = train_plain(module, cfg, cycle_batches(dm), steps)
+    return (
+        f"trained {steps} steps (batch {cfg.data.batch_size}) in {time.perf_counter() - t0:.0f} s, "
+        f"mean loss of the last 20 steps {statistics.mean(losses[-20:]):.4f}"
+    )
+
+
+def test_batches(dm: MREDataModule, n: int, batch_size: int) -> list[dict]:
+    """The first `n` test samples collated into batches of `batch_size` (left padding)."""
+    items = dm.encoded["test"][:n]
+    collate = Collator(dm.tokenizer.pad_token_id)
+    return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+
+
+def interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, dict, dict]:
+    """One warm-up call of each method, then `repeats` rounds calling each in turn (so that load from
+    other processes hits all alike). Returns the last results, the median wall times and the median
+    CPU times (process time, all threads: less sensitive to other processes than wall time)."""
+    results = {k: f() for k, f in methods.items()}
+    wall: dict[str, list[float]] = {k: [] for k in methods}
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(repeats):
+        for k, f in methods.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            results[k] = f()
+            wall[k].append(time.perf_counter() - w0)
+            cpu[k].append(time.process_time() - c0)
+    return results, wall, {k: statistics.median(v) for k, v in cpu.items()}
+
+
+def header(name: str) -> str:
+    return (
+        f"{name}: model=tiny_llama dataset=synthetic_en, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )

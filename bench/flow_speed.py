@@ -1,0 +1,327 @@
+"""Speed and peak memory of the flow engine versus two baselines (run by hand, not a test).
+
+    python bench/flow_speed.py            # ~2-3 minutes on 2 CPU cores
+
+Same tiny LLaMA (8 layers x 256 hidden, 4 heads, intermediate 688, vocab 2000, random weights, float32)
+and the same 32 samples of 256 tokens for every method:
+
+  (a) engine     FlowEngine.compute at batch sizes 1, 4, 8, 16 (the best is the one with most samples/s);
+  (b) reference  the "Label Words are Anchors" method: a ones tensor with requires_grad multiplied onto the
+                 attention probabilities (eager), one sample at a time, weights NOT frozen (weight
+                 gradients are computed, then zeroed), every layer's full saliency map copied out and the
+                 three means computed from the maps;
+  (c) train step one ordinary training step (LM loss on all tokens, forward + backward with weight
+                 gradients, default sdpa attention) at the engine's best batch size;
+  (d) floor      what any exact method must at least do, for scale: eager forward + activation-only
+                 backward of the target loss, frozen weights, no saliency (engine/floor = the engine's
+                 own overhead).
+
+The engine's best batch size is the fastest one whose peak memory stays within the reference's (the
+memory target is a constraint); the fastest overall is printed too.
+
+Each method runs in its own subprocess (torch.set_num_threads(2)). Peak memory = the peak resident set
+size (VmHWM, reset through /proc/self/clear_refs after the model and data are built) minus the resident
+size at that moment, i.e. what the method itself adds, allocator caching included. One warm-up batch runs
+before the timed loops (and counts for memory); the fastest of FLOW_BENCH_REPEATS (default 2) timed
+loops over all samples counts, which keeps the numbers usable on a machine that is not idle. CPU time
+(process_time, all threads) is reported too: on a busy machine it is the steadier measure of work
+(with FLOW_BENCH_THREADS=1 it has no spin-waiting in it).
+FLOW_BENCH_THREADS (default 2) sets the torch threads; OMP_WAIT_POLICY defaults to PASSIVE (see below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+N_SAMPLES = 32
+SEQ = 256
+BATCH_SIZES = (1, 4, 8, 16)
+THREADS = int(os.environ.get("FLOW_BENCH_THREADS", "2"))
+REPEATS = int(os.environ.get("FLOW_BENCH_REPEATS", "2"))  # timed loops per method; the fastest counts
+# sleeping (not spinning) OpenMP threads: on a machine shared with other jobs, spinning 2-thread barriers
+# made every method 10x slower and the comparison meaningless; applied to every method alike
+OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# worker side
+# ------------------------------------------------------------------------------------------------
+
+
+def _build():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=8,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=2000,
+        max_position_embeddings=512,
+    )
+    model = LlamaForCausalLM(cfg).float()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, cfg.vocab_size, (N_SAMPLES, SEQ), generator=g)
+    target = torch.randint(0, cfg.vocab_size, (N_SAMPLES,), generator=g)
+    text = torch.tensor([[4, 180]] * N_SAMPLES)
+    anchor = torch.tensor([[190, 240]] * N_SAMPLES)
+    return model, ids, target, text, anchor
+
+
+def _batch(ids, target, text, anchor, lo: int, hi: int) -> dict:
+    import torch
+
+    n = hi - lo
+    return {
+        "input_ids": ids[lo:hi],
+        "attention_mask": torch.ones(n, SEQ, dtype=torch.long),
+        "text_range": text[lo:hi],
+        "anchor_range": anchor[lo:hi],
+        "q": torch.full((n,), SEQ - 1),
+        "target": target[lo:hi],
+    }
+
+
+def _means_from_maps(maps, text, anchor, q):
+    """The three means of one sample from its full maps [layers, L, L] (reference side)."""
+    import torch
+
+    seq = maps.shape[-1]
+    i = torch.arange(seq).view(seq, 1)
+    j = torch.arange(seq).view(1, seq)
+    causal = (j < i) & (i <= q)
+    in_p = (i >= anchor[0]) & (i < anchor[1])
+    wp = causal & in_p & (j >= text[0]) & (j < text[1])
+    pq = causal & (i == q) & (j >= anchor[0]) & (j < anchor[1])
+    ww = causal & ~wp & ~pq
+    return [[float(m[c].mean()) for c in (wp, pq, ww)] for m in maps]
+
+
+def _register_lwa():
+    """Eager LLaMA attention with the LWA trick: probs * ones(requires_grad) -> ones.grad = A * dL/dA."""
+    import torch
+    from torch import nn
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from transformers.models.llama.modeling_llama import repeat_kv
+
+    adapters: list = []
+
+    def lwa_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        key_states = repeat_kv(key, module.num_key_value_groups)
+        value_states = repeat_kv(value, module.num_key_value_groups)
+        w = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            w = w + attention_mask
+        w = nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
+        ones = torch.ones_like(w, requires_grad=True)
+        adapters.append(ones)
+        w = w * ones
+        out = torch.matmul(w, value_states).transpose(1, 2).contiguous()
+        return out, w
+
+    AttentionInterface.register("lwa_ref", lwa_attention)
+    AttentionMaskInterface.register("lwa_ref", eager_mask)
+    return adapters
+
+
+def worker(method: str, bs: int) -> dict:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    model, ids, target, text, anchor = _build()
+    results: list = []
+
+    if method == "engine":
+        from mre.flow import FlowEngine
+
+        engine = FlowEngine(model)
+
+        def run(lo, hi):
+            r = engine.compute(_batch(ids, target, text, anchor, lo, hi))
+            results.extend(torch.stack([r.s_wp, r.s_pq, r.s_ww], -1).tolist())
+
+    elif method == "reference":
+        adapters = _register_lwa()
+        model.set_attn_implementation("lwa_ref")
+        model.eval()
+
+        def run(lo, hi):
+            for b in range(lo, hi):
+                adapters.clear()
+                logits = model(input_ids=ids[b : b + 1], use_cache=False).logits
+                loss = torch.nn.functional.cross_entropy(logits[0, SEQ - 1][None], target[b : b + 1])
+                loss.backward()
+                maps = torch.stack([a.grad[0].sum(0).abs().detach().cpu().clone() for a in adapters])
+                results.append(_means_from_maps(maps, text[b].tolist(), anchor[b].tolist(), SEQ - 1))
+                model.zero_grad(set_to_none=True)
+
+    elif method == "floor":
+        model.set_attn_implementation("eager")
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+        def run(lo, hi):
+            emb = model.get_input_embeddings()(ids[lo:hi]).detach().requires_grad_(True)
+            logits = model(inputs_embeds=emb, use_cache=False, logits_to_keep=1).logits
+            torch.nn.functional.cross_entropy(logits[:, -1], target[lo:hi], reduction="sum").backward()
+
+    elif method == "train":
+        model.train()
+
+        def run(lo, hi):
+            out = model(input_ids=ids[lo:hi], labels=ids[lo:hi], use_cache=False)
+            out.loss.backward()
+            model.zero_grad(set_to_none=True)
+
+    else:
+        raise ValueError(method)
+
+    base_kb = _status_kb("VmRSS")
+    reset = _reset_peak()
+    run(0, bs)  # warm-up (counts for memory, not for time)
+    elapsed = cpu = float("inf")
+    for _ in range(REPEATS):  # the fastest of REPEATS loops: robust to a busy machine
+        results.clear()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for lo in range(0, N_SAMPLES, bs):
+            run(lo, min(lo + bs, N_SAMPLES))
+        elapsed = min(elapsed, time.perf_counter() - t0)
+        cpu = min(cpu, time.process_time() - c0)
+    peak_kb = _status_kb("VmHWM")
+    return {
+        "method": method,
+        "bs": bs,
+        "seconds": elapsed,
+        "cpu_seconds": cpu,
+        "samples_per_s": N_SAMPLES / elapsed,
+        "peak_mb": (peak_kb - base_kb) / 1024 if reset else float("nan"),
+        "means": results,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------------
+
+
+def _spawn(method: str, bs: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TOKENIZERS_PARALLELISM="false")
+    env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
+    cmd = [sys.executable, __file__, "--worker", method, "--bs", str(bs)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"worker {method} bs={bs} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _max_rel(a: list, b: list) -> float:
+    import math
+
+    worst = 0.0
+    for x, y in zip(_flat(a), _flat(b), strict=True):
+        if math.isnan(x) and math.isnan(y):
+            continue
+        worst = max(worst, abs(x - y) / max(abs(y), 1e-12))
+    return worst
+
+
+def _flat(x):
+    if isinstance(x, list):
+        for v in x:
+            yield from _flat(v)
+    else:
+        yield x
+
+
+def main() -> None:
+    t_start = time.perf_counter()
+    print(
+        f"flow_speed: tiny LLaMA 8 layers x 256 hidden, 4 heads, {N_SAMPLES} samples x {SEQ} tokens, "
+        f"{THREADS} threads (OMP_WAIT_POLICY={OMP_WAIT_POLICY}), best of {REPEATS} loops, "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+    rows = []
+
+    def show(name: str, r: dict) -> None:
+        print(
+            f"  {name:<10s} bs={r['bs']:<3d} {r['samples_per_s']:7.2f} samples/s  "
+            f"{1000 * r['cpu_seconds'] / N_SAMPLES:7.1f} CPU-ms/sample   peak +{r['peak_mb']:7.1f} MB"
+        )
+
+    for bs in BATCH_SIZES:
+        rows.append(_spawn("engine", bs))
+        show("engine", rows[-1])
+    ref = _spawn("reference", 1)
+    show("reference", ref)
+    # best batch size: the fastest among those within the reference's peak memory (the memory target is a
+    # constraint); the fastest overall if none is
+    fastest = max(rows, key=lambda r: r["samples_per_s"])
+    fitting = [r for r in rows if r["peak_mb"] <= ref["peak_mb"]]
+    best = max(fitting, key=lambda r: r["samples_per_s"]) if fitting else fastest
+    train = _spawn("train", best["bs"])
+    show("train step", train)
+    train_fast = train
+    if fastest["bs"] != best["bs"]:
+        train_fast = _spawn("train", fastest["bs"])
+        show("train step", train_fast)
+    floor = _spawn("floor", best["bs"])
+    show("floor", floor)
+    print(
+        f"best engine batch size: {best['bs']} (fastest within the reference's peak memory; fastest overall: "
+        f"bs={fastest['bs']}, {fastest['samples_per_s']:.2f} samples/s, peak +{fastest['peak_mb']:.1f} MB)"
+    )
+    for unit, key in (("wall", "seconds"), ("CPU", "cpu_seconds")):
+        print(f"{unit:>4s} time per sample  engine/train-step: {best[key] / train[key]:.3f}  (target <= 0.8)")
+        print(f"{unit:>4s} time per sample  engine/reference:  {best[key] / ref[key]:.3f}  (target <= 1)")
+    speedup = best["samples_per_s"] / ref["samples_per_s"]
+    print(f"samples/s            engine/reference:  {speedup:.2f}x  (target >= 1)")
+    print(f"peak memory          engine/reference:  {best['peak_mb'] / ref['peak_mb']:.3f}   (target <= 1)")
+    print(f"peak memory          engine/train-step: {best['peak_mb'] / train['peak_mb']:.3f}")
+    print(f" CPU time per sample  engine/floor:      {best['cpu_seconds'] / floor['cpu_seconds']:.3f}")
+    if train_fast is not train:
+        for unit, key in (("wall", "seconds"), ("CPU", "cpu_seconds")):
+            ratio = fastest[key] / train_fast[key]
+            print(f"{unit:>4s} time per sample  engine/train-step at bs={fastest['bs']}: {ratio:.3f}")
+    agree = _max_rel(best["means"], ref["means"])
+    print(f"agreement            max rel. diff engine vs reference metrics: {agree:.2e}")
+    print(f"total wall time {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", choices=["engine", "reference", "train", "floor"])
+    ap.add_argument("--bs", type=int, default=1)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.bs)))
+    else:
+        main()
