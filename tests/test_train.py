@@ -186,10 +186,29 @@ def test_unseen_test_label_is_scored_wrong(tmp_path):
     module.configure_model()
     batch = next(iter(dm.test_dataloader()))
     batch["target"][0] = dm.tokenizer.unk_token_id  # a gold code no label maps to
-    logits = module(batch).logits
+    logits, _ = module(batch)
     preds, golds = module._score_codes(logits, batch)
     assert golds[0] == len(dm.builder.labels) and preds[0] != golds[0]
     assert (golds[1:] < len(dm.builder.labels)).all()
+
+
+def test_answer_window_loss_and_scores_match_full_logits(tmp_path):
+    from mre.cli import make_datamodule
+    from mre.run import build_generative
+
+    cfg = small_cfg(tmp_path, "direction=tli")
+    dm = make_datamodule(cfg)
+    module = build_generative(cfg, dm, tmp_path)
+    module.configure_model()
+    batch = next(iter(dm.test_dataloader()))
+    full = module.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"], labels=batch["labels"],
+    )  # fmt: skip
+    logits, loss = module(batch)
+    assert loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
+    assert logits.shape[1] < batch["input_ids"].shape[1]
+    assert torch.equal(module._score_codes(logits, batch)[0], module._score_codes(full.logits, batch)[0])
 
 
 def test_hub_id_without_network_says_how_to_point_at_weights(tmp_path):

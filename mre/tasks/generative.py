@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -117,16 +118,27 @@ class GenerativeMRE(L.LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     # ---------- training ----------
-    def forward(self, batch: dict[str, torch.Tensor]):
-        return self.model(
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of the last k positions (q and every position predicting an answer token) and the
+        answer loss. Left padding puts every answer at the right edge, so the full [B, L, vocab]
+        logits (over a GB for a 32k vocabulary) are never materialised."""
+        labels = batch["labels"]
+        k = int((labels != -100).sum(1).max()) + 1
+        logits = self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             position_ids=batch["position_ids"],
-            labels=batch["labels"],
+            logits_to_keep=k,
+        ).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            labels[:, labels.shape[1] - k + 1 :].flatten(),
+            ignore_index=-100,
         )
+        return logits, loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
+        loss = self(batch)[1]
         if not torch.isfinite(loss).all():
             self._stop_on_nonfinite(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
@@ -149,11 +161,11 @@ class GenerativeMRE(L.LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch: dict[str, torch.Tensor], stage: str) -> None:
-        out = self(batch)
+        logits, loss = self(batch)
         bs = batch["input_ids"].shape[0]
-        self.log(f"{stage}/loss", out.loss, batch_size=bs, sync_dist=True)
+        self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
         if self.direction == "tli":
-            preds, golds = self._score_codes(out.logits, batch)
+            preds, golds = self._score_codes(logits, batch)
             self.metrics[stage].update(preds, golds)
             labels = [*self.builder.labels, "<unseen>"]
             rows = zip([labels[g] for g in golds.tolist()], [labels[p] for p in preds.tolist()], strict=True)
@@ -167,9 +179,11 @@ class GenerativeMRE(L.LightningModule):
             self._collect(batch["index"].tolist(), rows)
 
     def _score_codes(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]):
-        """Arg-max over the code tokens at q (the position before the first answer token)."""
+        """Arg-max over the code tokens at q (the position before the first answer token); `logits`
+        holds the last k positions of the sequence."""
         first_answer = (batch["labels"] != -100).int().argmax(dim=1)
-        q_logits = logits[torch.arange(logits.shape[0], device=logits.device), first_answer - 1]
+        q = first_answer - 1 - (batch["labels"].shape[1] - logits.shape[1])
+        q_logits = logits[torch.arange(logits.shape[0], device=logits.device), q]
         code_ids = torch.tensor(self.builder.code_ids, device=logits.device)
         preds = q_logits[:, code_ids].argmax(-1)
         gold_ids = batch["target"].unsqueeze(1) == code_ids.unsqueeze(0)
@@ -238,4 +252,3 @@ def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows = [r for part in parts for r in part]
     unique = {r["id"]: r for r in rows}
     return sorted(unique.values(), key=lambda r: r["id"])
-

@@ -1,0 +1,244 @@
+"""Seeded bootstrap statistics of analyze.py: per-layer flow intervals and paired F1 differences.
+
+Every resample is a vector of counts over the n samples (how often each sample is drawn when n
+samples are drawn with replacement), so a statistic of a resample is a weighted statistic of the
+original samples. Resamples are drawn in fixed blocks from ``numpy.random.default_rng(seed)``: the
+same seed gives the same intervals, and memory stays at one block of ``BLOCK x n`` counts.
+
+Paired bootstrap of an F1 difference (``paired_bootstrap``): both runs are scored on the *same*
+resampled test ids; for each of B resamples the difference ``d_b = F1_b(B) - F1_b(A)`` is computed.
+
+* interval: the 2.5th and 97.5th percentiles of ``d_1..d_B`` (percentile interval);
+* p-value (two-sided): ``p = min(1, 2 * min(#{b: d_b <= 0}, #{b: d_b >= 0}) / B)``, i.e. twice the
+  fraction of bootstrap differences on the far side of 0 (0 included). Identical runs give d_b = 0
+  for every b, so the interval is [0, 0] and p = 1. p = 0 means no resample crossed 0: report it as
+  p < 1/B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mre.data.wli_format import WLIFormat
+from mre.metrics import pair_overlap
+
+BLOCK = 100  # resamples drawn at once
+
+
+def resample_blocks(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """Count vectors of ``n_boot`` bootstrap resamples of n samples, in blocks of ``BLOCK`` rows."""
+    if n <= 0:
+        raise ValueError("bootstrap needs at least one sample")
+    rng = np.random.default_rng(seed)
+    p = np.full(n, 1.0 / n)
+    done = 0
+    while done < n_boot:
+        b = min(BLOCK, n_boot - done)
+        yield rng.multinomial(n, p, size=b).astype(np.float64)
+        done += b
+
+
+# --------------------------------------------------------------------------------------------------
+# per-layer means with bootstrap intervals
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerStats:
+    """Per layer: mean, sample std, 95% percentile bootstrap interval of the mean, n (non-NaN samples)."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    n: np.ndarray
+
+
+def bootstrap_layer_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> LayerStats:
+    """``values`` is [n_samples, n_layers] (NaN = undefined for that sample, e.g. no anchor).
+
+    Samples are resampled jointly over layers (one resample draws whole samples); a layer's
+    bootstrap mean uses that resample's non-NaN values of the layer.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"values must be [samples, layers], got shape {values.shape}")
+    ok = ~np.isnan(values)
+    n = ok.sum(0)
+    filled = np.where(ok, values, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = filled.sum(0) / n
+        dev = np.where(ok, values - mean, 0.0)
+        std = np.sqrt((dev**2).sum(0) / np.maximum(n - 1, 1))
+    std = np.where(n > 1, std, np.where(n == 1, 0.0, np.nan))
+    boots = []
+    okf = ok.astype(np.float64)
+    for w in resample_blocks(values.shape[0], n_boot, seed):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            boots.append((w @ filled) / (w @ okf))
+    b = np.concatenate(boots, axis=0)
+    lo = np.full(values.shape[1], np.nan)
+    hi = np.full(values.shape[1], np.nan)
+    for layer in range(values.shape[1]):
+        col = b[:, layer]
+        col = col[~np.isnan(col)]
+        if col.size:
+            lo[layer], hi[layer] = np.percentile(col, [2.5, 97.5])
+    return LayerStats(mean=mean, std=std, lo=lo, hi=hi, n=n)
+
+
+# --------------------------------------------------------------------------------------------------
+# F1 of weighted test sets
+# --------------------------------------------------------------------------------------------------
+
+
+class TestSetMismatchError(ValueError):
+    """Two runs that are compared were not evaluated on the same test samples."""
+
+
+class WLIScores:
+    """Micro-F1 over (type, span) pairs, as `mre.metrics.WLIF1` (F1 = 1 when there are no pairs at all)."""
+
+    kind = "wli"
+
+    def __init__(self, golds: Sequence[str], preds: Sequence[str], fmt: WLIFormat | None = None) -> None:
+        fmt = fmt or WLIFormat()
+        g = [fmt.parse(x) for x in golds]
+        p = [fmt.parse(x) for x in preds]
+        self.tp = np.array([pair_overlap(a, b) for a, b in zip(p, g, strict=True)], dtype=np.float64)
+        self.n_pred = np.array([len(x) for x in p], dtype=np.float64)
+        self.n_gold = np.array([len(x) for x in g], dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.tp)
+
+    def f1(self, w: np.ndarray) -> np.ndarray:
+        """F1 of each weighted resample; ``w`` is [B, n] counts (or [n])."""
+        tp = w @ self.tp
+        denom = w @ (self.n_pred + self.n_gold)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 1.0)
+
+
+class TLIScores:
+    """Macro-F1 over the classes that occur (gold or predicted) in the resample, as torchmetrics'
+    ``MulticlassF1Score(average="macro")``: per class 2tp / (2tp + fp + fn), classes with
+    tp + fp + fn = 0 left out of the mean."""
+
+    kind = "tli"
+
+    def __init__(self, golds: Sequence[str], preds: Sequence[str]) -> None:
+        classes = sorted(set(golds) | set(preds))
+        g = np.array(list(golds), dtype=object)
+        p = np.array(list(preds), dtype=object)
+        self.tp = np.stack([(g == c) & (p == c) for c in classes], 1).astype(np.float64)  # [n, C]
+        self.fp = np.stack([(g != c) & (p == c) for c in classes], 1).astype(np.float64)
+        self.fn = np.stack([(g == c) & (p != c) for c in classes], 1).astype(np.float64)
+
+    def __len__(self) -> int:
+        return len(self.tp)
+
+    def f1(self, w: np.ndarray) -> np.ndarray:
+        tp, fp, fn = w @ self.tp, w @ self.fp, w @ self.fn
+        denom = 2 * tp + fp + fn
+        present = denom > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = np.where(present, 2 * tp / np.where(present, denom, 1), 0.0)
+            return (per_class * present).sum(-1) / present.sum(-1)
+
+
+Scores = WLIScores | TLIScores
+
+
+def align_predictions(
+    rows_a: list[dict], rows_b: list[dict], name_a: str = "A", name_b: str = "B"
+) -> tuple[list[dict], list[dict]]:
+    """The two runs' prediction rows in the same id order; refuses different test sets.
+
+    Raises TestSetMismatchError when the id sets differ, an id repeats, or the same id has a
+    different gold answer in the two runs (different data behind the same ids).
+    """
+    for rows, name in ((rows_a, name_a), (rows_b, name_b)):
+        ids = [r["id"] for r in rows]
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if ids.count(i) > 1)
+            raise TestSetMismatchError(f"{name}: test id {dup!r} occurs more than once in predictions.jsonl")
+    a = {r["id"]: r for r in rows_a}
+    b = {r["id"]: r for r in rows_b}
+    if a.keys() != b.keys():
+        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+        raise TestSetMismatchError(
+            f"refusing to pair {name_a} ({len(a)} test samples) with {name_b} ({len(b)} test samples): "
+            f"their test sets differ ({len(only_a)} ids only in the first, e.g. {only_a[:3]}; "
+            f"{len(only_b)} only in the second, e.g. {only_b[:3]}). A paired comparison needs the same "
+            "test samples: use the same dataset, split seed and n_test in both runs."
+        )
+    order = sorted(a)
+    bad = [i for i in order if a[i]["gold"] != b[i]["gold"]]
+    if bad:
+        i = bad[0]
+        raise TestSetMismatchError(
+            f"refusing to pair {name_a} with {name_b}: {len(bad)} test ids have different gold answers "
+            f"(e.g. {i!r}: {a[i]['gold']!r} vs {b[i]['gold']!r}), so the same ids name different data."
+        )
+    return [a[i] for i in order], [b[i] for i in order]
+
+
+def scores_from_rows(rows: list[dict], kind: str, fmt: WLIFormat | None = None) -> Scores:
+    golds = [str(r["gold"]) for r in rows]
+    preds = [str(r["prediction"]) for r in rows]
+    if kind == "wli":
+        return WLIScores(golds, preds, fmt)
+    if kind == "tli":
+        return TLIScores(golds, preds)
+    raise ValueError(f"kind must be 'wli' or 'tli', got {kind!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# paired bootstrap
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairedResult:
+    """F1 of A and B on the full test set, their difference B - A, its 95% percentile interval,
+    the two-sided bootstrap p-value (module docstring), n test samples and B resamples."""
+
+    f1_a: float
+    f1_b: float
+    diff: float
+    lo: float
+    hi: float
+    p: float
+    n: int
+    n_boot: int
+
+    def p_text(self) -> str:
+        if self.p == 0:
+            return f"<{1 / self.n_boot:.3g}"
+        return f"{self.p:.3g}"
+
+
+def paired_bootstrap(a: Scores, b: Scores, n_boot: int = 1000, seed: int = 0) -> PairedResult:
+    """Paired bootstrap of F1(b) - F1(a) over the same resampled test samples (aligned rows)."""
+    if len(a) != len(b):
+        raise TestSetMismatchError(f"paired bootstrap: {len(a)} vs {len(b)} samples (align them first)")
+    n = len(a)
+    full = np.ones(n)
+    f_a, f_b = float(a.f1(full)), float(b.f1(full))
+    diffs = np.concatenate([b.f1(w) - a.f1(w) for w in resample_blocks(n, n_boot, seed)])
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
+    return PairedResult(f_a, f_b, f_b - f_a, float(lo), float(hi), float(p), n, n_boot)
+
+
+def bootstrap_interval(
+    stat: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile interval of a weighted statistic ``stat(w [B, n]) -> [B]``."""
+    vals = np.concatenate([stat(w) for w in resample_blocks(n, n_boot, seed)])
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)

@@ -1,0 +1,510 @@
+"""Read a Hydra multirun directory and build the paper's comparisons from its runs.
+
+Runs are found as every directory below ``sweep_dir`` that holds ``.hydra/config.yaml`` (the
+``analysis/`` output is skipped). A run is *finished* when it wrote ``metrics.json``; the others
+(failed, killed, still running) are listed and left out of the tables. With Hydra's basic sweeper the
+jobs a sweep was meant to run are rebuilt from ``multirun.yaml`` (``hydra.sweeper.params`` plus the
+command-line sweep), so jobs that never started (a sweep stops at its first failed job) are listed
+too.
+
+Comparisons (``STUDIES``): the paper's Table 2 (WLI F1: text only vs text + TLI), Table 3 (TLI F1:
+text only vs text + WLI) and Table 4 (few-shot F1: manual verbalizer vs knowledgeable verbalizer).
+Two runs are paired when their configs are equal except for the compared setting (``with_anchor``,
+or the ``verbalizer`` node) and the keys that do not change the result (``sweep.ignore_keys``: paths,
+loggers, callbacks, device placement). Keys other than the data set that vary between pairs (a model,
+a seed, the synthetic generator's strengths) become extra label columns. Each pair gets a paired
+bootstrap of its F1 difference on the same test ids (``mre.analysis.stats``); two runs with different
+test ids are refused (``TestSetMismatchError``), or, with ``sweep.on_mismatch=skip``, reported as
+refused in their row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mre.analysis.flow_run import load_run_config, read_flow_csv
+from mre.analysis.stats import (
+    PairedResult,
+    TestSetMismatchError,
+    align_predictions,
+    paired_bootstrap,
+    scores_from_rows,
+)
+from mre.data.wli_format import WLIFormat
+from mre.results import read_jsonl
+
+log = logging.getLogger(__name__)
+
+DEFAULT_IGNORE = [
+    "paths",
+    "hydra",
+    "logger",
+    "callbacks",
+    "ckpt_path",
+    "fit",
+    "trainer.default_root_dir",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.eval_batch_size",
+]
+
+
+@dataclass
+class SweepOptions:
+    """Options of the sweep analysis (the `sweep:` node of conf/analyze.yaml)."""
+
+    n_boot: int = 1000  # paired bootstrap resamples
+    on_mismatch: str = "error"  # error | skip: runs compared on different test ids
+    compute_flow: bool = False  # run the flow analysis (flow: options) on with-anchor runs lacking one
+    ignore_keys: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
+
+
+# --------------------------------------------------------------------------------------------------
+# runs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str  # relative to the sweep directory
+    cfg: DictConfig | None
+    flat: dict[str, Any]
+    overrides: list[str]
+    metrics: dict[str, float] | None
+    problem: str | None = None
+    index: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.flat.get(key, default)
+
+    @property
+    def f1(self) -> float | None:
+        return None if self.metrics is None else self.metrics.get("test/f1")
+
+
+def _plain(v: Any) -> Any:
+    v = getattr(v, "value", v)  # enums
+    if isinstance(v, list | tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _plain(x)) for k, x in v.items()))
+    return v
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """Dotted keys -> values, interpolations resolved where they can be (kept as written otherwise)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    out: dict[str, Any] = {}
+
+    def resolve(key: str, node: Any) -> Any:
+        try:
+            v = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except Exception:
+            return node
+        if isinstance(v, DictConfig | list) or OmegaConf.is_config(v):
+            return OmegaConf.to_container(v, resolve=False)
+        return v
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+            return
+        if isinstance(node, str) and "${" in node or isinstance(node, list):
+            node = resolve(prefix, node)
+        out[prefix] = _plain(node)
+
+    walk(raw, "")
+    return out
+
+
+def _read_run(path: Path, root: Path) -> Run:
+    name = str(path.relative_to(root)) if path != root else "."
+    problem = None
+    try:
+        cfg = load_run_config(path)
+        flat = flatten(cfg)
+    except Exception as e:
+        cfg, flat, problem = None, {}, f"unreadable config: {e}"
+    ov_path = path / ".hydra" / "overrides.yaml"
+    overrides = [str(x) for x in OmegaConf.load(ov_path)] if ov_path.exists() else []
+    metrics = None
+    mpath = path / "metrics.json"
+    if mpath.exists():
+        try:
+            metrics = {k: float(v) for k, v in json.loads(mpath.read_text()).items()}
+        except (ValueError, OSError) as e:
+            problem = f"unreadable metrics.json: {e}"
+    if metrics is None and problem is None:
+        problem = "no metrics.json (failed, killed or still running)"
+        if (path / "checkpoints" / "last.ckpt").exists():
+            problem += "; checkpoints/last.ckpt exists, so it can be resumed"
+    return Run(path, name, cfg, flat, overrides, metrics, problem)
+
+
+def discover_runs(sweep_dir: str | Path) -> list[Run]:
+    """Every run below sweep_dir (``.hydra/config.yaml``), in path order; analysis dirs skipped."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep_dir {root} is not a directory")
+    runs = []
+    for cfg_path in sorted(root.rglob(".hydra/config.yaml")):
+        run_dir = cfg_path.parent.parent
+        rel = run_dir.relative_to(root).parts
+        if "analysis" in rel:  # this tool's own output (it has a .hydra/ too)
+            continue
+        runs.append(_read_run(run_dir, root))
+    for i, r in enumerate(runs):
+        r.index = i
+    return runs
+
+
+def expected_jobs(sweep_dir: str | Path) -> list[list[str]] | None:
+    """The jobs a basic-sweeper multirun was meant to run (override lists), from multirun.yaml."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.exists():
+        return None
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        conf = OmegaConf.load(path)
+        target = str(OmegaConf.select(conf, "hydra.sweeper._target_", default=""))
+        if not target.endswith("BasicSweeper"):
+            return None
+        params = OmegaConf.select(conf, "hydra.sweeper.params", default=None) or {}
+        args = [f"{k}={v}" for k, v in OmegaConf.to_container(params, resolve=False).items()]
+        args += [str(x) for x in OmegaConf.select(conf, "hydra.overrides.task", default=[]) or []]
+        parsed = OverridesParser.create().parse_overrides(args)
+        batches = BasicSweeper.split_arguments(parsed, None)
+        return [list(job) for batch in batches for job in batch]
+    except Exception as e:  # an unusual sweep: list only the runs that exist
+        log.warning("could not rebuild the job list from %s: %s", path, e)
+        return None
+
+
+def never_started(sweep_dir: str | Path, runs: list[Run]) -> list[str]:
+    jobs = expected_jobs(sweep_dir)
+    if not jobs:
+        return []
+    present = {frozenset(r.overrides) for r in runs}
+    return [" ".join(j) for j in jobs if frozenset(j) not in present]
+
+
+# --------------------------------------------------------------------------------------------------
+# studies (the paper's tables)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Study:
+    key: str
+    title: str
+    kind: str  # wli | tli: how F1 is computed from predictions.jsonl
+    compare: tuple[str, ...]  # config keys/prefixes that define the two sides
+    label_a: str
+    label_b: str
+    select: Callable[[Run], bool]
+    side: Callable[[Run], str | None]  # "a" | "b" | None
+
+
+def _generative(direction: str) -> Callable[[Run], bool]:
+    return lambda r: r.get("task", "generative") == "generative" and str(r.get("direction.name")) == direction
+
+
+def _anchor_side(r: Run) -> str | None:
+    return "b" if r.get("with_anchor") in (True, "true", "True") else "a"
+
+
+def _kv_side(r: Run) -> str | None:
+    return {"manual": "a", "knowledgeable": "b"}.get(str(r.get("verbalizer.kind")))
+
+
+STUDIES = [
+    Study(
+        "table2_wli",
+        "Table 2: WLI F1, text only vs text + TLI",
+        "wli",
+        ("with_anchor",),
+        "Text only",
+        "Text + TLI",
+        _generative("wli"),
+        _anchor_side,
+    ),
+    Study(
+        "table3_tli",
+        "Table 3: TLI F1, text only vs text + WLI",
+        "tli",
+        ("with_anchor",),
+        "Text only",
+        "Text + WLI",
+        _generative("tli"),
+        _anchor_side,
+    ),
+    Study(
+        "table4_kv",
+        "Table 4: few-shot TLI F1, without KV (manual verbalizer) vs KV (knowledgeable verbalizer)",
+        "tli",
+        ("verbalizer",),
+        "without KV",
+        "KV",
+        lambda r: r.get("task") == "fewshot",
+        _kv_side,
+    ),
+]
+
+
+@dataclass
+class Row:
+    labels: dict[str, Any]  # dataset.name and the varying keys
+    a: Run | None
+    b: Run | None
+    paired: PairedResult | None = None
+    note: str = ""
+    s_pq: float | None = None  # mean over layers of the with-anchor (b) run's S_pq
+    flow_source: str | None = None
+    refused: str | None = None  # why the pair was refused (sweep.on_mismatch=skip)
+
+    @property
+    def f1_a(self) -> float | None:
+        if self.paired:
+            return self.paired.f1_a
+        return self.a.f1 if self.a and self.a.finished else None
+
+    @property
+    def f1_b(self) -> float | None:
+        if self.paired:
+            return self.paired.f1_b
+        return self.b.f1 if self.b and self.b.finished else None
+
+    @property
+    def diff(self) -> float | None:
+        if self.paired:
+            return self.paired.diff
+        if self.f1_a is None or self.f1_b is None:
+            return None
+        return self.f1_b - self.f1_a
+
+
+@dataclass
+class Table:
+    study: Study
+    label_keys: list[str]
+    rows: list[Row]
+
+
+def _ignored(key: str, prefixes: list[str] | tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def _label_keys(groups: dict[frozenset, list[Run]]) -> list[str]:
+    """Keys whose value differs between groups; X.k hidden when X.name determines it."""
+    dicts = [dict(g) for g in groups]
+    keys = sorted({k for d in dicts for k in d})
+    varying = [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
+    shown = []
+    for k in varying:
+        head, _, _ = k.rpartition(".")
+        name_key = f"{head}.name" if head else "name"
+        if k != name_key and name_key in varying:
+            by_name: dict[str, set[str]] = {}
+            for d in dicts:
+                by_name.setdefault(repr(d.get(name_key)), set()).add(repr(d.get(k)))
+            if all(len(v) == 1 for v in by_name.values()):
+                continue  # determined by the group's name: not a separate setting
+        shown.append(k)
+    if "dataset.name" in shown:
+        shown.remove("dataset.name")
+    return ["dataset.name", *shown]
+
+
+def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | None:
+    members = [r for r in runs if r.cfg is not None and study.select(r) and study.side(r) is not None]
+    if not members:
+        return None
+    ignore = [*opts.ignore_keys, *study.compare]
+    groups: dict[frozenset, list[Run]] = {}
+    for r in members:
+        base = frozenset((k, v) for k, v in r.flat.items() if not _ignored(k, ignore))
+        groups.setdefault(base, []).append(r)
+    label_keys = _label_keys(groups)
+    rows = []
+    for base, group in groups.items():
+        d = dict(base)
+        labels = {k: d.get(k) for k in label_keys}
+        sides: dict[str, list[Run]] = {"a": [], "b": []}
+        for r in group:
+            sides[study.side(r)].append(r)
+        notes = []
+        chosen = {}
+        for s, rs in sides.items():
+            fin = [r for r in rs if r.finished]
+            pick = max(fin, key=lambda r: (r.path / "metrics.json").stat().st_mtime) if fin else None
+            if pick is None and rs:
+                notes.append(f"{study.label_a if s == 'a' else study.label_b}: run #{rs[0].index} not finished")
+            if len(fin) > 1:
+                notes.append(f"{len(fin)} finished runs for one setting; used #{pick.index} (the latest)")
+            chosen[s] = pick
+        rows.append(Row(labels, chosen["a"], chosen["b"], note="; ".join(notes)))
+    rows.sort(key=lambda row: tuple(str(row.labels[k]) for k in label_keys))
+    return Table(study, label_keys, rows)
+
+
+def _wli_format(run: Run) -> WLIFormat:
+    return WLIFormat(
+        str(run.get("prompt.pair_sep", ";")), str(run.get("prompt.kv_sep", ":")), str(run.get("prompt.empty", "none"))
+    )
+
+
+def pair_rows(table: Table, opts: SweepOptions, seed: int) -> None:
+    """Paired bootstrap for every row with both runs finished and predictions present."""
+    for row in table.rows:
+        if row.a is None or row.b is None:
+            continue
+        pa, pb = row.a.path / "predictions.jsonl", row.b.path / "predictions.jsonl"
+        if not (pa.exists() and pb.exists()):
+            row.note = _join(row.note, "no predictions.jsonl: no paired interval")
+            continue
+        try:
+            ra, rb = align_predictions(
+                read_jsonl(pa), read_jsonl(pb), f"run #{row.a.index} ({row.a.name})", f"run #{row.b.index} ({row.b.name})"
+            )
+        except TestSetMismatchError as e:
+            if opts.on_mismatch == "skip":
+                row.refused = str(e)
+                continue
+            raise
+        fmt = _wli_format(row.a)
+        sa = scores_from_rows(ra, table.study.kind, fmt)
+        sb = scores_from_rows(rb, table.study.kind, fmt)
+        row.paired = paired_bootstrap(sa, sb, n_boot=opts.n_boot, seed=seed)
+        for run, f in ((row.a, row.paired.f1_a), (row.b, row.paired.f1_b)):
+            if run.f1 is not None and abs(run.f1 - f) > 1e-4:
+                log.warning(
+                    "run #%d: F1 from predictions.jsonl (%.4f) differs from metrics.json test/f1 (%.4f)",
+                    run.index,
+                    f,
+                    run.f1,
+                )
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a and b else a or b
+
+
+# --------------------------------------------------------------------------------------------------
+# flow of the with-anchor runs
+# --------------------------------------------------------------------------------------------------
+
+
+def flow_source(run: Run) -> Path | None:
+    """analysis/flow.csv (analyze.py run_dir=...) when present, else the callback's last epoch CSV."""
+    p = run.path / "analysis" / "flow.csv"
+    if p.exists():
+        return p
+    epochs = []
+    for f in (run.path / "flow").glob("epoch_*.csv"):
+        try:
+            epochs.append((int(f.stem.split("_", 1)[1]), f))
+        except ValueError:
+            continue
+    return max(epochs)[1] if epochs else None
+
+
+def attach_flow(table: Table) -> None:
+    for row in table.rows:
+        if row.b is None or table.study.key == "table4_kv":
+            continue
+        src = flow_source(row.b)
+        if src is None:
+            continue
+        curves = read_flow_csv(src)
+        if "S_pq" in curves:
+            row.s_pq = float(np.nanmean(curves["S_pq"][0]))
+            row.flow_source = str(src.relative_to(row.b.path))
+
+
+def compute_missing_flow(runs: list[Run], flow_opts, seed: int, cache_dir: str | None) -> None:
+    """Run the flow analysis on every finished generative with-anchor run without analysis/flow.csv."""
+    from mre.analysis.flow_run import analyze_subject, load_run
+
+    for r in runs:
+        if not (r.finished and r.get("task") == "generative" and r.get("with_anchor") is True):
+            continue
+        if (r.path / "analysis" / "flow.csv").exists():
+            continue
+        log.info("flow analysis of run #%d (%s)", r.index, r.name)
+        subject = load_run(r.path, cache_dir=cache_dir, device=flow_opts.device)
+        analyze_subject(subject, r.path / "analysis", flow_opts, seed=seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# the known-answer check (a sweep over the synthetic generator's strengths)
+# --------------------------------------------------------------------------------------------------
+
+STRENGTH_KEYS = ("dataset.synthetic.wli_helps_tli", "dataset.synthetic.tli_helps_wli")
+
+
+def known_effect(table: Table) -> dict[str, Any] | None:
+    """Per strength level: the gain of with-anchor over without (paired interval) and mean S_pq.
+
+    Verdict ("recovered") when (1) the interval at strength 0 contains 0, (2) the interval at the
+    strongest level lies above 0, and (3) the gain does not decrease from one level to the next by
+    more than the interval half-widths allow (each step's gain is at least the previous gain's lower
+    bound). Only for sweeps that vary the synthetic strengths.
+    """
+    keys = [k for k in table.label_keys if k in STRENGTH_KEYS]
+    if not keys or table.study.key == "table4_kv":
+        return None
+    levels = []
+    for row in table.rows:
+        if row.paired is None:
+            continue
+        try:
+            level = tuple(float(row.labels[k]) for k in keys)
+        except (TypeError, ValueError):
+            continue
+        levels.append((level, row))
+    if len(levels) < 2:
+        return None
+    levels.sort(key=lambda x: x[0])
+    null = [row for lv, row in levels if all(v == 0 for v in lv)]
+    strongest = levels[-1][1]
+    checks = {
+        "null level present": bool(null),
+        "interval at strength 0 contains 0": bool(null) and null[0].paired.lo <= 0 <= null[0].paired.hi,
+        "interval at the strongest level above 0": strongest.paired.lo > 0,
+        "gain never falls below the previous level's lower bound": all(
+            b.paired.diff >= a.paired.lo for (_, a), (_, b) in zip(levels, levels[1:], strict=False)
+        ),
+    }
+    spq = [row.s_pq for _, row in levels]
+    spq_trend = None
+    if all(v is not None and math.isfinite(v) for v in spq):
+        spq_trend = "increasing" if all(b >= a for a, b in zip(spq, spq[1:], strict=False)) else "not monotone"
+    return {
+        "keys": keys,
+        "levels": levels,
+        "checks": checks,
+        "recovered": all(checks.values()),
+        "s_pq_trend": spq_trend,
+    }
