@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# OpenMP threads that spin while waiting make tiny CPU models up to 10x slower as soon as two
+# processes share the cores (DDP tests, subprocess runs): wait passively. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

@@ -301,7 +301,9 @@ def compute_flow_samples(subject: Subject, out_dir: Path, opts: FlowOptions, see
     label_ids = None
     if opts.loss == "label_restricted":
         if str(cfg.direction.name) != "tli":
-            raise AnalysisError("flow.loss=label_restricted needs direction=tli (a C-way loss over the codes)")
+            raise AnalysisError(
+                "flow.loss=label_restricted needs direction=tli (a C-way loss over the codes)"
+            )
         label_ids = dm.builder.code_ids
     if not cfg.with_anchor:
         log.warning("the setting has no anchor: S_wp and S_pq are undefined (NaN); only S_ww is measured")
@@ -327,9 +329,10 @@ def compute_flow_samples(subject: Subject, out_dir: Path, opts: FlowOptions, see
     collate = Collator(dm.tokenizer.pad_token_id)
     device = next(subject.model.parameters()).device
     chunks = [chosen[i : i + opts.batch_size] for i in range(0, len(chosen), opts.batch_size)]
-    with _progress(opts.progress, len(chosen), len(done), subject.name) as advance, open(
-        spath, "a", newline="", encoding="utf-8"
-    ) as f:
+    with (
+        _progress(opts.progress, len(chosen), len(done), subject.name) as advance,
+        open(spath, "a", newline="", encoding="utf-8") as f,
+    ):
         for chunk in chunks:
             todo = [e for e in chunk if e.index not in done]
             if not todo:
@@ -465,7 +468,10 @@ def read_flow_csv(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray, n
     for m in METRICS:
         if not rows or m not in rows[0]:
             continue
-        vals = [[float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows] for k in (m, f"{m}_lo", f"{m}_hi")]
+        vals = [
+            [float(r[k]) if r.get(k) not in (None, "") else np.nan for r in rows]
+            for k in (m, f"{m}_lo", f"{m}_hi")
+        ]
         mean = np.array(vals[0])
         if np.all(np.isnan(mean)):
             continue
@@ -512,7 +518,9 @@ def token_flows(subject: Subject, chosen: list, opts: FlowOptions) -> list[dict[
             sal, which = maps.sum(0), "summed over layers"
         else:
             if not -maps.shape[0] <= opts.example_layer < maps.shape[0]:
-                raise AnalysisError(f"flow.example_layer={opts.example_layer}: the model has {maps.shape[0]} layers")
+                raise AnalysisError(
+                    f"flow.example_layer={opts.example_layer}: the model has {maps.shape[0]} layers"
+                )
             sal, which = maps[opts.example_layer], f"layer {opts.example_layer}"
         t0, t1 = e.text_range
         a0, a1 = e.anchor_range
@@ -581,7 +589,9 @@ def plot_token_example(ex: dict[str, Any], path: Path, title: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
-def analyze_subject(subject: Subject, out_dir: str | Path, opts: FlowOptions, seed: int = 42) -> dict[str, Any]:
+def analyze_subject(
+    subject: Subject, out_dir: str | Path, opts: FlowOptions, seed: int = 42
+) -> dict[str, Any]:
     """flow_samples.csv -> flow.csv, flow.png, examples/; returns paths and per-layer means."""
     out_dir = Path(out_dir)
     spath = compute_flow_samples(subject, out_dir, opts, seed)
@@ -640,7 +650,9 @@ def _print_summary(stats: dict[str, LayerStats], title: str, out_dir: Path) -> N
         for m in METRICS:
             s = stats[m]
             cells.append(
-                "n/a" if np.isnan(s.mean[layer]) else f"{s.mean[layer]:.3g} [{s.lo[layer]:.3g}, {s.hi[layer]:.3g}]"
+                "n/a"
+                if np.isnan(s.mean[layer])
+                else f"{s.mean[layer]:.3g} [{s.lo[layer]:.3g}, {s.hi[layer]:.3g}]"
             )
         t.add_row(str(layer), *cells)
     console = Console()

@@ -95,7 +95,7 @@ def bootstrap_layer_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0)
 # --------------------------------------------------------------------------------------------------
 
 
-class TestSetMismatchError(ValueError):
+class MismatchedTestSetError(ValueError):
     """Two runs that are compared were not evaluated on the same test samples."""
 
 
@@ -158,19 +158,21 @@ def align_predictions(
 ) -> tuple[list[dict], list[dict]]:
     """The two runs' prediction rows in the same id order; refuses different test sets.
 
-    Raises TestSetMismatchError when the id sets differ, an id repeats, or the same id has a
+    Raises MismatchedTestSetError when the id sets differ, an id repeats, or the same id has a
     different gold answer in the two runs (different data behind the same ids).
     """
     for rows, name in ((rows_a, name_a), (rows_b, name_b)):
         ids = [r["id"] for r in rows]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
-            raise TestSetMismatchError(f"{name}: test id {dup!r} occurs more than once in predictions.jsonl")
+            raise MismatchedTestSetError(
+                f"{name}: test id {dup!r} occurs more than once in predictions.jsonl"
+            )
     a = {r["id"]: r for r in rows_a}
     b = {r["id"]: r for r in rows_b}
     if a.keys() != b.keys():
         only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
-        raise TestSetMismatchError(
+        raise MismatchedTestSetError(
             f"refusing to pair {name_a} ({len(a)} test samples) with {name_b} ({len(b)} test samples): "
             f"their test sets differ ({len(only_a)} ids only in the first, e.g. {only_a[:3]}; "
             f"{len(only_b)} only in the second, e.g. {only_b[:3]}). A paired comparison needs the same "
@@ -180,7 +182,7 @@ def align_predictions(
     bad = [i for i in order if a[i]["gold"] != b[i]["gold"]]
     if bad:
         i = bad[0]
-        raise TestSetMismatchError(
+        raise MismatchedTestSetError(
             f"refusing to pair {name_a} with {name_b}: {len(bad)} test ids have different gold answers "
             f"(e.g. {i!r}: {a[i]['gold']!r} vs {b[i]['gold']!r}), so the same ids name different data."
         )
@@ -225,7 +227,7 @@ class PairedResult:
 def paired_bootstrap(a: Scores, b: Scores, n_boot: int = 1000, seed: int = 0) -> PairedResult:
     """Paired bootstrap of F1(b) - F1(a) over the same resampled test samples (aligned rows)."""
     if len(a) != len(b):
-        raise TestSetMismatchError(f"paired bootstrap: {len(a)} vs {len(b)} samples (align them first)")
+        raise MismatchedTestSetError(f"paired bootstrap: {len(a)} vs {len(b)} samples (align them first)")
     n = len(a)
     full = np.ones(n)
     f_a, f_b = float(a.f1(full)), float(b.f1(full))
