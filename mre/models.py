@@ -27,6 +27,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from mre.hub import NotLocalError, local_path
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -92,17 +94,13 @@ def _tiny_checkpoint(
     return path
 
 
-def _from_pretrained(path: str, cls: type, **kw: Any) -> PreTrainedModel:
-    local = Path(path).exists()
+def _from_pretrained(path: str, **kw: Any) -> PreTrainedModel:
+    """Weights from a local folder (or the local cache) with the Auto class its config names."""
     try:
-        return cls.from_pretrained(path, local_files_only=not local, **kw)
-    except OSError as e:
-        raise ModelLoadError(
-            f"cannot load model weights {path!r}: it is not a local folder and no model hub is reachable "
-            "here. Download the weights elsewhere (e.g. `hf download meta-llama/Llama-2-7b-chat-hf`), "
-            "copy the folder to this machine and set model.pretrained_path=/path/to/folder "
-            "(or MRE_LLAMA_PATH)."
-        ) from e
+        folder = local_path(path)
+    except NotLocalError as e:
+        raise ModelLoadError(f"cannot load model weights: {e}") from e
+    return _auto_class(AutoConfig.from_pretrained(folder)).from_pretrained(folder, **kw)
 
 
 def build_model(
@@ -125,12 +123,7 @@ def build_model(
             raise ModelLoadError(
                 f"model {cfg.name!r} needs model.pretrained_path (a local folder of weights)"
             )
-        cls = (
-            _auto_class(AutoConfig.from_pretrained(path, local_files_only=True))
-            if Path(path).exists()
-            else AutoModelForCausalLM
-        )
-        model = _from_pretrained(path, cls, dtype=dtype, quantization_config=quant)
+        model = _from_pretrained(path, dtype=dtype, quantization_config=quant)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if cfg.gradient_checkpointing:

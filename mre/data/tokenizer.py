@@ -25,6 +25,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from mre.hub import local_path
+
 log = logging.getLogger(__name__)
 
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
@@ -140,18 +142,8 @@ def _load_cached(path: Path) -> PreTrainedTokenizerFast:
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load a real tokenizer from a local folder; a hub id fails with instructions (no network here)."""
-    if not Path(name_or_path).exists():
-        try:
-            tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-        except OSError as e:
-            raise FileNotFoundError(
-                f"tokenizer {name_or_path!r} is neither a local folder nor in the local Hugging Face cache, "
-                "and no model hub is reached from here. Download the model elsewhere and point at its "
-                "folder: model.pretrained_path=/path/to/Llama-2-7b-chat-hf (or set MRE_LLAMA_PATH)."
-            ) from e
-    else:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+    """Load a real tokenizer from a local folder (or the local cache); never from the network."""
+    tok = AutoTokenizer.from_pretrained(local_path(name_or_path))
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     tok.padding_side = "left"
