@@ -27,7 +27,8 @@ Files written to the analysis directory:
 Resuming: the selected samples are processed in a fixed order, in fixed chunks of
 ``flow.batch_size``; a rerun skips complete samples, drops a torn last line, and recomputes an
 unfinished chunk with the same composition (same padding, so the same numbers) writing only the
-samples still missing.
+samples still missing. "The same numbers" holds on the same hardware and torch thread count: float32
+sums taken in another order (other threads, another GPU) differ in the last bits.
 """
 
 from __future__ import annotations
@@ -103,6 +104,23 @@ class Subject:
 # --------------------------------------------------------------------------------------------------
 
 
+def resolve_run_dir(run_dir: str | Path) -> Path:
+    """A run directory, or ``<sweep dir>/<job number>`` for the sweep's job of that number.
+
+    Multirun job directories are named ``<num>_<overrides>`` and hold ``=`` and ``,``, which Hydra's
+    command line only takes quoted (``'run_dir="multirun/x/1_a=b,c=d"'``); the job number is enough.
+    """
+    path = Path(run_dir)
+    if path.exists() or not path.name.isdigit() or not path.parent.is_dir():
+        return path
+    hits = [p for p in path.parent.iterdir() if p.is_dir() and p.name.split("_", 1)[0] == path.name]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise AnalysisError(f"{path.parent} has no job {path.name} (no directory named {path.name}_...)")
+    raise AnalysisError(f"{path.parent} has several directories of job {path.name}: {[h.name for h in hits]}")
+
+
 def load_run_config(run_dir: str | Path) -> DictConfig:
     """The composed config of a train.py run (``.hydra/config.yaml``), checked against the schema,
     with ``paths.output_dir`` set to the run directory (it is ``${hydra:...}`` in the file)."""
@@ -139,7 +157,7 @@ def load_run(run_dir: str | Path, cache_dir: str | None = None, device: str = "a
     """The fine-tuned model of a train.py run directory, with the data module of its config."""
     from mre.models import DTYPES, build_model
 
-    run_dir = Path(run_dir)
+    run_dir = resolve_run_dir(run_dir)
     cfg = load_run_config(run_dir)
     if cfg.task != "generative":
         raise AnalysisError(
@@ -552,7 +570,14 @@ def plot_token_example(ex: dict[str, Any], path: Path, title: str) -> Path:
 
     from mre.analysis.report import use_cjk_font
 
-    use_cjk_font(ex["text_tokens"] + ex["anchor_tokens"])
+    original, note = ex, ""
+    if not use_cjk_font(ex["text_tokens"] + ex["anchor_tokens"]):  # boxes otherwise: number the tokens
+        ex = {
+            **ex,
+            "text_tokens": [f"t{i}" for i in range(len(ex["text_tokens"]))],
+            "anchor_tokens": [f"a{i}" for i in range(len(ex["anchor_tokens"]))],
+        }
+        note = "\n(no CJK font installed: the token texts are in the .csv beside this figure)"
     n_t, n_a = len(ex["text_tokens"]), len(ex["anchor_tokens"])
     width = min(40.0, max(6.0, 0.28 * max(n_t, n_a) + 2))
     fig, axes = plt.subplots(2, 1, figsize=(width, 5.2), gridspec_kw={"height_ratios": [1, 1]})
@@ -562,16 +587,17 @@ def plot_token_example(ex: dict[str, Any], path: Path, title: str) -> Path:
     ):
         x = np.arange(len(toks))
         ax.bar(x, vals, color=color)
-        ax.set_xticks(x, toks, rotation=90, fontsize=7)
+        ax.set_xticks(x, [t if len(t) <= 14 else t[:13] + "…" for t in toks], rotation=90, fontsize=7)
         ax.set_xlim(-0.6, max(len(toks), 1) - 0.4)
         ax.set_ylabel("flow")
         ax.set_title(what, fontsize=9, loc="left")
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{title}\nsample {ex['id']} (target {ex['target']!r}), I {ex['which']}", fontsize=9)
+    fig.suptitle(f"{title}\nsample {ex['id']} (target {ex['target']!r}), I {ex['which']}{note}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    ex = original
     with open(path.with_suffix(".csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["part", "position", "token", "flow"])
@@ -657,16 +683,7 @@ def _print_summary(stats: dict[str, LayerStats], title: str, out_dir: Path) -> N
         t.add_row(str(layer), *cells)
     console = Console()
     console.print(t)
-    console.print(f"analysis directory: {out_dir}")
-
-
-def options_from(cfg: DictConfig | dict | None) -> FlowOptions:
-    """FlowOptions from the `flow:` node of the analysis config."""
-    if cfg is None:
-        return FlowOptions()
-    d = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    known = {k: v for k, v in d.items() if k in FlowOptions.__dataclass_fields__}
-    return FlowOptions(**known)
+    console.print(f"analysis directory: {out_dir}", markup=False, soft_wrap=True)
 
 
 __all__ = [

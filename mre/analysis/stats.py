@@ -17,7 +17,7 @@ resampled test ids; for each of B resamples the difference ``d_b = F1_b(B) - F1_
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -235,12 +235,3 @@ def paired_bootstrap(a: Scores, b: Scores, n_boot: int = 1000, seed: int = 0) ->
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
     return PairedResult(f_a, f_b, f_b - f_a, float(lo), float(hi), float(p), n, n_boot)
-
-
-def bootstrap_interval(
-    stat: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int = 1000, seed: int = 0
-) -> tuple[float, float]:
-    """95% percentile interval of a weighted statistic ``stat(w [B, n]) -> [B]``."""
-    vals = np.concatenate([stat(w) for w in resample_blocks(n, n_boot, seed)])
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return float(lo), float(hi)

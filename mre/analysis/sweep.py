@@ -327,18 +327,28 @@ def _label_keys(groups: dict[frozenset, list[Run]]) -> list[str]:
     varying = [k for k in keys if len({repr(d.get(k)) for d in dicts}) > 1]
     shown = []
     for k in varying:
-        head, _, _ = k.rpartition(".")
-        name_key = f"{head}.name" if head else "name"
-        if k != name_key and name_key in varying:
-            by_name: dict[str, set[str]] = {}
-            for d in dicts:
-                by_name.setdefault(repr(d.get(name_key)), set()).add(repr(d.get(k)))
-            if all(len(v) == 1 for v in by_name.values()):
-                continue  # determined by the group's name: not a separate setting
+        parts = k.split(".")
+        name_keys = [".".join([*parts[:i], "name"]) for i in range(1, len(parts))]
+        if any(nk != k and nk in varying and _determines(dicts, nk, k) for nk in name_keys):
+            continue  # set by a group choice shown by its name (model.name, dataset.name, ...)
         shown.append(k)
     if "dataset.name" in shown:
         shown.remove("dataset.name")
     return ["dataset.name", *shown]
+
+
+def _determines(dicts: list[dict[str, Any]], name_key: str, key: str) -> bool:
+    by_name: dict[str, set[str]] = {}
+    for d in dicts:
+        by_name.setdefault(repr(d.get(name_key)), set()).add(repr(d.get(key)))
+    return all(len(v) == 1 for v in by_name.values())
+
+
+def _natural(v: Any) -> tuple:
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
 
 
 def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | None:
@@ -363,15 +373,16 @@ def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | No
         for s, rs in sides.items():
             fin = [r for r in rs if r.finished]
             pick = max(fin, key=lambda r: (r.path / "metrics.json").stat().st_mtime) if fin else None
+            label = study.label_a if s == "a" else study.label_b
             if pick is None and rs:
-                notes.append(
-                    f"{study.label_a if s == 'a' else study.label_b}: run #{rs[0].index} not finished"
-                )
+                notes.append(f"{label}: run #{rs[0].index} not finished")
+            elif not rs:
+                notes.append(f"no {label} run")
             if len(fin) > 1:
                 notes.append(f"{len(fin)} finished runs for one setting; used #{pick.index} (the latest)")
             chosen[s] = pick
         rows.append(Row(labels, chosen["a"], chosen["b"], note="; ".join(notes)))
-    rows.sort(key=lambda row: tuple(str(row.labels[k]) for k in label_keys))
+    rows.sort(key=lambda row: tuple(_natural(row.labels[k]) for k in label_keys))
     return Table(study, label_keys, rows)
 
 

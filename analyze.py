@@ -1,0 +1,28 @@
+"""Flow analysis and the paper's tables: a thin Hydra entry point (config: conf/analyze.yaml).
+
+    python analyze.py run_dir=outputs/synthetic_en/wli-anchor_True/<time>     # flow of a trained model
+    python analyze.py model=tiny_llama dataset=snips direction=tli            # flow of a base model
+    python analyze.py sweep_dir=multirun/<time>                               # Tables 2-4, figures, report.md
+
+Everything happens in `mre.analysis`; see README.md for the files each mode writes.
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from mre.analysis import analyze, register
+from mre.config import register_configs
+
+register_configs()
+register()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    analyze(cfg)
+
+
+if __name__ == "__main__":
+    main()
