@@ -80,14 +80,16 @@ def tokenizer_corpus(
     return lines
 
 
-class EncodedDataset(Dataset):
-    def __init__(self, items: list[Encoded]) -> None:
+class ListDataset(Dataset):
+    """A map-style dataset over a list of already encoded samples."""
+
+    def __init__(self, items: list) -> None:
         self.items = items
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> Encoded:
+    def __getitem__(self, i: int):
         return self.items[i]
 
 
@@ -262,7 +264,7 @@ class MREDataModule(L.LightningDataModule):
                 [len(e.prompt_ids) + len(e.answer_ids) for e in items], bs, self.seed
             )
         return DataLoader(
-            EncodedDataset(items),
+            ListDataset(items),
             batch_size=bs,
             shuffle=train and sampler is None,
             sampler=sampler,

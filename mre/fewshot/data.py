@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from mre.data.datamodule import ListDataset
 from mre.data.record import Record
 from mre.data.splits import k_shot, n_total_sample
 
@@ -108,17 +109,6 @@ class Example:
     index: int
 
 
-class _Examples(Dataset):
-    def __init__(self, items: list[Example]) -> None:
-        self.items = items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Example:
-        return self.items[i]
-
-
 class Collate:
     """Right-pads encoder inputs (T5 uses relative positions; the mask hides the padding)."""
 
@@ -190,7 +180,7 @@ class FewShotDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(
-            _Examples(self.examples[split]),
+            ListDataset(self.examples[split]),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             collate_fn=Collate(self.tokenizer.pad_token_id),

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mre.fewshot.verbalizer import Verbalizer, VerbalizerHead
 from mre.models import build_model
+from mre.optim import adamw_with_warmup
 from mre.results import write_jsonl
 from mre.tasks.generative import gather_rows
 
@@ -134,16 +135,7 @@ class PromptClassifier(L.LightningModule):
         return torch.tensor([ids], dtype=torch.long)
 
     def configure_optimizers(self):
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params,
-            lr=self.optim_cfg.lr,
-            weight_decay=self.optim_cfg.weight_decay,
-            betas=tuple(self.optim_cfg.betas),
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = get_linear_schedule_with_warmup(opt, min(self.optim_cfg.warmup_steps, total), total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(self, self.optim_cfg)
 
     # ---------- scores ----------
     def vocab_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

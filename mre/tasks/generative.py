@@ -23,12 +23,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import PreTrainedTokenizerBase
 
 from mre.data.prompts import PromptBuilder
 from mre.data.record import Record
 from mre.metrics import WLIF1
 from mre.models import build_model
+from mre.optim import adamw_with_warmup
 from mre.results import write_jsonl
 
 log = logging.getLogger(__name__)
@@ -100,16 +101,7 @@ class GenerativeMRE(L.LightningModule):
             self.model = build_model(self.model_cfg, self.tokenizer, seed=self.seed, cache_dir=self.cache_dir)
 
     def configure_optimizers(self):
-        params = [p for p in self.trainer.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            params,
-            lr=self.optim_cfg.lr,
-            weight_decay=self.optim_cfg.weight_decay,
-            betas=tuple(self.optim_cfg.betas),
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = get_linear_schedule_with_warmup(opt, min(self.optim_cfg.warmup_steps, total), total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_with_warmup(self, self.optim_cfg)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """LoRA runs keep only the trainable (adapter) weights: a 7B base model is not copied each epoch."""
