@@ -12,11 +12,10 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mre.analysis import analyze, register
+from mre.analysis import analyze
 from mre.config import register_configs
 
 register_configs()
-register()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")

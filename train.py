@@ -1,6 +1,6 @@
 """Fine-tune and evaluate: `python train.py [dataset=...] [direction=wli|tli] [with_anchor=...] [model=...]`.
 
-A thin Hydra entry point; everything happens in `mre.run`. See README.md for examples.
+A thin Hydra entry point; everything happens in `mre.runner`. See README.md for examples.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mre.config import register_configs
-from mre.run import run
+from mre.runner import run
 
 register_configs()
 

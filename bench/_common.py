@@ -38,8 +38,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from mre.cli import compose, make_datamodule  # noqa: E402
-from mre.data.datamodule import Collator, MREDataModule  # noqa: E402
 from mre.run import build_generative  # noqa: E402
+
+from mre.data.datamodule import Collator, MREDataModule  # noqa: E402
 from mre.tasks.generative import GenerativeMRE  # noqa: E402
 
 THREADS = int(os.environ.get("BENCH_THREADS", 2))

@@ -35,7 +35,6 @@ import hydra
 import lightning as L
 import torch
 from _common import TMP, build_module, header, setup, train_plain
-
 from mre.run import build_generative
 
 

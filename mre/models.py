@@ -9,6 +9,7 @@ path a real QLoRA run takes, only smaller.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
@@ -22,7 +23,6 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
-    BitsAndBytesConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -55,9 +55,28 @@ def tiny_config(arch: str, tiny: dict[str, Any], tokenizer: PreTrainedTokenizerB
     return AutoConfig.for_model(arch, **_plain(tiny), **specials)
 
 
-def _quantization(kind: str | None, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+def check_model_config(cfg: DictConfig) -> None:
+    """Fail at start-up, before any work, when a tiny model's architecture is not a transformers
+    model_type (with the closest names), rather than deep inside the model build."""
+    if str(cfg.kind) != "tiny":
+        return
+    from transformers import CONFIG_MAPPING
+
+    if cfg.arch not in CONFIG_MAPPING:
+        close = difflib.get_close_matches(str(cfg.arch), list(CONFIG_MAPPING.keys()), n=5)
+        raise ModelLoadError(
+            f"model.arch={cfg.arch!r} is not a transformers model_type; did you mean one of {close}? "
+            "(all of them: transformers.CONFIG_MAPPING)"
+        )
+
+
+def _quantization(kind: str | None, dtype: torch.dtype):
+    """The bitsandbytes config of `model.quantization` (bitsandbytes is imported only here)."""
     if kind is None:
         return None
+    from transformers import BitsAndBytesConfig
+
+    kind = str(kind)
     if kind == "4bit":
         return BitsAndBytesConfig(
             load_in_4bit=True,
@@ -107,18 +126,15 @@ def build_model(
     cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0, cache_dir: str | None = None
 ) -> PreTrainedModel:
     """The model of a model config, with LoRA and quantization applied as configured."""
-    dtype = DTYPES[cfg.dtype]
+    dtype = DTYPES[str(cfg.dtype)]
     quant = _quantization(cfg.quantization, dtype)
-    if cfg.kind == "tiny" and quant is None:
+    tiny = str(cfg.kind) == "tiny"
+    if tiny and quant is None:
         config = tiny_config(cfg.arch, cfg.tiny, tokenizer)
         torch.manual_seed(seed)
         model = _auto_class(config).from_config(config, dtype=dtype)
     else:
-        path = (
-            str(_tiny_checkpoint(cfg, tokenizer, seed, cache_dir))
-            if cfg.kind == "tiny"
-            else cfg.pretrained_path
-        )
+        path = str(_tiny_checkpoint(cfg, tokenizer, seed, cache_dir)) if tiny else cfg.pretrained_path
         if not path:
             raise ModelLoadError(
                 f"model {cfg.name!r} needs model.pretrained_path (a local folder of weights)"

@@ -1,4 +1,5 @@
-"""What every run leaves in its directory: metrics.json, predictions.jsonl, and a printed table."""
+"""What every run leaves in its directory: metrics.json, predictions.jsonl, and a printed table; and
+the gathering of per-sample rows from every rank."""
 
 from __future__ import annotations
 
@@ -6,8 +7,20 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from rich.console import Console
 from rich.table import Table
+
+
+def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All ranks' rows on every rank, de-duplicated by `id` and sorted by it (distributed samplers
+    pad the last batch with repeats)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
+        dist.all_gather_object(parts, rows)
+        rows = [r for part in parts for r in part]
+    unique = {r["id"]: r for r in rows}
+    return sorted(unique.values(), key=lambda r: r["id"])
 
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from mre.analysis import AnalysisError, analyze, register
-from mre.analysis.stats import (
+from mre.analysis import AnalysisError, analyze
+from mre.config import compose
+from mre.flow.files import summarize, write_layers
+from mre.results import read_jsonl, write_jsonl
+from mre.stats import (
     MismatchedTestSetError,
     TLIScores,
     WLIScores,
@@ -26,8 +29,6 @@ from mre.analysis.stats import (
     bootstrap_layer_means,
     paired_bootstrap,
 )
-from mre.cli import compose
-from mre.results import read_jsonl, write_jsonl
 from tests.conftest import REPO
 from tests.test_train import SMALL
 
@@ -38,7 +39,7 @@ SWEEP_ARGS = [
     "with_anchor=false,true",
     "trainer.max_epochs=1",
     "logger=csv",
-    "callbacks.flow.n_samples=16",
+    "flow.n_samples=16",
     "trainer.enable_progress_bar=false",
 ]
 FLOW_FAST = [
@@ -68,7 +69,6 @@ def _one_thread():
 
 
 def analyze_cfg(*overrides: str):
-    register()
     return compose(list(overrides), config_name="analyze")
 
 
@@ -76,9 +76,7 @@ def analyze_cfg(*overrides: str):
 def sweep(tmp_path_factory) -> Path:
     """A real 2-run multirun (train.py -m) with TLI with and without the WLI anchor."""
     root = tmp_path_factory.mktemp("sweep") / "multirun"
-    # a short subdir: the default one (every override) exceeds the 255-byte file name limit here
-    subdir = "hydra.sweep.subdir=${hydra.job.num}_anchor_${with_anchor}"
-    cmd = [sys.executable, "train.py", "-m", *SWEEP_ARGS, f"hydra.sweep.dir={root}", subdir]
+    cmd = [sys.executable, "train.py", "-m", *SWEEP_ARGS, f"hydra.sweep.dir={root}"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=_env())
     assert out.returncode == 0, out.stderr[-4000:]
     runs = sorted(p for p in root.iterdir() if p.is_dir())
@@ -87,7 +85,13 @@ def sweep(tmp_path_factory) -> Path:
 
 
 def _run(sweep: Path, anchor: bool) -> Path:
-    return next(p for p in sweep.iterdir() if p.name.endswith(f"anchor_{anchor}"))
+    """The sweep's job with (or without) the anchor, found by its saved config."""
+    return next(
+        p
+        for p in sorted(sweep.iterdir())
+        if (p / ".hydra" / "config.yaml").exists()
+        and OmegaConf.load(p / ".hydra" / "config.yaml").with_anchor == anchor
+    )
 
 
 def _copy(sweep: Path, tmp_path: Path) -> Path:
@@ -162,12 +166,12 @@ def test_missing_runs_are_listed_and_tables_use_the_finished_ones(sweep, tmp_pat
 
 
 def test_sweep_can_compute_the_flow_of_its_runs(sweep, tmp_path):
-    from mre.analysis.flow_run import FlowOptions
     from mre.analysis.report import analyze_sweep
-    from mre.analysis.sweep import SweepOptions
+    from mre.config import SweepOptions
+    from mre.flow.options import FlowAnalysisConfig
 
     s = _copy(sweep, tmp_path)
-    fo = FlowOptions(n_samples=8, n_examples=0, n_boot=50, progress=False)
+    fo = FlowAnalysisConfig(n_samples=8, n_examples=0, n_boot=50, progress=False)
     res = analyze_sweep(s, opts=SweepOptions(compute_flow=True, n_boot=100), flow_opts=fo)
     assert (_run(s, True) / "analysis" / "flow.csv").exists()
     assert not (_run(s, False) / "analysis").exists()  # no anchor: nothing to measure
@@ -176,7 +180,7 @@ def test_sweep_can_compute_the_flow_of_its_runs(sweep, tmp_path):
 
 def test_mismatched_test_ids_are_refused(sweep, tmp_path):
     from mre.analysis.report import analyze_sweep
-    from mre.analysis.sweep import SweepOptions
+    from mre.config import SweepOptions
 
     s = _copy(sweep, tmp_path)
     pred = _run(s, True) / "predictions.jsonl"
@@ -278,27 +282,27 @@ def _predict_codes(subject) -> dict[str, str]:
     """TLI predictions of a loaded run (arg-max over the code tokens at q), as the run scored them."""
     import torch
 
-    from mre.data.datamodule import Collator
+    from mre.data.batches import Collator
 
-    dm, model = subject.dm, subject.model
-    items = dm.encoded["test"]
-    batch = Collator(dm.tokenizer.pad_token_id)(items)
+    ctx, model = subject.context, subject.model
+    items = ctx.items("test")
+    batch = Collator(ctx.tokenizer.pad_token_id)(items)
     with torch.no_grad():
         logits = model(
             input_ids=batch["prompt_ids"],
             attention_mask=batch["prompt_mask"],
             position_ids=batch["prompt_position_ids"],
         ).logits[:, -1]
-    preds = logits[:, dm.builder.code_ids].argmax(-1).tolist()
-    recs = dm.records("test")
-    return {recs[e.index].id: dm.builder.labels[p] for e, p in zip(items, preds, strict=True)}
+    preds = logits[:, ctx.builder.code_ids].argmax(-1).tolist()
+    recs = ctx.records("test")
+    return {recs[e.index].id: ctx.labels[p] for e, p in zip(items, preds, strict=True)}
 
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_llama_lora"])
 def test_loaded_run_reproduces_its_predictions(sweep, tmp_path, model):
     """The model analyze.py loads (full weights, or LoRA adapters on the rebuilt base) is the trained one."""
     from mre.analysis.flow_run import load_run
-    from mre.run import run as train_run
+    from mre.runner import run as train_run
     from tests.test_train import small_cfg
 
     if model == "tiny_llama":
@@ -306,7 +310,7 @@ def test_loaded_run_reproduces_its_predictions(sweep, tmp_path, model):
     else:
         run_dir = tmp_path / "lora"
         cfg = small_cfg(
-            run_dir, "model=tiny_llama_lora", "direction=tli", "trainer.max_epochs=1", "callbacks.flow=null"
+            run_dir, "model=tiny_llama_lora", "direction=tli", "trainer.max_epochs=1", "flow.enabled=false"
         )
         train_run(cfg)
         (run_dir / ".hydra").mkdir()
@@ -475,11 +479,13 @@ def _fake_run(root: Path, k: int, level: float, anchor: bool, acc: float, n: int
     )
     f1 = float(TLIScores([r["gold"] for r in rows], [r["prediction"] for r in rows]).f1(np.ones(n)))
     (run / "metrics.json").write_text(json.dumps({"test/f1": f1}))
-    if anchor:
-        (run / "flow").mkdir()
-        (run / "flow" / "epoch_3.csv").write_text(
-            "layer,S_wp,S_pq,S_ww,n\n" + "".join(f"{i},0.1,{0.01 * (1 + level)},0.05,64\n" for i in range(2))
-        )
+    if anchor:  # the callback's last epoch file, with S_pq growing with the level
+        values = {
+            "S_wp": np.full((8, 2), 0.1),
+            "S_pq": np.full((8, 2), 0.01 * (1 + level)),
+            "S_ww": np.full((8, 2), 0.05),
+        }
+        write_layers(summarize(values, n_boot=20, seed=0), run / "flow" / "epoch_3.csv")
 
 
 def test_known_effect_section(tmp_path):
@@ -551,7 +557,7 @@ def test_experiments_compose_with_their_sweeps(name, direction, task, sweep_key)
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from mre.cli import CONF_DIR
+    from mre.config import CONF_DIR
 
     cfg = compose([f"experiment={name}"])
     assert cfg.task == task
@@ -597,7 +603,7 @@ def test_slurm_launcher_config_needs_the_plugin():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from mre.cli import CONF_DIR
+    from mre.config import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = hydra_compose("config", ["hydra/launcher=slurm"], return_hydra_config=True)

@@ -13,8 +13,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from mre.cli import CONF_DIR, compose, make_datamodule
-from mre.config import register_configs
+from mre.config import CONF_DIR, compose, register_configs
+from mre.data.context import build_context
 from mre.data.prompts import PromptError
 from tests.conftest import REPO, shared_data
 
@@ -72,27 +72,27 @@ def test_unknown_key_and_wrong_type_fail():
 
 @pytest.mark.parametrize("dataset", PAPER)
 def test_paper_dataset_without_path_says_what_is_expected(dataset):
-    dm = make_datamodule(compose([f"dataset={dataset}"]))
+    cfg = compose([f"dataset={dataset}", "paths.root_dir=/nonexistent"])
     with pytest.raises(FileNotFoundError, match=r"dataset\.path=") as e:
-        dm.setup()
-    assert "no path was given" in str(e.value)
+        build_context(cfg)
+    assert "/nonexistent/data/mre/" in str(e.value) and "does not exist" in str(e.value)
     assert ("csv" in str(e.value)) or ("json" in str(e.value))
 
 
 def test_missing_path_names_the_path(tmp_path):
-    dm = make_datamodule(compose(["dataset=scnm", f"dataset.path={tmp_path}/nope.csv"]))
+    cfg = compose(["dataset=scnm", f"dataset.path={tmp_path}/nope.csv"])
     with pytest.raises(FileNotFoundError, match=r"nope\.csv does not exist"):
-        dm.setup()
+        build_context(cfg)
 
 
 def test_ner_without_tli_refuses_anchor_setting():
     shared_data("ner-wikipedia-ja")
     cfg = compose(["dataset=ner_wikipedia_ja", "with_anchor=true", "dataset.n_train=50", "dataset.n_test=50"])
     with pytest.raises(PromptError, match=r"only direction=wli with_anchor=false"):
-        make_datamodule(cfg).setup()
+        build_context(cfg)
     cfg = compose(["dataset=ner_wikipedia_ja", "direction=tli", "with_anchor=false", "dataset.n_train=50"])
     with pytest.raises(PromptError, match="no text label"):
-        make_datamodule(cfg).setup()
+        build_context(cfg)
 
 
 def _data_view(*overrides: str) -> str:

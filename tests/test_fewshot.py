@@ -13,15 +13,18 @@ import sys
 import pytest
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
-from mre.cli import compose
-from mre.data.datamodule import load_splits
+from mre.config import compose
+from mre.data.dataset import load_splits
 from mre.data.record import Record, WLIPair
 from mre.data.tokenizer import train_tiny_tokenizer
-from mre.fewshot.data import PromptTemplate, TemplateError, class_labels, fewshot_sample
-from mre.fewshot.module import PromptClassifier, first_step_logits
-from mre.fewshot.run import build_verbalizer, run_fewshot
-from mre.fewshot.verbalizer import (
+from mre.models import build_model
+from mre.runner import run
+from mre.tasks.fewshot.data import FewShotContext, PromptTemplate, TemplateError, class_labels, fewshot_sample
+from mre.tasks.fewshot.module import PromptClassifier, first_step_logits
+from mre.tasks.fewshot.task import build_verbalizer
+from mre.tasks.fewshot.verbalizer import (
     Verbalizer,
     VerbalizerError,
     VerbalizerHead,
@@ -33,12 +36,9 @@ from mre.fewshot.verbalizer import (
     word_pieces,
     write_verbalizer,
 )
-from mre.models import build_model
 from tests.conftest import REPO, shared_data
 
-# `task=fewshot` is passed explicitly: conf/config.yaml lists `_self_` after `experiment`, so its own
-# `task: generative` overrides the experiment's `task: fewshot` (see test_experiment_selects_fewshot).
-FEWSHOT = ["experiment=kv_fewshot", "task=fewshot"]
+FEWSHOT = ["experiment=kv_fewshot"]
 
 
 @pytest.fixture(autouse=True)
@@ -135,9 +135,8 @@ def test_source_train_or_fewshot():
     assert build_verbalizer(vcfg, LABELS, sample, RECORDS).of("Car") == ("car", "apple", "bus")
     vcfg.source = "fewshot"
     assert build_verbalizer(vcfg, LABELS, sample, RECORDS).of("Car") == ("car",)  # label-name fallback
-    vcfg.source = "everything"
-    with pytest.raises(VerbalizerError, match="train, fewshot"):
-        build_verbalizer(vcfg, LABELS, sample, RECORDS)
+    with pytest.raises(ValidationError, match="train, fewshot"):  # the schema refuses it on assignment
+        vcfg.source = "everything"
 
 
 def test_manual_verbalizer():
@@ -304,13 +303,15 @@ def test_template_and_sample(tok):
 def _module(tok, t5, verbalizer, **kw):
     used, pieces = tokenize_verbalizer(verbalizer, tok)
     cfg = compose(["model=tiny_t5"])
+    template = PromptTemplate("{text} {mask}")
+    context = FewShotContext(list(used.labels), {"train": [], "dev": [], "test": []}, tok, template)
     return PromptClassifier(
         cfg.model,
         cfg.optim,
-        tok,
+        context,
         used,
         pieces,
-        mask_id=PromptTemplate("{text} {mask}").mask_id(tok),
+        mask_id=template.mask_id(tok),
         model=t5,
         **kw,
     )
@@ -384,7 +385,7 @@ def test_run_fewshot_end_to_end(tmp_path):
             f"paths.output_dir={tmp_path}",
         ]
     )
-    metrics = run_fewshot(cfg)
+    metrics = run(cfg)
     assert set(metrics) >= {"test/acc", "test/f1", "test/micro_f1"}
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("test/acc", "test/f1", "test/micro_f1"))
     assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
@@ -423,10 +424,12 @@ def test_cli_multirun_compares_verbalizers(tmp_path):
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(runs) == 2 and "verbalizer=manual" in runs[0].name and "knowledgeable" in runs[1].name
-    for run in runs:
-        metrics = json.loads((run / "metrics.json").read_text())
-        assert 0.0 <= metrics["test/f1"] <= 1.0 and (run / "predictions.jsonl").exists()
+    assert len(runs) == 2 and all(len(r.name) <= 90 and "=" not in r.name for r in runs)  # short job dirs
+    kinds = [OmegaConf.load(r / ".hydra" / "overrides.yaml") for r in runs]  # the full override list
+    assert "verbalizer=manual" in kinds[0] and "verbalizer=knowledgeable" in kinds[1]
+    for job in runs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert 0.0 <= metrics["test/f1"] <= 1.0 and (job / "predictions.jsonl").exists()
     manual = (runs[0] / "verbalizer.txt").read_text().splitlines()
     assert "Music: music" in manual and "Sports: sports" in manual
     assert len((runs[1] / "verbalizer.txt").read_text().splitlines()[-1].split(",")) > 5

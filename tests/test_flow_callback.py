@@ -1,4 +1,5 @@
-"""SaliencyFlowCallback inside real training runs: files, skip without anchor, DDP equality."""
+"""SaliencyFlowCallback inside real training runs: files (the analysis schema), skip without anchor,
+DDP equality."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import math
 
 import pytest
 
-from mre.run import run
+from mre.flow.files import LAYER_COLUMNS, SAMPLE_COLUMNS
+from mre.runner import run
 from tests.test_train import small_cfg, train_cli
 
 FAST = [
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=3",
     "dataset.n_test=24",
-    "callbacks.flow.n_samples=16",
+    "flow.n_samples=16",
 ]
 
 
@@ -37,13 +39,19 @@ def test_flow_written_for_base_model_and_every_epoch(tmp_path):
     ):
         assert (flow / name).exists(), name
     rows = read_csv(flow / "epoch_0.csv")
+    assert list(rows[0]) == LAYER_COLUMNS  # the schema analyze.py writes
     assert [int(r["layer"]) for r in rows] == [0, 1]  # the 2-layer test model
     for r in rows:
-        assert int(r["n"]) == 16
         for m in ("S_wp", "S_pq", "S_ww"):
             v = float(r[m])
+            assert int(r[f"{m}_n"]) == 16
             assert math.isfinite(v) and v >= 0
-            assert float(r[f"{m}_lo"]) <= v <= float(r[f"{m}_hi"])
+            assert 0 <= float(r[f"{m}_lo"]) <= v <= float(r[f"{m}_hi"])  # bootstrap: never below 0
+    samples = read_csv(flow / "epoch_0_samples.csv")
+    assert list(samples[0]) == SAMPLE_COLUMNS and len(samples) == 16 * 2
+    for layer, r in enumerate(rows):  # the layer file summarizes the samples file
+        vals = [float(x["S_pq"]) for x in samples if int(x["layer"]) == layer]
+        assert float(r["S_pq"]) == pytest.approx(sum(vals) / len(vals), rel=1e-12)
     assert read_csv(flow / "epoch_-1.csv") != read_csv(flow / "epoch_1.csv"), "training changes the flow"
     assert any(float(r["S_pq"]) > 0 for r in rows)
 
@@ -65,6 +73,6 @@ def test_ddp_flow_equals_one_process(tmp_path):
     two = read_csv(tmp_path / "two" / "flow" / "epoch_-1.csv")
     assert len(one) == len(two) == 2
     for a, b in zip(one, two, strict=True):
-        assert a["n"] == b["n"] == "16"
+        assert a["S_ww_n"] == b["S_ww_n"] == "16"
         for m in ("S_wp", "S_pq", "S_ww", "S_pq_lo", "S_pq_hi"):
             assert float(a[m]) == pytest.approx(float(b[m]), rel=1e-6, abs=1e-12), m

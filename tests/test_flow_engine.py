@@ -1,7 +1,8 @@
 """FlowEngine against the plain reference (tests/flow_reference.py) on tiny random models.
 
 float64 everywhere it is possible; the 4-bit model is float32 (bitsandbytes has no float64 compute).
-The engine must match the definition to relative error 1e-5 in every case.
+The engine must match the definition to relative error 1e-5, up to the float32 rounding that the
+models' eager softmax adds whatever the model dtype (see `map_tolerance`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from transformers import (
 sys.path.insert(0, str(Path(__file__).parent))
 from flow_reference import reference_flow
 
-from mre.flow import FlowEngine, FlowResult
+from mre.flow.engine import FlowEngine, FlowResult
+from mre.flow.options import FlowOptions
 
 VOCAB = 200
 RTOL = 1e-5
+U32 = 2.0**-24  # unit roundoff of float32
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -161,9 +164,19 @@ def reference(model, samples, **opts):
         hf.set_attn_implementation(before)
 
 
+def map_tolerance(maps: torch.Tensor) -> torch.Tensor:
+    """[layers] absolute tolerance of a mean over one sample's map: the softmax runs in float32, so
+    each probability carries a relative error up to (L + 1) u32 (a row sum of L terms, exp and
+    division), which reaches every element of I_l at the scale of the layer's largest element (the
+    padded batch and the unpadded reference round differently)."""
+    n = maps.shape[-1]
+    return (n + 1) * U32 * maps.flatten(1).amax(1)
+
+
 def assert_matches(res: FlowResult, refs, rtol: float = RTOL) -> None:
-    for b, ((s_wp, s_pq, s_ww), (n_wp, n_pq, n_ww), _maps) in enumerate(refs):
+    for b, ((s_wp, s_pq, s_ww), (n_wp, n_pq, n_ww), maps) in enumerate(refs):
         assert (int(res.n_wp[b]), int(res.n_pq[b]), int(res.n_ww[b])) == (n_wp, n_pq, n_ww), f"counts {b}"
+        atol = map_tolerance(maps)
         for name, got, want in (
             ("wp", res.s_wp[b], s_wp),
             ("pq", res.s_pq[b], s_pq),
@@ -173,9 +186,8 @@ def assert_matches(res: FlowResult, refs, rtol: float = RTOL) -> None:
             assert got.shape == want.shape, name
             assert torch.equal(torch.isnan(got), torch.isnan(want)), f"{name}[{b}] NaN pattern"
             ok = ~torch.isnan(want)
-            torch.testing.assert_close(
-                got[ok], want[ok], rtol=rtol, atol=1e-14, msg=lambda m, b=b, name=name: f"S_{name}[{b}]: {m}"
-            )
+            excess = (got[ok] - want[ok]).abs() - (rtol * want[ok].abs() + atol[ok])
+            assert (excess <= 0).all(), f"S_{name}[{b}]: {got[ok].tolist()} vs {want[ok].tolist()}"
             # not degenerate (S_wp of the LAST layer is exactly 0: only row q reaches the loss there)
             assert (want[ok][:-1] > 0).all() and (want[ok] >= 0).all(), f"degenerate reference S_{name}"
 
@@ -184,7 +196,7 @@ def check(model, samples, extra_pad: int = 0, rtol: float = RTOL, label_token_id
     batch = collate(samples, extra_pad)
     if label_token_ids is not None:
         batch["label_token_ids"] = torch.tensor(label_token_ids)
-    res = FlowEngine(model, **opts).compute(batch)
+    res = FlowEngine(model, FlowOptions(**opts)).compute(batch)
     refs = reference(model, samples, label_token_ids=label_token_ids, **opts)
     assert_matches(res, refs, rtol)
     return res
@@ -201,6 +213,13 @@ def test_batch_size_one():
 
 
 def test_batched_left_padding_and_maps():
+    """Element-wise maps: LLaMA's eager softmax runs in float32 even for a float64 model, and a padded
+    row is summed in another order than the unpadded one, so each probability carries a relative
+    error up to (L + 1) u32 (the row sum of L terms, exp and division). An element of I_l =
+    |sum_h A_h G_h| then differs by at most (L + 1) u32 * sum_h |A_h G_h| from its own probabilities,
+    plus the same relative error at the scale of the layer's map through the gradient G, which the
+    float32 softmaxes of the layers above feed. Elements near 0 (cancelling heads) therefore get an
+    absolute tolerance, never a relative one; measured here: at most 7 u32 on either scale."""
     model = tiny_llama(seed=2)
     samples = make_samples(5, seed=2)
     assert len({len(s["input_ids"]) for s in samples}) > 2  # different padding lengths
@@ -210,11 +229,16 @@ def test_batched_left_padding_and_maps():
     assert_matches(res, refs)
     width = batch["input_ids"].shape[1]
     assert res.maps.shape == (5, 3, width, width)
-    for b, s in enumerate(samples):  # the padded map restricted to real tokens is the unpadded map
-        pad = width - len(s["input_ids"])
-        torch.testing.assert_close(res.maps[b, :, pad:, pad:].double(), refs[b][2], rtol=RTOL, atol=1e-12)
     head = FlowEngine(model, keep_maps="head").compute(batch)
     assert head.maps.shape == (5, 3, 4, width, width)
+    for b, s in enumerate(samples):  # the padded map restricted to real tokens is the unpadded map
+        n = len(s["input_ids"])
+        got, want = res.maps[b, :, -n:, -n:].double(), refs[b][2]
+        per_head = head.maps[b, :, :, -n:, -n:].double().sum(1)  # sum_h |A_h G_h|
+        layer_max = want.flatten(1).amax(1).view(-1, 1, 1)
+        tol = (n + 1) * U32 * (per_head + layer_max)
+        excess = ((got - want).abs() - tol).max()
+        assert excess <= 0, f"sample {b}: a map element differs by {float(excess):.3g} more than allowed"
     # sum over heads then abs <= sum of per-head abs
     assert (head.maps.sum(2) + 1e-12 >= res.maps).all()
 
@@ -382,12 +406,12 @@ def test_batch_errors():
         with pytest.raises(ValueError, match=pattern):
             engine.compute(bad)
     with pytest.raises(ValueError, match=r"sample 0.*not among label_token_ids"):
-        FlowEngine(model, loss="label_restricted").compute(with_labels)
+        FlowEngine(model, FlowOptions(loss="label_restricted")).compute(with_labels)
     no_text_first = _bad(batch, 0, text_range=[int(batch["anchor_range"][0, 1]), width - 1])
     with pytest.raises(ValueError, match=r"sample 0.*C_wp is empty"):
         engine.compute(no_text_first)
     with pytest.raises(ValueError, match="sources"):
-        FlowEngine(model, sources="everything")
+        FlowEngine(model, FlowOptions(sources="everything"))
     assert model.config._attn_implementation == "sdpa"
 
 
@@ -398,7 +422,7 @@ def test_anchor_with_no_text_before_it():
     s["anchor"], s["text"] = (2, 4), (5, n - 2)  # the anchor precedes the text: C_wp empty
     with pytest.raises(ValueError, match=r"sample 0.*no text position precedes the anchor"):
         FlowEngine(model).compute(collate([s]))
-    FlowEngine(model, sources="all_prior").compute(collate([s]))  # all prior positions: fine
+    FlowEngine(model, FlowOptions(sources="all_prior")).compute(collate([s]))  # all prior positions: fine
 
 
 class _NoSwitchLlama(LlamaForCausalLM):

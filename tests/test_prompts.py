@@ -12,6 +12,7 @@ from mre.data.record import Record, WLIPair
 from mre.data.synthetic import generate
 from mre.data.tokenizer import train_tiny_tokenizer
 from mre.data.wli_format import WLIFormat
+from mre.setting import Direction, Setting
 
 FIELDS = {
     "en": Fields("Text:", "Label:", "Entities:", "Answer:"),
@@ -45,7 +46,8 @@ def setup(request, tmp_path_factory):
 
 
 def builder(tok, labels, lang, direction, with_anchor, **kw) -> PromptBuilder:
-    return PromptBuilder(tok, direction, with_anchor, INSTR[direction], FIELDS[lang], labels, **kw)
+    setting = Setting(Direction(direction), with_anchor)
+    return PromptBuilder(tok, setting, INSTR[direction], FIELDS[lang], labels, **kw)
 
 
 @pytest.mark.parametrize("direction", ["wli", "tli"])

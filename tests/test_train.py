@@ -14,9 +14,10 @@ import lightning as L
 import pytest
 import torch
 
-from mre.cli import compose
+from mre.config import compose
 from mre.results import read_jsonl
-from mre.run import run
+from mre.runner import run
+from mre.tasks import generative
 from tests.conftest import REPO
 
 SMALL = [
@@ -177,30 +178,22 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
 
 
 def test_unseen_test_label_is_scored_wrong(tmp_path):
-    from mre.cli import make_datamodule
-    from mre.run import build_generative
-
-    cfg = small_cfg(tmp_path, "direction=tli")
-    dm = make_datamodule(cfg)
-    module = build_generative(cfg, dm, tmp_path)
+    parts = generative.build(small_cfg(tmp_path, "direction=tli"), tmp_path)
+    module, ctx = parts.module, parts.module.context
     module.configure_model()
-    batch = next(iter(dm.test_dataloader()))
-    batch["target"][0] = dm.tokenizer.unk_token_id  # a gold code no label maps to
+    batch = next(iter(parts.datamodule.test_dataloader()))
+    batch["target"][0] = ctx.tokenizer.unk_token_id  # a gold code no label maps to
     logits, _ = module(batch)
     preds, golds = module._score_codes(logits, batch)
-    assert golds[0] == len(dm.builder.labels) and preds[0] != golds[0]
-    assert (golds[1:] < len(dm.builder.labels)).all()
+    assert golds[0] == len(ctx.labels) and preds[0] != golds[0]
+    assert (golds[1:] < len(ctx.labels)).all()
 
 
 def test_answer_window_loss_and_scores_match_full_logits(tmp_path):
-    from mre.cli import make_datamodule
-    from mre.run import build_generative
-
-    cfg = small_cfg(tmp_path, "direction=tli")
-    dm = make_datamodule(cfg)
-    module = build_generative(cfg, dm, tmp_path)
+    parts = generative.build(small_cfg(tmp_path, "direction=tli"), tmp_path)
+    module = parts.module
     module.configure_model()
-    batch = next(iter(dm.test_dataloader()))
+    batch = next(iter(parts.datamodule.test_dataloader()))
     full = module.model(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"], labels=batch["labels"],

@@ -11,15 +11,12 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import OmegaConf
 
-from mre.analysis.flow_run import read_flow_csv
 from mre.analysis.sweep import (
     STUDIES,
     Row,
@@ -34,44 +31,12 @@ from mre.analysis.sweep import (
     known_effect,
     never_started,
     pair_rows,
+    run_flow,
 )
+from mre.flow.options import FlowAnalysisConfig
+from mre.flow.plots import plot_grid
 
 log = logging.getLogger(__name__)
-
-_CJK_FONTS = (
-    "Noto Sans CJK JP",
-    "Noto Sans JP",
-    "IPAexGothic",
-    "IPAGothic",
-    "TakaoGothic",
-    "VL Gothic",
-    "Hiragino Sans",
-    "Yu Gothic",
-    "MS Gothic",
-    "Droid Sans Fallback",
-)
-_cjk_state: dict[str, Any] = {}
-
-
-def use_cjk_font(strings: list[str]) -> bool:
-    """Pick an installed CJK font when labels hold CJK characters; False when they need one and
-    none is installed (matplotlib would draw boxes)."""
-    if not any(any(ord(c) >= 0x2E80 for c in s) for s in strings):
-        return True
-    if "font" not in _cjk_state:
-        from matplotlib import font_manager
-
-        names = {f.name for f in font_manager.fontManager.ttflist}
-        _cjk_state["font"] = next((n for n in _CJK_FONTS if n in names), None)
-        if _cjk_state["font"] is None:
-            log.warning("no CJK font installed: Japanese labels cannot be drawn (install fonts-noto-cjk)")
-            warnings.filterwarnings("ignore", message=r"Glyph .* missing from")
-    if not _cjk_state["font"]:
-        return False
-    import matplotlib
-
-    matplotlib.rcParams["font.family"] = [_cjk_state["font"], "DejaVu Sans"]
-    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,44 +166,18 @@ def _row_title(t: Table, row: Row) -> str:
 
 def plot_flow_grid(t: Table, path: Path) -> Path | None:
     """One panel per row (data set and varying settings): the with-anchor run's flow curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mre.flow.plots import draw_curves
-
     panels = []
     for row in t.rows:
         if row.b is None or not row.b.finished:
             continue
-        src = flow_source(row.b)
-        if src is None:
+        found = run_flow(row.b)
+        if found is None or not found[1]:
             continue
-        curves = read_flow_csv(src)
-        if not curves:
-            continue
-        layers = np.arange(len(next(iter(curves.values()))[0]))
         f1 = f"F1 {row.f1_b:.3f}" if row.f1_b is not None else ""
-        panels.append((f"{_row_title(t, row)}\n{t.study.label_b} {f1}", layers, curves))
+        panels.append((f"{_row_title(t, row)}\n{t.study.label_b} {f1}", found[1]))
     if not panels:
         return None
-    use_cjk_font([p[0] for p in panels])
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, (title, layers, curves) in zip(axes.flat, panels, strict=False):
-        draw_curves(ax, layers, curves)
-        ax.set_title(title, fontsize=8)
-    for ax in list(axes.flat)[len(panels) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"information flow, {t.study.label_b} ({t.study.kind.upper()} output)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return plot_grid(panels, path, f"information flow, {t.study.label_b} ({t.study.kind.upper()} output)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -395,8 +334,8 @@ def write_report(
             "One panel per data set (and per other varying setting): the with-anchor run's per-layer "
             "S_wp (text → anchor), S_pq (anchor → target) and S_ww (other pairs) with 95% bands, as in the "
             "paper's Figures 4 and 5. Source per run: `analysis/flow.csv` (`analyze.py run_dir=...`, "
-            "bootstrap bands) when present, else the training callback's `flow/epoch_<last>.csv` "
-            "(normal-approximation bands).",
+            "over many test samples) when present, else the training callback's `flow/epoch_<last>.csv` "
+            "(its held-out sample); bands are 95% bootstrap intervals of the mean.",
             "",
         ]
         for key, path in flow_figs.items():
@@ -424,8 +363,6 @@ def analyze_sweep(
     from rich.console import Console
 
     opts = opts or SweepOptions()
-    if opts.on_mismatch not in ("error", "skip"):
-        raise ValueError(f"sweep.on_mismatch must be 'error' or 'skip', got {opts.on_mismatch!r}")
     sweep_dir = Path(sweep_dir)
     out_dir = Path(out_dir) if out_dir is not None else sweep_dir / "analysis"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -440,9 +377,7 @@ def analyze_sweep(
     for m in missing:
         console.print(f"never started: {m}", style="yellow", markup=False)
     if opts.compute_flow:
-        from mre.analysis.flow_run import FlowOptions
-
-        compute_missing_flow(runs, flow_opts or FlowOptions(), seed, cache_dir)
+        compute_missing_flow(runs, flow_opts or FlowAnalysisConfig(), seed, cache_dir)
     tables, figures, known, files = [], {}, {}, []
     for study in STUDIES:
         t = build_table(study, runs, opts)

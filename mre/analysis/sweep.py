@@ -25,53 +25,29 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mre.analysis.flow_run import load_run_config, read_flow_csv
-from mre.analysis.stats import (
+from mre.config import SweepOptions, load_run_config
+from mre.data.wli_format import WLIFormat
+from mre.flow.files import read_layers
+from mre.results import read_jsonl
+from mre.rundir import ANALYSIS, FLOW, LAST_CKPT, METRICS, OVERRIDES, PREDICTIONS
+from mre.setting import Direction, Setting
+from mre.stats import (
+    LayerStats,
     MismatchedTestSetError,
     PairedResult,
     align_predictions,
     paired_bootstrap,
     scores_from_rows,
 )
-from mre.data.wli_format import WLIFormat
-from mre.results import read_jsonl
 
 log = logging.getLogger(__name__)
-
-DEFAULT_IGNORE = [
-    "paths",
-    "hydra",
-    "logger",
-    "callbacks",
-    "ckpt_path",
-    "fit",
-    "trainer.default_root_dir",
-    "trainer.devices",
-    "trainer.num_nodes",
-    "trainer.strategy",
-    "trainer.accelerator",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    "data.num_workers",
-    "data.eval_batch_size",
-]
-
-
-@dataclass
-class SweepOptions:
-    """Options of the sweep analysis (the `sweep:` node of conf/analyze.yaml)."""
-
-    n_boot: int = 1000  # paired bootstrap resamples
-    on_mismatch: str = "error"  # error | skip: runs compared on different test ids
-    compute_flow: bool = False  # run the flow analysis (flow: options) on with-anchor runs lacking one
-    ignore_keys: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,10 +122,10 @@ def _read_run(path: Path, root: Path) -> Run:
         flat = flatten(cfg)
     except Exception as e:
         cfg, flat, problem = None, {}, f"unreadable config: {e}"
-    ov_path = path / ".hydra" / "overrides.yaml"
+    ov_path = path / OVERRIDES
     overrides = [str(x) for x in OmegaConf.load(ov_path)] if ov_path.exists() else []
     metrics = None
-    mpath = path / "metrics.json"
+    mpath = path / METRICS
     if mpath.exists():
         try:
             metrics = {k: float(v) for k, v in json.loads(mpath.read_text()).items()}
@@ -157,7 +133,7 @@ def _read_run(path: Path, root: Path) -> Run:
             problem = f"unreadable metrics.json: {e}"
     if metrics is None and problem is None:
         problem = "no metrics.json (failed, killed or still running)"
-        if (path / "checkpoints" / "last.ckpt").exists():
+        if (path / LAST_CKPT).exists():
             problem += "; checkpoints/last.ckpt exists, so it can be resumed"
     return Run(path, name, cfg, flat, overrides, metrics, problem)
 
@@ -230,12 +206,12 @@ class Study:
     side: Callable[[Run], str | None]  # "a" | "b" | None
 
 
-def _generative(direction: str) -> Callable[[Run], bool]:
-    return lambda r: r.get("task", "generative") == "generative" and str(r.get("direction.name")) == direction
+def _generative(direction: Direction) -> Callable[[Run], bool]:
+    return lambda r: r.get("task") == "generative" and Setting.from_flat(r.flat).direction is direction
 
 
 def _anchor_side(r: Run) -> str | None:
-    return "b" if r.get("with_anchor") in (True, "true", "True") else "a"
+    return "b" if Setting.from_flat(r.flat).with_anchor else "a"
 
 
 def _kv_side(r: Run) -> str | None:
@@ -250,7 +226,7 @@ STUDIES = [
         ("with_anchor",),
         "Text only",
         "Text + TLI",
-        _generative("wli"),
+        _generative(Direction.wli),
         _anchor_side,
     ),
     Study(
@@ -260,7 +236,7 @@ STUDIES = [
         ("with_anchor",),
         "Text only",
         "Text + WLI",
-        _generative("tli"),
+        _generative(Direction.tli),
         _anchor_side,
     ),
     Study(
@@ -372,7 +348,7 @@ def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | No
         chosen = {}
         for s, rs in sides.items():
             fin = [r for r in rs if r.finished]
-            pick = max(fin, key=lambda r: (r.path / "metrics.json").stat().st_mtime) if fin else None
+            pick = max(fin, key=lambda r: (r.path / METRICS).stat().st_mtime) if fin else None
             label = study.label_a if s == "a" else study.label_b
             if pick is None and rs:
                 notes.append(f"{label}: run #{rs[0].index} not finished")
@@ -399,7 +375,7 @@ def pair_rows(table: Table, opts: SweepOptions, seed: int) -> None:
     for row in table.rows:
         if row.a is None or row.b is None:
             continue
-        pa, pb = row.a.path / "predictions.jsonl", row.b.path / "predictions.jsonl"
+        pa, pb = row.a.path / PREDICTIONS, row.b.path / PREDICTIONS
         if not (pa.exists() and pb.exists()):
             row.note = _join(row.note, "no predictions.jsonl: no paired interval")
             continue
@@ -439,46 +415,50 @@ def _join(a: str, b: str) -> str:
 
 
 def flow_source(run: Run) -> Path | None:
-    """analysis/flow.csv (analyze.py run_dir=...) when present, else the callback's last epoch CSV."""
-    p = run.path / "analysis" / "flow.csv"
+    """analysis/flow.csv (analyze.py run_dir=...) when present, else the callback's last epoch file."""
+    p = run.path / ANALYSIS / "flow.csv"
     if p.exists():
         return p
     epochs = []
-    for f in (run.path / "flow").glob("epoch_*.csv"):
+    for f in (run.path / FLOW).glob("epoch_*.csv"):
         try:
             epochs.append((int(f.stem.split("_", 1)[1]), f))
         except ValueError:
-            continue
+            continue  # epoch_<k>_samples.csv
     return max(epochs)[1] if epochs else None
+
+
+def run_flow(run: Run) -> tuple[Path, dict[str, LayerStats]] | None:
+    """The per-layer flow of a run (see `flow_source`), or None when it has none."""
+    src = flow_source(run)
+    return None if src is None else (src, read_layers(src))
 
 
 def attach_flow(table: Table) -> None:
     for row in table.rows:
         if row.b is None or table.study.key == "table4_kv":
             continue
-        src = flow_source(row.b)
-        if src is None:
+        found = run_flow(row.b)
+        if found is None or "S_pq" not in found[1]:
             continue
-        curves = read_flow_csv(src)
-        if "S_pq" in curves:
-            row.s_pq = float(np.nanmean(curves["S_pq"][0]))
-            row.flow_source = str(src.relative_to(row.b.path))
-            s_ww = float(np.nanmean(curves["S_ww"][0])) if "S_ww" in curves else float("nan")
-            row.s_pq_ratio = row.s_pq / s_ww if s_ww > 0 else None
+        src, stats = found
+        row.s_pq = float(np.nanmean(stats["S_pq"].mean))
+        row.flow_source = str(src.relative_to(row.b.path))
+        s_ww = float(np.nanmean(stats["S_ww"].mean))
+        row.s_pq_ratio = row.s_pq / s_ww if s_ww > 0 else None
 
 
 def compute_missing_flow(runs: list[Run], flow_opts, seed: int, cache_dir: str | None) -> None:
     """Run the flow analysis on every finished generative with-anchor run without analysis/flow.csv."""
-    from mre.analysis.flow_run import analyze_subject, load_run
+    from mre.analysis.flow_run import analyze_run
 
     for r in runs:
-        if not (r.finished and r.get("task") == "generative" and r.get("with_anchor") is True):
+        if not (r.finished and r.get("task") == "generative" and Setting.from_flat(r.flat).with_anchor):
             continue
-        if (r.path / "analysis" / "flow.csv").exists():
+        if (r.path / ANALYSIS / "flow.csv").exists():
             continue
         log.info("flow analysis of run #%d (%s)", r.index, r.name)
-        subject = load_run(r.path, cache_dir=cache_dir, device=flow_opts.device)
-        analyze_subject(subject, r.path / "analysis", flow_opts, seed=seed)
+        analyze_run(r.path, flow_opts, seed, cache_dir)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ import sys
 
 from rich.console import Console
 
-from mre.cli import compose, make_datamodule
-from mre.data.view import setup_for_view, show
+from mre.config import compose
+from mre.data.view import context_for_view, show
 
 
 def main(argv: list[str]) -> None:
     cfg = compose(argv)
     console = Console()
-    show(setup_for_view(make_datamodule(cfg), console), console)
+    show(context_for_view(cfg, console), console)
 
 
 if __name__ == "__main__":

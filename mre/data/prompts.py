@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mre.data.record import Record
 from mre.data.wli_format import WLIFormat
+from mre.setting import Setting
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ class PromptBuilder:
     """Turns records into `Encoded` samples for one setting; see the module docstring."""
 
     tokenizer: PreTrainedTokenizerBase
-    direction: str
-    with_anchor: bool
+    setting: Setting
     instruction: str
     fields: Fields
     labels: list[str]
@@ -98,10 +98,9 @@ class PromptBuilder:
     truncated: int = 0
 
     def __post_init__(self) -> None:
-        if self.direction not in ("wli", "tli"):
-            raise PromptError(f"direction must be 'wli' or 'tli', got {self.direction!r}")
+        self.code_scheme = str(self.code_scheme)
         self.codes: list[str] = self._codes(self.code_scheme)
-        self.code_ids: list[int] = self.check_codes() if self.direction == "tli" else []
+        self.code_ids: list[int] = self.check_codes() if self.setting.is_tli else []
 
     # ---------- TLI codes ----------
     def _codes(self, scheme: str) -> list[str]:
@@ -157,7 +156,7 @@ class PromptBuilder:
 
     # ---------- rendering ----------
     def answer_of(self, rec: Record) -> str:
-        if self.direction == "wli":
+        if self.setting.is_wli:
             return self.wli_format.serialize(rec.wli)
         if rec.tli is None:
             raise PromptError(f"record {rec.id!r} has no text label; the tli direction needs one")
@@ -166,7 +165,7 @@ class PromptBuilder:
         return self.codes[self.labels.index(rec.tli)]
 
     def anchor_of(self, rec: Record) -> str:
-        if self.direction == "wli":
+        if self.setting.is_wli:
             if rec.tli is None:
                 raise PromptError(
                     f"record {rec.id!r} has no text label, so 'text + TLI -> WLI' is impossible: "
@@ -179,15 +178,15 @@ class PromptBuilder:
         """Prompt string for a record (optionally with a shortened text) and the char ranges."""
         text = rec.text if text is None else text
         instruction = (
-            self.instruction.format(codes=self.code_list()) if self.direction == "tli" else self.instruction
+            self.instruction.format(codes=self.code_list()) if self.setting.is_tli else self.instruction
         )
         head = f"{instruction}\n{self.fields.text} "
         t0 = len(head)
         prompt = head + text
         t1 = len(prompt)
         a0 = a1 = t1
-        if self.with_anchor:
-            anchor_field = self.fields.tli if self.direction == "wli" else self.fields.wli
+        if self.setting.with_anchor:
+            anchor_field = self.fields.tli if self.setting.is_wli else self.fields.wli
             prompt += f"\n{anchor_field} "
             a0 = len(prompt)
             prompt += self.anchor_of(rec)
@@ -218,8 +217,9 @@ class PromptBuilder:
         ):
             answer_ids = [*answer_ids, self.tokenizer.eos_token_id]
         text_range = self._token_range(offsets[:n_prompt], r.text_chars)
-        anchor_range = self._token_range(offsets[:n_prompt], r.anchor_chars) if self.with_anchor else (0, 0)
-        if self.with_anchor and text_range[1] > anchor_range[0]:
+        with_anchor = self.setting.with_anchor
+        anchor_range = self._token_range(offsets[:n_prompt], r.anchor_chars) if with_anchor else (0, 0)
+        if with_anchor and text_range[1] > anchor_range[0]:
             raise PromptError("text and anchor share a token: put a line break between them in the template")
         return ids[:n_prompt], answer_ids, text_range, anchor_range
 

@@ -10,13 +10,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from mre.data.datamodule import MREDataModule
+from mre.data.context import SPLITS, TaskContext, build_context
 from mre.data.prompts import Encoded, PromptError
+from mre.setting import Setting
 
 
-def split_stats(dm: MREDataModule) -> Table:
+def split_stats(ctx: TaskContext) -> Table:
     """Rows, distinct labels, WLI pairs and token length percentiles per split."""
-    t = Table(title=f"{dm.ds.name}: splits")
+    t = Table(title=f"{ctx.dataset_name}: splits")
     for col in (
         "split",
         "rows",
@@ -30,14 +31,14 @@ def split_stats(dm: MREDataModule) -> Table:
         "max",
     ):
         t.add_column(col, justify="right")
-    for name in ("train", "dev", "test"):
-        recs = dm.records(name)
-        lens = [len(e.prompt_ids) + len(e.answer_ids) for e in dm.encoded.get(name, [])] or [0]
+    for name in SPLITS:
+        recs = ctx.records(name)
+        lens = [len(e.prompt_ids) + len(e.answer_ids) for e in ctx.items(name)] or [0]
         p50, p90, p99 = np.percentile(lens, [50, 90, 99])
         t.add_row(
             name,
             str(len(recs)),
-            str(len(dm.encoded.get(name, []))),
+            str(len(ctx.items(name))),
             str(len({r.tli for r in recs if r.tli is not None})),
             str(sum(len(r.wli) for r in recs)),
             str(sum(not r.wli for r in recs)),
@@ -59,9 +60,9 @@ def counts_table(title: str, counts: Counter, total: int) -> Table:
     return t
 
 
-def marked_prompt(dm: MREDataModule, e: Encoded) -> Text:
+def marked_prompt(ctx: TaskContext, e: Encoded) -> Text:
     """Prompt with the text in green «…», the anchor in yellow ⟨…⟩, q in red [q] and the answer."""
-    dec = dm.tokenizer.decode
+    dec = ctx.tokenizer.decode
     ids = e.prompt_ids
     (t0, t1), (a0, a1), q = e.text_range, e.anchor_range, e.q
     out = Text(dec(ids[:t0]))
@@ -77,38 +78,36 @@ def marked_prompt(dm: MREDataModule, e: Encoded) -> Text:
     return out
 
 
-def show(dm: MREDataModule, console: Console | None = None, n_examples: int = 3) -> None:
+def show(ctx: TaskContext, console: Console | None = None, n_examples: int = 3) -> None:
     """Print statistics and `n_examples` rendered prompts of the train split."""
     console = console or Console()
-    console.print(split_stats(dm))
-    train = dm.records("train")
+    console.print(split_stats(ctx))
+    train = ctx.records("train")
     if any(r.tli is not None for r in train):
         console.print(counts_table("text labels (TLI), train", Counter(r.tli for r in train), len(train)))
     pairs = Counter(p.type for r in train for p in r.wli)
     console.print(counts_table("WLI types, train", pairs, sum(pairs.values())))
-    if dm.builder.truncated:
-        console.print(
-            f"texts shortened to fit prompt.max_length={dm.builder.max_length}: {dm.builder.truncated}"
-        )
-    if dm.builder.dropped:
-        console.print(f"dropped while encoding: {dict(dm.builder.dropped)}")
-    console.print(f"tokenizer: {type(dm.tokenizer).__name__}, {len(dm.tokenizer)} tokens")
-    setting = f"direction={dm.builder.direction} with_anchor={dm.with_anchor}"
+    builder = ctx.builder
+    if builder.truncated:
+        console.print(f"texts shortened to fit prompt.max_length={builder.max_length}: {builder.truncated}")
+    if builder.dropped:
+        console.print(f"dropped while encoding: {dict(builder.dropped)}")
+    console.print(f"tokenizer: {type(ctx.tokenizer).__name__}, {len(ctx.tokenizer)} tokens")
+    s = ctx.setting
+    setting = f"direction={s.direction} with_anchor={s.with_anchor}"
     console.print(f"\n[bold]{n_examples} prompts ({setting}); «text» ⟨anchor⟩ \\[q] answer:[/bold]")
-    for e in dm.encoded["train"][:n_examples]:
-        console.print(marked_prompt(dm, e))
+    for e in ctx.items("train")[:n_examples]:
+        console.print(marked_prompt(ctx, e))
         console.print()
 
 
-def setup_for_view(dm: MREDataModule, console: Console) -> MREDataModule:
-    """Set up the data; a setting the data set cannot offer falls back to the one it can, saying so."""
+def context_for_view(cfg, console: Console) -> TaskContext:
+    """The config's context; a setting the data set cannot offer falls back to the one it can, saying so."""
+    setting = Setting.from_config(cfg)
     try:
-        dm.setup()
+        return build_context(cfg, setting)
     except PromptError as err:
-        if not dm.with_anchor:
+        if not setting.with_anchor:
             raise
         console.print(f"[yellow]{err}[/yellow]\nshowing with_anchor=false instead")
-        dm.with_anchor = False
-        dm.splits = None
-        dm.setup()
-    return dm
+        return build_context(cfg, setting.without_anchor())

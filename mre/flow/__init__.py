@@ -1,5 +1,4 @@
-"""Attention-saliency information flow (text -> anchor -> target) for causal LMs."""
+"""Attention-saliency information flow (text -> anchor -> target) for causal LMs.
 
-from mre.flow.engine import FLOW_ATTN_IMPLEMENTATION, FlowEngine, FlowResult
-
-__all__ = ["FLOW_ATTN_IMPLEMENTATION", "FlowEngine", "FlowResult"]
+`options` (what is measured), `engine` (one pass over a batch), `files` (the per-sample and
+per-layer CSV files and their summaries), `callback` (flow during training), `plots` (every figure)."""

@@ -57,13 +57,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mre.flow.options import FlowLoss, FlowOptions, Normalize, Sources
+
 __all__ = ["FLOW_ATTN_IMPLEMENTATION", "FlowEngine", "FlowResult"]
 
 FLOW_ATTN_IMPLEMENTATION = "mre_flow"
 
-_SOURCES = ("text", "all_prior")
-_LOSSES = ("full_vocab", "label_restricted")
-_NORMALIZE = ("none", "per_layer")
 _KEEP_MAPS = (None, "layer", "head")
 
 _EAGER_HELP = (
@@ -335,6 +334,13 @@ def _flow_mode(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _choice(name: str, value: Any, enum: type) -> Any:
+    try:
+        return enum(str(value))
+    except ValueError:
+        raise ValueError(f"FlowEngine: {name}={value!r} is not one of {[e.value for e in enum]}") from None
+
+
 def _supports_logits_to_keep(hf: nn.Module) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(hf.forward).parameters
@@ -354,39 +360,25 @@ class FlowEngine:
         model: a Hugging Face causal LM (LLaMA, Qwen2, Mistral, GPT-2, ...), optionally PEFT-wrapped (LoRA),
             quantized (bitsandbytes) or with gradient checkpointing enabled. Its state (attention
             implementation, train/eval flags, requires_grad flags) is restored after every ``compute``.
-        sources: "text" (DESIGN.md: S_wp sources are the text positions) or "all_prior" (departure option,
-            as in the "Label Words are Anchors" code: every non-pad position before the anchor token).
-        loss: "full_vocab" (DESIGN.md) or "label_restricted" (departure option: C-way cross-entropy over
-            ``batch["label_token_ids"]``, the labels' first tokens).
-        normalize: "none" (DESIGN.md) or "per_layer" (departure option: the three means rescaled to sum to
-            1 per layer and sample, as in that paper's plots).
-        exclude_bos: departure option: drop every pair whose source is the first non-pad token.
+        options: what is measured (``mre.flow.options.FlowOptions``): ``sources`` "text" (the definition)
+            or "all_prior" (every non-pad position before the anchor token, as in the "Label Words are
+            Anchors" code); ``loss`` "full_vocab" or "label_restricted" (C-way cross-entropy over
+            ``batch["label_token_ids"]``, the labels' first tokens); ``normalize`` "none" or "per_layer"
+            (the three means rescaled to sum to 1 per layer and sample); ``exclude_bos`` (drop every
+            pair whose source is the first non-pad token).
         keep_maps: None, "layer" (return the I_l maps, [B, n_layers, L, L]) or "head" (|A * dL/dA| per
             head, [B, n_layers, H, L, L]) for heatmaps; this keeps all layers' maps in memory.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        sources: str = "text",
-        loss: str = "full_vocab",
-        normalize: str = "none",
-        exclude_bos: bool = False,
-        keep_maps: str | None = None,
-    ):
-        for name, val, allowed in (
-            ("sources", sources, _SOURCES),
-            ("loss", loss, _LOSSES),
-            ("normalize", normalize, _NORMALIZE),
-            ("keep_maps", keep_maps, _KEEP_MAPS),
-        ):
-            if val not in allowed:
-                raise ValueError(f"FlowEngine: {name}={val!r} is not one of {allowed}")
+    def __init__(self, model: nn.Module, options: FlowOptions | None = None, keep_maps: str | None = None):
+        options = options or FlowOptions()
         self.model = model
-        self.sources = sources
-        self.loss = loss
-        self.normalize = normalize
-        self.exclude_bos = bool(exclude_bos)
+        self.sources = _choice("sources", options.sources, Sources)
+        self.loss = _choice("loss", options.loss, FlowLoss)
+        self.normalize = _choice("normalize", options.normalize, Normalize)
+        self.exclude_bos = bool(options.exclude_bos)
+        if keep_maps not in _KEEP_MAPS:
+            raise ValueError(f"FlowEngine: keep_maps={keep_maps!r} is not one of {_KEEP_MAPS}")
         self.keep_maps = keep_maps
         self.last_stats: dict[str, Any] = {}  # diagnostics of the last pass (tests, debugging)
 

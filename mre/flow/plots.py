@@ -1,9 +1,15 @@
-"""Flow figures in the paper's style (x: layer, y: flow intensity, one line per metric) with 95%
-confidence bands, and the evolution of one metric over epochs x layers as a heatmap."""
+"""Every flow figure, in one place: the paper-style curves (x: layer, y: flow intensity, one line per
+metric with its 95% band), the evolution over epochs, the sweep's grid of panels and the token-level
+example pictures."""
 
 from __future__ import annotations
 
+import csv
+import logging
+import math
+import warnings
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -11,54 +17,155 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-METRICS = ("S_wp", "S_pq", "S_ww")
+from mre.flow.files import METRICS
+from mre.stats import LayerStats
+
+log = logging.getLogger(__name__)
+
 COLORS = {"S_wp": "tab:blue", "S_pq": "tab:orange", "S_ww": "tab:green"}
 LABELS = {"S_wp": "S_wp (text → anchor)", "S_pq": "S_pq (anchor → target)", "S_ww": "S_ww (other pairs)"}
 
+_CJK_FONTS = (
+    "Noto Sans CJK JP",
+    "Noto Sans JP",
+    "IPAexGothic",
+    "IPAGothic",
+    "TakaoGothic",
+    "VL Gothic",
+    "Hiragino Sans",
+    "Yu Gothic",
+    "MS Gothic",
+    "Droid Sans Fallback",
+)
+_cjk_state: dict[str, Any] = {}
 
-def draw_curves(ax, layers: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """`curves[m] = (mean, lo, hi)` per layer; one line and band per metric present."""
+
+def use_cjk_font(strings: list[str]) -> bool:
+    """Pick an installed CJK font when labels hold CJK characters; False when they need one and
+    none is installed (matplotlib would draw boxes)."""
+    if not any(any(ord(c) >= 0x2E80 for c in s) for s in strings):
+        return True
+    if "font" not in _cjk_state:
+        from matplotlib import font_manager
+
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        _cjk_state["font"] = next((n for n in _CJK_FONTS if n in names), None)
+        if _cjk_state["font"] is None:
+            log.warning("no CJK font installed: Japanese labels cannot be drawn (install fonts-noto-cjk)")
+            warnings.filterwarnings("ignore", message=r"Glyph .* missing from")
+    if not _cjk_state["font"]:
+        return False
+    matplotlib.rcParams["font.family"] = [_cjk_state["font"], "DejaVu Sans"]
+    return True
+
+
+def _save(fig, path: str | Path, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def draw_curves(ax, stats: dict[str, LayerStats]) -> None:
+    """One line and 95% band per metric present."""
+    layers = np.arange(len(next(iter(stats.values())).mean))
     for m in METRICS:
-        if m not in curves:
+        if m not in stats:
             continue
-        mean, lo, hi = curves[m]
-        ax.plot(layers, mean, marker="o", ms=3, color=COLORS[m], label=LABELS[m])
-        ax.fill_between(layers, lo, hi, color=COLORS[m], alpha=0.2, linewidth=0)
+        s = stats[m]
+        ax.plot(layers, s.mean, marker="o", ms=3, color=COLORS[m], label=LABELS[m])
+        ax.fill_between(layers, s.lo, s.hi, color=COLORS[m], alpha=0.2, linewidth=0)
     ax.set_xticks(layers)
     ax.set_xlabel("layer")
     ax.set_ylabel("flow intensity")
     ax.grid(alpha=0.3)
 
 
-def plot_flow(layers: np.ndarray, curves: dict, path: str | Path, title: str) -> Path:
+def defined(stats: dict[str, LayerStats]) -> dict[str, LayerStats]:
+    """The metrics defined at some layer (S_wp and S_pq are not without an anchor)."""
+    return {m: s for m, s in stats.items() if not np.all(np.isnan(s.mean))}
+
+
+def plot_flow(stats: dict[str, LayerStats], path: str | Path, title: str) -> Path:
     """One figure of the three flow curves with their 95% bands."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    draw_curves(ax, layers, curves)
+    draw_curves(ax, defined(stats))
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
-def plot_evolution(
-    epochs: list[int], layers: np.ndarray, values: dict[str, np.ndarray], path: str | Path
-) -> Path:
+def plot_evolution(epochs: list[int], values: dict[str, np.ndarray], path: str | Path) -> Path:
     """`values[m]` is [epochs, layers]; one heatmap panel per metric (epoch -1 = the base model)."""
     names = [m for m in METRICS if m in values]
+    n_layers = values[names[0]].shape[1]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     for ax, m in zip(axes[0], names, strict=True):
         im = ax.imshow(values[m], aspect="auto", origin="lower", cmap="viridis")
-        ax.set_xticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
+        ax.set_xticks(range(n_layers), [str(x) for x in range(n_layers)], fontsize=7)
         ax.set_yticks(range(len(epochs)), [str(e) for e in epochs], fontsize=7)
         ax.set_xlabel("layer")
         ax.set_ylabel("epoch")
         ax.set_title(LABELS[m], fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
+
+
+def plot_grid(panels: list[tuple[str, dict[str, LayerStats]]], path: str | Path, title: str) -> Path:
+    """One panel of curves per (title, stats), three to a row (the paper's Figures 4 and 5)."""
+    use_cjk_font([p[0] for p in panels])
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, (panel_title, stats) in zip(axes.flat, panels, strict=False):
+        draw_curves(ax, defined(stats))
+        ax.set_title(panel_title, fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_token_example(ex: dict[str, Any], path: Path, title: str) -> Path:
+    """Token by token: each text token's flow into the anchor and each anchor token's flow into q
+    (`ex` from `mre.analysis.flow_run.token_flows`); the numbers also go to a .csv beside it."""
+    original, note = ex, ""
+    if not use_cjk_font(ex["text_tokens"] + ex["anchor_tokens"]):  # boxes otherwise: number the tokens
+        ex = {
+            **ex,
+            "text_tokens": [f"t{i}" for i in range(len(ex["text_tokens"]))],
+            "anchor_tokens": [f"a{i}" for i in range(len(ex["anchor_tokens"]))],
+        }
+        note = "\n(no CJK font installed: the token texts are in the .csv beside this figure)"
+    n_t, n_a = len(ex["text_tokens"]), len(ex["anchor_tokens"])
+    width = min(40.0, max(6.0, 0.28 * max(n_t, n_a) + 2))
+    fig, axes = plt.subplots(2, 1, figsize=(width, 5.2), gridspec_kw={"height_ratios": [1, 1]})
+    for ax, toks, vals, color, what in (
+        (axes[0], ex["text_tokens"], ex["text_flow"], "tab:blue", "text token j → anchor: Σ_p I[p, j]"),
+        (axes[1], ex["anchor_tokens"], ex["anchor_flow"], "tab:orange", "anchor token p → q: I[q, p]"),
+    ):
+        x = np.arange(len(toks))
+        ax.bar(x, vals, color=color)
+        ax.set_xticks(x, [t if len(t) <= 14 else t[:13] + "…" for t in toks], rotation=90, fontsize=7)
+        ax.set_xlim(-0.6, max(len(toks), 1) - 0.4)
+        ax.set_ylabel("flow")
+        ax.set_title(what, fontsize=9, loc="left")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{title}\nsample {ex['id']} (target {ex['target']!r}), I {ex['which']}{note}", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path, dpi=110)
+    with open(path.with_suffix(".csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["part", "position", "token", "flow"])
+        for part, toks, vals in (
+            ("text->anchor", original["text_tokens"], original["text_flow"]),
+            ("anchor->q", original["anchor_tokens"], original["anchor_flow"]),
+        ):
+            for i, (t, v) in enumerate(zip(toks, vals, strict=True)):
+                w.writerow([part, i, t, repr(float(v))])
+    return path

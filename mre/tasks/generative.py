@@ -16,21 +16,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import PreTrainedTokenizerBase
 
-from mre.data.prompts import PromptBuilder
-from mre.data.record import Record
+from mre.data.context import TaskContext, build_context
+from mre.data.datamodule import MREDataModule
+from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
-from mre.models import build_model
-from mre.optim import adamw_with_warmup
-from mre.results import write_jsonl
+from mre.rundir import FLOW, PREDICTIONS
+from mre.tasks.base import MREModule, TaskParts, classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -39,69 +34,71 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN/inf; a checkpoint was saved first."""
 
 
-class GenerativeMRE(L.LightningModule):
+def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
+    """The generative task of a config: its context, loaders, module and the flow callback."""
+    context = build_context(cfg)
+    module = GenerativeMRE(
+        model_cfg=cfg.model,
+        optim_cfg=cfg.optim,
+        context=context,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        seed=cfg.seed,
+        cache_dir=cfg.paths.cache_dir,
+        predictions_path=run_dir / PREDICTIONS,
+    )
+    s = context.setting
+    title = f"{context.dataset_name} | {s.direction} | anchor={s.with_anchor}"
+    return TaskParts(
+        MREDataModule(context, cfg.data, cfg.seed), module, title, flow_callbacks(cfg, context, run_dir)
+    )
+
+
+def flow_callbacks(cfg: DictConfig, context: TaskContext, run_dir: Path) -> list[SaliencyFlowCallback]:
+    """The saliency flow callback when `flow.enabled` and the setting has an anchor to flow through."""
+    if not cfg.flow.enabled:
+        return []
+    if not context.setting.with_anchor:
+        log.warning("flow: the setting has no anchor, so S_wp and S_pq are undefined; flow is skipped")
+        return []
+    return [
+        SaliencyFlowCallback(context, OmegaConf.to_object(cfg.flow), seed=cfg.seed, output_dir=run_dir / FLOW)
+    ]
+
+
+class GenerativeMRE(MREModule):
     """Fine-tunes a causal LM on prompt builder batches; see the module docstring."""
 
     def __init__(
         self,
         model_cfg: DictConfig,
         optim_cfg: DictConfig,
-        tokenizer: PreTrainedTokenizerBase,
-        builder: PromptBuilder,
-        wli_types: list[str],
+        context: TaskContext,
         max_new_tokens: int = 64,
         seed: int = 42,
         cache_dir: str | None = None,
         predictions_path: str | Path | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(model_cfg, optim_cfg, context.tokenizer, seed, cache_dir, predictions_path)
+        self.context, self.builder, self.setting = context, context.builder, context.setting
         self.save_hyperparameters(
             {
-                "model": OmegaConf.to_container(model_cfg, resolve=True),
-                "optim": OmegaConf.to_container(optim_cfg, resolve=True),
-                "direction": builder.direction,
-                "with_anchor": builder.with_anchor,
-                "labels": list(builder.labels),
+                "model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
+                "optim": OmegaConf.to_container(optim_cfg, resolve=True, enum_to_str=True),
+                "direction": str(self.setting.direction),
+                "with_anchor": self.setting.with_anchor,
+                "labels": list(context.labels),
                 "max_new_tokens": max_new_tokens,
                 "seed": seed,
             }
         )
-        self.model_cfg, self.optim_cfg = model_cfg, optim_cfg
-        self.tokenizer, self.builder = tokenizer, builder
-        self.direction = builder.direction
-        self.max_new_tokens, self.seed, self.cache_dir = max_new_tokens, seed, cache_dir
-        self.model = None
+        self.max_new_tokens = max_new_tokens
         self.strict_loading = model_cfg.lora is None  # LoRA checkpoints hold the adapters only
-        self.metrics = torch.nn.ModuleDict({s: self._make_metrics(wli_types) for s in ("val", "test")})
-        self.predictions: list[dict[str, Any]] = []
-        self.predictions_path = predictions_path
-        self.split_records: dict[str, list[Record]] = {}
+        self.metrics = torch.nn.ModuleDict({s: self._make_metrics() for s in ("val", "test")})
 
-    def setup(self, stage: str) -> None:
-        """Records behind the batch indices: gold answers and prompts for the prediction rows."""
-        dm = self.trainer.datamodule
-        self.split_records = {"val": dm.records("dev"), "test": dm.records("test")}
-
-    def _make_metrics(self, wli_types: list[str]):
-        if self.direction == "wli":
-            return WLIF1(wli_types)
-        n = len(self.builder.labels) + 1  # the extra class stands for labels unseen in training
-        return MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes=n, average="micro"),
-                "f1": MulticlassF1Score(num_classes=n, average="macro"),
-                "micro_f1": MulticlassF1Score(num_classes=n, average="micro"),
-            }
-        )
-
-    # ---------- model and optimizer ----------
-    def configure_model(self) -> None:
-        """Build the network here (not in __init__) so FSDP/DeepSpeed can shard it as it is made."""
-        if self.model is None:
-            self.model = build_model(self.model_cfg, self.tokenizer, seed=self.seed, cache_dir=self.cache_dir)
-
-    def configure_optimizers(self):
-        return adamw_with_warmup(self, self.optim_cfg)
+    def _make_metrics(self):
+        if self.setting.is_wli:
+            return WLIF1(self.context.wli_types)
+        return classification_metrics(len(self.context.labels))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """LoRA runs keep only the trainable (adapter) weights: a 7B base model is not copied each epoch."""
@@ -156,7 +153,8 @@ class GenerativeMRE(L.LightningModule):
         logits, loss = self(batch)
         bs = batch["input_ids"].shape[0]
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
-        if self.direction == "tli":
+        records = self.context.records(stage)
+        if self.setting.is_tli:
             preds, golds = self._score_codes(logits, batch)
             self.metrics[stage].update(preds, golds)
             labels = [*self.builder.labels, "<unseen>"]
@@ -164,11 +162,15 @@ class GenerativeMRE(L.LightningModule):
         else:
             texts = self.generate(batch)
             pred_pairs = [self.builder.wli_format.parse(t) for t in texts]
-            golds = [self.builder.answer_of(self.split_records[stage][i]) for i in batch["index"].tolist()]
+            golds = [self.builder.answer_of(records[i]) for i in batch["index"].tolist()]
             self.metrics[stage].update(pred_pairs, [self.builder.wli_format.parse(g) for g in golds])
             rows = zip(golds, texts, strict=True)
         if stage == "test":
-            self._collect(batch["index"].tolist(), rows)
+            for i, (gold, pred) in zip(batch["index"].tolist(), rows, strict=True):
+                rec = records[i]
+                self.add_prediction(
+                    rec.id, self.builder.render(rec).prompt, gold, pred, self._correct(gold, pred)
+                )
 
     def _score_codes(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]):
         """Arg-max over the code tokens at q (the position before the first answer token); `logits`
@@ -198,49 +200,8 @@ class GenerativeMRE(L.LightningModule):
         new = out[:, batch["prompt_ids"].shape[1] :]
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
-    def _collect(self, indices: list[int], rows) -> None:
-        for i, (gold, pred) in zip(indices, rows, strict=True):
-            rec = self.split_records["test"][i]
-            self.predictions.append(
-                {
-                    "id": rec.id,
-                    "prompt": self.builder.render(rec).prompt,
-                    "gold": gold,
-                    "prediction": pred,
-                    "correct": self._correct(gold, pred),
-                }
-            )
-
     def _correct(self, gold: str, pred: str) -> bool:
-        if self.direction == "tli":
+        if self.setting.is_tli:
             return gold == pred
         fmt = self.builder.wli_format
         return sorted(fmt.parse(gold)) == sorted(fmt.parse(pred))
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_start(self) -> None:
-        self.predictions = []
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-        self.predictions = gather_rows(self.predictions)
-        if self.predictions_path and self.trainer.is_global_zero:
-            write_jsonl(self.predictions_path, self.predictions)
-
-    def _log_metrics(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
-        self.metrics[stage].reset()
-        for k, v in values.items():
-            self.log(f"{stage}/{k}", v, prog_bar=k == "f1")
-
-
-def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """All ranks' prediction rows on every rank, de-duplicated by id (samplers pad the last batch)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        parts: list[list[dict[str, Any]]] = [[] for _ in range(dist.get_world_size())]
-        dist.all_gather_object(parts, rows)
-        rows = [r for part in parts for r in part]
-    unique = {r["id"]: r for r in rows}
-    return sorted(unique.values(), key=lambda r: r["id"])

@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
-from mre.fewshot.verbalizer import Verbalizer, VerbalizerHead
-from mre.models import build_model
-from mre.optim import adamw_with_warmup
-from mre.results import write_jsonl
-from mre.tasks.generative import gather_rows
+from mre.tasks.base import MREModule, classification_metrics
+from mre.tasks.fewshot.data import FewShotContext
+from mre.tasks.fewshot.verbalizer import Verbalizer, VerbalizerHead
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +44,14 @@ def first_step_logits(
     return out.logits[:, -1]
 
 
-class PromptClassifier(L.LightningModule):
+class PromptClassifier(MREModule):
     """Few-shot T5 prompt classifier; see the module docstring."""
 
     def __init__(
         self,
         model_cfg: DictConfig,
         optim_cfg: DictConfig,
-        tokenizer: PreTrainedTokenizerBase,
+        context: FewShotContext,
         verbalizer: Verbalizer,
         pieces: list[list[list[int]]],
         multi_token: str = "mean",
@@ -73,14 +67,14 @@ class PromptClassifier(L.LightningModule):
         predictions_path: str | Path | None = None,
         model: PreTrainedModel | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(model_cfg, optim_cfg, context.tokenizer, seed, cache_dir, predictions_path, model)
         self.save_hyperparameters(
             {
-                "model": OmegaConf.to_container(model_cfg, resolve=True),
-                "optim": OmegaConf.to_container(optim_cfg, resolve=True),
+                "model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
+                "optim": OmegaConf.to_container(optim_cfg, resolve=True, enum_to_str=True),
                 "verbalizer": verbalizer.as_dict(),
-                "multi_token": multi_token,
-                "aggregate": aggregate,
+                "multi_token": str(multi_token),
+                "aggregate": str(aggregate),
                 "calibrate": calibrate,
                 "learn_weights": learn_weights,
                 "sentinel_first": sentinel_first,
@@ -89,36 +83,22 @@ class PromptClassifier(L.LightningModule):
         )
         if sentinel_first and mask_id is None:
             raise ValueError("sentinel_first needs the sentinel's token id (mask_id)")
-        self.model_cfg, self.optim_cfg, self.tokenizer = model_cfg, optim_cfg, tokenizer
+        self.context = context
         self.verbalizer, self.labels = verbalizer, list(verbalizer.labels)
         self.head = VerbalizerHead(pieces, multi_token, aggregate, calibrate, learn_weights)
         self.mask_id, self.sentinel_first = mask_id, sentinel_first
         self.calibration_ids = calibration_ids or []
         if calibrate and not self.calibration_ids:
             raise ValueError("verbalizer.calibrate needs unlabeled calibration texts")
-        self.eval_batch_size, self.seed, self.cache_dir = eval_batch_size, seed, cache_dir
-        self.predictions_path = predictions_path
-        self.model = model
-        n = len(self.labels) + 1  # the extra class stands for labels unseen in training
+        self.eval_batch_size = eval_batch_size
         self.metrics = torch.nn.ModuleDict(
-            {
-                s: MetricCollection(
-                    {
-                        "acc": MulticlassAccuracy(num_classes=n, average="micro"),
-                        "f1": MulticlassF1Score(num_classes=n, average="macro"),
-                        "micro_f1": MulticlassF1Score(num_classes=n, average="micro"),
-                    }
-                )
-                for s in ("val", "test")
-            }
+            {s: classification_metrics(len(self.labels)) for s in ("val", "test")}
         )
-        self.predictions: list[dict[str, Any]] = []
 
-    # ---------- model and optimizer ----------
+    # ---------- model ----------
     def configure_model(self) -> None:
-        """Build the network here (not in __init__) so FSDP/DeepSpeed can shard it as it is made."""
-        if self.model is None:
-            self.model = build_model(self.model_cfg, self.tokenizer, seed=self.seed, cache_dir=self.cache_dir)
+        """Build the network (see MREModule); the classifier needs an encoder-decoder."""
+        super().configure_model()
         if not getattr(self.model.config, "is_encoder_decoder", False):
             raise ValueError(
                 f"the few-shot prompt classifier needs an encoder-decoder (seq2seq) model such as T5; "
@@ -133,9 +113,6 @@ class PromptClassifier(L.LightningModule):
             start = self.tokenizer.pad_token_id
         ids = [start, self.mask_id] if self.sentinel_first else [start]
         return torch.tensor([ids], dtype=torch.long)
-
-    def configure_optimizers(self):
-        return adamw_with_warmup(self, self.optim_cfg)
 
     # ---------- scores ----------
     def vocab_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -187,8 +164,8 @@ class PromptClassifier(L.LightningModule):
         self._maybe_calibrate()
 
     def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
         self._maybe_calibrate()
-        self.predictions = []
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -206,31 +183,7 @@ class PromptClassifier(L.LightningModule):
         preds = scores.argmax(-1)
         self.metrics[stage].update(preds, golds)
         if stage == "test":
-            dm = self.trainer.datamodule
             for i, p in zip(batch["index"].tolist(), preds.tolist(), strict=True):
-                rec = dm.records("test")[i]
+                rec = self.context.records("test")[i]
                 pred = self.labels[p]
-                self.predictions.append(
-                    {
-                        "id": rec.id,
-                        "prompt": dm.prompt("test", i),
-                        "gold": rec.tli,
-                        "prediction": pred,
-                        "correct": rec.tli == pred,
-                    }
-                )
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-        self.predictions = gather_rows(self.predictions)
-        if self.predictions_path and self.trainer.is_global_zero:
-            write_jsonl(self.predictions_path, self.predictions)
-
-    def _log_metrics(self, stage: str) -> None:
-        values = self.metrics[stage].compute()
-        self.metrics[stage].reset()
-        for k, v in values.items():
-            self.log(f"{stage}/{k}", v, prog_bar=k == "f1")
+                self.add_prediction(rec.id, self.context.prompt("test", i), rec.tli, pred, rec.tli == pred)

@@ -1,7 +1,7 @@
-"""One few-shot run (`task: fewshot`, `python train.py experiment=kv_fewshot`): splits -> few-shot
-sample -> verbalizer -> tokenizer -> T5 prompt classifier -> fit (N samples, val/f1 on the dev
-split) -> test (best checkpoint by val/f1) -> `verbalizer.txt`, `metrics.json`,
-`predictions.jsonl` in the run directory.
+"""The few-shot task (`task: fewshot`, `python train.py experiment=kv_fewshot`): splits -> few-shot
+sample -> verbalizer -> tokenizer -> T5 prompt classifier; the runner then fits it (N samples,
+val/f1 on the dev split) and tests the best checkpoint. The run directory gets `verbalizer.txt`
+(written here, before training) besides the runner's `metrics.json` and `predictions.jsonl`.
 
 Verbalizer: `verbalizer.path` reads a file (e.g. an edited `verbalizer.txt`); otherwise `manual`
 takes the label names (or `verbalizer.words`), `knowledgeable` the top-K WLI words per class from
@@ -21,19 +21,24 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
-import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mre.data.datamodule import load_splits
+from mre.data.dataset import load_splits
 from mre.data.record import Record
 from mre.data.splits import Splits, n_total_sample
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
-from mre.fewshot.data import FewShotDataModule, PromptTemplate, class_labels, fewshot_sample
-from mre.fewshot.module import PromptClassifier
-from mre.fewshot.verbalizer import (
+from mre.rundir import PREDICTIONS
+from mre.tasks.base import TaskParts
+from mre.tasks.fewshot.data import (
+    FewShotContext,
+    FewShotDataModule,
+    PromptTemplate,
+    class_labels,
+    fewshot_sample,
+)
+from mre.tasks.fewshot.module import PromptClassifier
+from mre.tasks.fewshot.verbalizer import (
     KINDS,
     SOURCES,
     Verbalizer,
@@ -45,16 +50,10 @@ from mre.fewshot.verbalizer import (
     tokenize_verbalizer,
     write_verbalizer,
 )
-from mre.results import print_metrics, write_metrics
-from mre.run import instantiate_all, resolve_ckpt
 
 log = logging.getLogger(__name__)
 
 WORD_REPEATS = 20  # how often the label words enter a tiny tokenizer's corpus (so they merge whole)
-
-
-def _value(x):
-    return getattr(x, "value", x)
 
 
 def build_verbalizer(
@@ -66,13 +65,13 @@ def build_verbalizer(
     kind: str | None = None,
 ) -> Verbalizer:
     """The verbalizer of a config (before tokenization); `kind` overrides `vcfg.kind`."""
-    kind = check_choice("verbalizer.kind", kind or vcfg.kind, KINDS)
+    kind = check_choice("verbalizer.kind", str(kind or vcfg.kind), KINDS)
     if vcfg.path:
         return read_verbalizer(vcfg.path, labels)
     if kind == "manual":
         words = OmegaConf.to_container(vcfg.words, resolve=True) if vcfg.words else {}
-        return manual_verbalizer(labels, words, vcfg.label_form)
-    source = check_choice("verbalizer.source", vcfg.source, SOURCES)
+        return manual_verbalizer(labels, words, str(vcfg.label_form))
+    source = check_choice("verbalizer.source", str(vcfg.source), SOURCES)
     records = train if source == "train" else sample
     return knowledgeable_verbalizer(
         records,
@@ -80,10 +79,10 @@ def build_verbalizer(
         top_k=vcfg.top_k,
         min_count=vcfg.min_count,
         drop_shared=vcfg.drop_shared,
-        unit=vcfg.unit,
+        unit=str(vcfg.unit),
         max_pieces=vcfg.max_pieces if tokenizer is not None else None,
         tokenizer=tokenizer,
-        label_form=vcfg.label_form,
+        label_form=str(vcfg.label_form),
         strip_space_piece=vcfg.strip_space_piece,
         source_name="the training split" if source == "train" else "the few-shot sample",
     )
@@ -91,7 +90,7 @@ def build_verbalizer(
 
 def build_tokenizer(cfg: DictConfig, splits: Splits, template: PromptTemplate, words: list[str]):
     """A real tokenizer from the model's folder, or a tiny T5-style one (see the module docstring)."""
-    if cfg.model.kind == "pretrained":
+    if str(cfg.model.kind) == "pretrained":
         try:
             return load_tokenizer(cfg.model.pretrained_path)
         except FileNotFoundError as e:
@@ -106,7 +105,7 @@ def build_tokenizer(cfg: DictConfig, splits: Splits, template: PromptTemplate, w
     held_out = "".join(r.text for r in splits.dev + splits.test)
     return train_tiny_tokenizer(
         corpus,
-        kind=cfg.model.tokenizer.kind,
+        kind=str(cfg.model.tokenizer.kind),
         vocab_size=cfg.model.tokenizer.vocab_size,
         cache_dir=cfg.paths.cache_dir,
         extra_alphabet=held_out,
@@ -128,18 +127,16 @@ def _header(cfg: DictConfig, n_sample: int) -> str:
     return f"mre-flow verbalizer for {cfg.dataset.name} ({n_sample} few-shot samples): {what}"
 
 
-def run_fewshot(cfg: DictConfig) -> dict[str, float]:
-    """Fit and test the few-shot prompt classifier of a composed config; returns the flat test
-    metrics (`test/acc`, `test/f1` = macro-F1, `test/micro_f1`) written to metrics.json."""
-    L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
+def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
+    """The few-shot task of a config: sample, verbalizer (written to `verbalizer.txt`), tokenizer,
+    data module and prompt classifier."""
     fs, vcfg = cfg.fewshot, cfg.verbalizer
     splits = load_splits(cfg.dataset)
     labels = class_labels(splits.train)
     seed = cfg.seed if fs.sample_seed is None else fs.sample_seed
     sample = fewshot_sample(splits.train, fs.n_total, fs.k_per_class, seed)
     dev = splits.dev if fs.n_dev is None else n_total_sample(splits.dev, fs.n_dev, seed)
-    lang = str(_value(cfg.dataset.language))
+    lang = str(cfg.dataset.language)
     if lang not in fs.template:
         raise KeyError(f"fewshot.template has no template for language {lang!r} (has {sorted(fs.template)})")
     template = PromptTemplate(fs.template[lang])
@@ -152,42 +149,42 @@ def run_fewshot(cfg: DictConfig) -> dict[str, float]:
     )
 
     vocab_words: list[str] = []
-    if cfg.model.kind != "pretrained":
-        vocab_words = [label_word(lab, vcfg.label_form) for lab in labels]
+    if str(cfg.model.kind) != "pretrained":
+        vocab_words = [label_word(lab, str(vcfg.label_form)) for lab in labels]
         vocab_words += build_verbalizer(vcfg, labels, sample, splits.train, kind="knowledgeable").all_words()
         vocab_words += build_verbalizer(vcfg, labels, sample, splits.train).all_words()
     tokenizer = build_tokenizer(cfg, splits, template, vocab_words)
     verbalizer = build_verbalizer(vcfg, labels, sample, splits.train, tokenizer=tokenizer)
-    verbalizer, pieces = tokenize_verbalizer(verbalizer, tokenizer, vcfg.strip_space_piece, vcfg.label_form)
+    verbalizer, pieces = tokenize_verbalizer(
+        verbalizer, tokenizer, vcfg.strip_space_piece, str(vcfg.label_form)
+    )
     if rank_zero_only.rank == 0:
-        path = write_verbalizer(verbalizer, output_dir / "verbalizer.txt", _header(cfg, len(sample)))
+        path = write_verbalizer(verbalizer, run_dir / "verbalizer.txt", _header(cfg, len(sample)))
         log.info("verbalizer (%s) written to %s", vcfg.kind, path)
 
+    context = FewShotContext(
+        labels, {"train": sample, "dev": dev, "test": splits.test}, tokenizer, template, fs.max_length
+    )
     dm = FewShotDataModule(
-        sample,
-        dev,
-        splits.test,
-        labels,
-        tokenizer,
-        template,
+        context,
         batch_size=cfg.data.batch_size,
         eval_batch_size=cfg.data.eval_batch_size,
-        max_length=fs.max_length,
         num_workers=cfg.data.num_workers,
         seed=cfg.seed,
     )
     calibration_ids = None
     if vcfg.calibrate:
-        texts = [r.text for r in n_total_sample(splits.train, vcfg.n_calibration, seed)]
-        calibration_ids = dm.encode_texts(texts)
+        calibration_ids = context.encode_texts(
+            [r.text for r in n_total_sample(splits.train, vcfg.n_calibration, seed)]
+        )
     module = PromptClassifier(
         model_cfg=cfg.model,
         optim_cfg=cfg.optim,
-        tokenizer=tokenizer,
+        context=context,
         verbalizer=verbalizer,
         pieces=pieces,
-        multi_token=vcfg.multi_token,
-        aggregate=vcfg.aggregate,
+        multi_token=str(vcfg.multi_token),
+        aggregate=str(vcfg.aggregate),
         calibrate=vcfg.calibrate,
         learn_weights=vcfg.learn_weights,
         mask_id=template.mask_id(tokenizer),
@@ -196,27 +193,7 @@ def run_fewshot(cfg: DictConfig) -> dict[str, float]:
         eval_batch_size=cfg.data.eval_batch_size,
         seed=cfg.seed,
         cache_dir=cfg.paths.cache_dir,
-        predictions_path=output_dir / "predictions.jsonl",
+        predictions_path=run_dir / PREDICTIONS,
     )
-    callbacks = []
-    for cb in instantiate_all(cfg.callbacks):
-        if type(cb).__module__.startswith("mre.flow"):  # causal-LM saliency flow: not for T5 prompts
-            log.warning("few-shot run: callback %s does not apply and is skipped", type(cb).__name__)
-        else:
-            callbacks.append(cb)
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=instantiate_all(cfg.logger), callbacks=callbacks
-    )
-    for lg in trainer.loggers:
-        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    ckpt = resolve_ckpt(cfg.ckpt_path, output_dir)
-    if cfg.get("fit", True):
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        ckpt = next((c.best_model_path for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), "")
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt or None)
-    metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test/")}
-    if trainer.is_global_zero:
-        write_metrics(output_dir / "metrics.json", metrics)
-        title = f"{cfg.dataset.name} | fewshot {len(sample)} | verbalizer={vcfg.kind} | {cfg.model.name}"
-        print_metrics(metrics, title, output_dir)
-    return metrics
+    title = f"{cfg.dataset.name} | fewshot {len(sample)} | verbalizer={vcfg.kind} | {cfg.model.name}"
+    return TaskParts(dm, module, title)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from mre.data.datamodule import ListDataset
+from mre.data.batches import ListDataset
 from mre.data.record import Record
 from mre.data.splits import k_shot, n_total_sample
 
@@ -130,60 +130,69 @@ class Collate:
         }
 
 
+@dataclass(frozen=True)
+class FewShotContext:
+    """The few-shot sample (`train`), the dev and test splits, the labels and the prompt template of
+    one run, built once; the DataModule and the module both read it."""
+
+    labels: list[str]
+    splits: dict[str, list[Record]]
+    tokenizer: PreTrainedTokenizerBase
+    template: PromptTemplate
+    max_length: int = 256
+
+    def records(self, split: str) -> list[Record]:
+        return self.splits["dev" if split == "val" else split]
+
+    def prompt(self, split: str, i: int) -> str:
+        return self.template.render(self.records(split)[i].text)
+
+    def label_index(self, label: str | None) -> int:
+        """Class index of a label; labels unseen in training get the extra index C."""
+        return self.labels.index(label) if label in self.labels else len(self.labels)
+
+    def encode_texts(self, texts: list[str]) -> list[list[int]]:
+        """Prompts of texts (the splits, and unlabeled texts for contextual calibration)."""
+        return [self.template.encode(self.tokenizer, t, self.max_length) for t in texts]
+
+
 class FewShotDataModule(L.LightningDataModule):
     """The few-shot train sample, the dev split (val/f1) and the test split as prompts."""
 
     def __init__(
         self,
-        train: list[Record],
-        dev: list[Record],
-        test: list[Record],
-        labels: list[str],
-        tokenizer: PreTrainedTokenizerBase,
-        template: PromptTemplate,
+        context: FewShotContext,
         batch_size: int = 16,
         eval_batch_size: int = 32,
-        max_length: int = 256,
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
         super().__init__()
-        self.splits = {"train": train, "dev": dev, "test": test}
-        self.labels, self.tokenizer, self.template = list(labels), tokenizer, template
+        self.context = context
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.max_length, self.num_workers, self.seed = max_length, num_workers, seed
+        self.num_workers, self.seed = num_workers, seed
         self.examples: dict[str, list[Example]] = {}
-
-    def label_index(self, label: str | None) -> int:
-        return self.labels.index(label) if label in self.labels else len(self.labels)
 
     def setup(self, stage: str | None = None) -> None:
         if self.examples:
             return
-        self.template.mask_id(self.tokenizer)  # fails clearly for a tokenizer without sentinels
-        for name, recs in self.splits.items():
+        ctx = self.context
+        ctx.template.mask_id(ctx.tokenizer)  # fails clearly for a tokenizer without sentinels
+        for name, recs in ctx.splits.items():
+            ids = ctx.encode_texts([r.text for r in recs])
             self.examples[name] = [
-                Example(
-                    self.template.encode(self.tokenizer, r.text, self.max_length), self.label_index(r.tli), i
-                )
-                for i, r in enumerate(recs)
+                Example(x, ctx.label_index(r.tli), i) for i, (x, r) in enumerate(zip(ids, recs, strict=True))
             ]
-        unseen = sum(1 for e in self.examples["test"] if e.label == len(self.labels))
+        unseen = sum(1 for e in self.examples["test"] if e.label == len(ctx.labels))
         if unseen:
             log.warning("%d test samples have a text label never seen in training: scored as wrong", unseen)
-
-    def records(self, split: str) -> list[Record]:
-        return self.splits[split]
-
-    def prompt(self, split: str, i: int) -> str:
-        return self.template.render(self.splits[split][i].text)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(
             ListDataset(self.examples[split]),
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            collate_fn=Collate(self.tokenizer.pad_token_id),
+            collate_fn=Collate(self.context.tokenizer.pad_token_id),
             num_workers=self.num_workers,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
             persistent_workers=self.num_workers > 0,
@@ -197,7 +206,3 @@ class FewShotDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
-
-    def encode_texts(self, texts: list[str]) -> list[list[int]]:
-        """Prompts of unlabeled texts (contextual calibration)."""
-        return [self.template.encode(self.tokenizer, t, self.max_length) for t in texts]

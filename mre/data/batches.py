@@ -1,0 +1,110 @@
+"""Batches of encoded prompts, shared by training, evaluation, the flow callback and the analysis.
+
+Batches are left-padded (decoder-only scoring and generation read the last position) and carry
+explicit `position_ids`, so a left-padded sample gets the same positions as an unpadded one and
+training, scoring, generation and the flow pass all see identical inputs. Each batch holds two
+views of the same samples: the full sequence (prompt + answer, loss on the answer only) and the
+prompt alone with its text/anchor ranges, q and target (for scoring, generation and flow).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from mre.data.prompts import Encoded
+
+IGNORE = -100
+
+
+class ListDataset(Dataset):
+    """A map-style dataset over a list of already encoded samples."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    offsets = []
+    for b, s in enumerate(seqs):
+        off = width - len(s)
+        ids[b, off:] = torch.tensor(s, dtype=torch.long)
+        mask[b, off:] = 1
+        offsets.append(off)
+    return ids, mask, offsets
+
+
+def position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (0 at the first non-pad token)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class Collator:
+    """Left-pads a list of `Encoded` into the two views described in the module docstring."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[Encoded]) -> dict[str, torch.Tensor]:
+        full, mask, offs = _left_pad([e.prompt_ids + e.answer_ids for e in items], self.pad_id)
+        labels = torch.full_like(full, IGNORE)
+        for b, e in enumerate(items):
+            start = offs[b] + len(e.prompt_ids)
+            labels[b, start : start + len(e.answer_ids)] = torch.tensor(e.answer_ids)
+        prompt, pmask, poffs = _left_pad([e.prompt_ids for e in items], self.pad_id)
+        shift = torch.tensor(poffs).unsqueeze(1)
+        anchor = torch.tensor([e.anchor_range for e in items])
+        return {
+            "input_ids": full,
+            "attention_mask": mask,
+            "position_ids": position_ids(mask),
+            "labels": labels,
+            "prompt_ids": prompt,
+            "prompt_mask": pmask,
+            "prompt_position_ids": position_ids(pmask),
+            "text_range": torch.tensor([e.text_range for e in items]) + shift,
+            "anchor_range": torch.where(
+                anchor[:, 1:] > anchor[:, :1], anchor + shift, anchor
+            ),  # (0, 0): none
+            "q": torch.full((len(items),), prompt.shape[1] - 1, dtype=torch.long),
+            "target": torch.tensor([e.target for e in items]),
+            "index": torch.tensor([e.index for e in items]),
+        }
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Seeded shuffle, then sort by length inside mega-batches of 50 batches: less padding,
+    still a random order of batches, and the same permutation for the same (seed, epoch)."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        mega = self.batch_size * 50
+        chunks = [
+            sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)
+        ]
+        batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
+        rng.shuffle(batches)
+        return iter([i for b in batches for i in b])

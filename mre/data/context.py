@@ -1,0 +1,129 @@
+"""The task context: everything a generative run knows about its data, built once from the config.
+
+`build_context(cfg)` loads the splits, makes the tokenizer (a real one from the model's folder, or a
+tiny one trained on the run's own texts), the prompt builder of the run's `Setting` and the encoded
+samples. The DataModule, the LightningModule, the flow callback and the analysis all receive this
+one object; none of them reads another's attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from mre.data.dataset import load_splits
+from mre.data.prompts import Encoded, Fields, PromptBuilder
+from mre.data.record import Record
+from mre.data.splits import Splits
+from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
+from mre.data.wli_format import WLIFormat
+from mre.setting import Setting
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+STAGE_SPLIT = {"train": "train", "val": "dev", "test": "test"}  # Lightning stage -> split
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """The setting, splits, tokenizer, prompt builder and encoded samples of one run."""
+
+    setting: Setting
+    language: str
+    dataset_name: str
+    splits: Splits
+    tokenizer: PreTrainedTokenizerBase
+    builder: PromptBuilder
+    encoded: dict[str, list[Encoded]]
+
+    @property
+    def labels(self) -> list[str]:
+        """The text labels of the training split, sorted (code i stands for labels[i])."""
+        return self.builder.labels
+
+    @cached_property
+    def wli_types(self) -> list[str]:
+        """The WLI types of the training split, sorted (per-type F1 is reported for these)."""
+        return sorted({p.type for r in self.splits.train for p in r.wli})
+
+    def records(self, split: str) -> list[Record]:
+        """Records of a split (`train`, `dev`, `test`) or a Lightning stage (`val`)."""
+        return getattr(self.splits, STAGE_SPLIT.get(split, split))
+
+    def items(self, split: str) -> list[Encoded]:
+        """Encoded samples of a split; `Encoded.index` points into `records(split)`."""
+        return self.encoded[STAGE_SPLIT.get(split, split)]
+
+
+def tokenizer_corpus(records: list[Record], cfg: Any, lang: str) -> list[str]:
+    """Training texts for a tiny tokenizer: every field a prompt of either direction can hold."""
+    prompt = cfg.prompt
+    f = prompt.fields[lang]
+    fmt = WLIFormat(prompt.pair_sep, prompt.kv_sep, prompt.empty)
+    lines = [str(v) for v in cfg.direction.instruction.values()] + [f.text, f.tli, f.wli, f.answer]
+    for i, r in enumerate(records):
+        code = chr(ord("A") + i % 26)
+        lines.append(
+            f"{f.text} {r.text}\n{f.tli} {r.tli or ''}\n{f.wli} {fmt.serialize(r.wli)}\n{f.answer} {code}"
+        )
+    return lines
+
+
+def make_tokenizer(
+    cfg: Any, splits: Splits, language: str, path: str | Path | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer at `path` (e.g. a run's saved model), the pretrained model's, or a tiny one
+    trained on the training split (the dev/test characters join its alphabet, never its merges)."""
+    if path is None and str(cfg.model.kind) == "pretrained":
+        path = cfg.model.pretrained_path
+    if path is not None:
+        return load_tokenizer(str(path))
+    held_out_chars = "".join(r.text + "".join(p.span for p in r.wli) for r in splits.dev + splits.test)
+    return train_tiny_tokenizer(
+        tokenizer_corpus(splits.train, cfg, language),
+        kind=str(cfg.model.tokenizer.kind),
+        vocab_size=cfg.model.tokenizer.vocab_size,
+        cache_dir=cfg.paths.cache_dir,
+        extra_alphabet=held_out_chars,
+    )
+
+
+def make_builder(
+    cfg: Any, setting: Setting, tokenizer: PreTrainedTokenizerBase, labels: list[str], language: str
+) -> PromptBuilder:
+    """The prompt builder of a setting, with the config's fields, instruction and serialization."""
+    p = cfg.prompt
+    f = p.fields[language]
+    return PromptBuilder(
+        tokenizer=tokenizer,
+        setting=setting,
+        instruction=cfg.direction.instruction[language],
+        fields=Fields(f.text, f.tli, f.wli, f.answer),
+        labels=labels,
+        wli_format=WLIFormat(p.pair_sep, p.kv_sep, p.empty),
+        code_scheme=str(p.code_scheme),
+        max_length=p.max_length,
+    )
+
+
+def build_context(
+    cfg: Any, setting: Setting | None = None, tokenizer_path: str | Path | None = None
+) -> TaskContext:
+    """The context of a composed config (its own setting unless `setting` is given)."""
+    setting = setting or Setting.from_config(cfg)
+    language = str(cfg.dataset.language)
+    splits = load_splits(cfg.dataset)
+    tokenizer = make_tokenizer(cfg, splits, language, tokenizer_path)
+    labels = sorted({r.tli for r in splits.train if r.tli is not None})
+    builder = make_builder(cfg, setting, tokenizer, labels, language)
+    encoded = {name: builder.encode_all(getattr(splits, name)) for name in SPLITS}
+    unseen = sum(1 for r in splits.test if r.tli is not None and r.tli not in labels)
+    if unseen and setting.is_tli:
+        log.warning("%d test samples have a text label never seen in training: scored as wrong", unseen)
+    return TaskContext(setting, language, str(cfg.dataset.name), splits, tokenizer, builder, encoded)

@@ -1,0 +1,44 @@
+"""A dataset config becomes its records and its train/dev/test splits (readers or the generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mre.data.readers import load_source
+from mre.data.record import Record
+from mre.data.splits import Splits, make_splits
+from mre.data.synthetic import generate
+
+
+def _value(x: Any) -> Any:
+    """Enum members from structured configs -> their plain values."""
+    return getattr(x, "value", x)
+
+
+def load_sources(ds: Any) -> dict[str, list[Record]]:
+    """Records of a dataset config by named split; a missing path says what file is expected."""
+    source = _value(ds.source)
+    if source == "synthetic":
+        s = ds.synthetic
+        recs = generate(
+            s.n,
+            n_classes=s.n_classes,
+            language=_value(ds.language),
+            seed=s.seed,
+            wli_helps_tli=s.wli_helps_tli,
+            tli_helps_wli=s.tli_helps_wli,
+        )
+        return {"all": recs}
+    if ds.path is None or not Path(ds.path).exists():
+        where = "no path was given" if ds.path is None else f"{ds.path} does not exist"
+        raise FileNotFoundError(
+            f"dataset {ds.name!r}: {where}. Expected {ds.expected or 'a ' + source + ' file'}; "
+            f"give it with dataset.path=/path/to/it"
+        )
+    return load_source(source, ds.path, on_bad_row=_value(ds.on_bad_row))
+
+
+def load_splits(ds: Any) -> Splits:
+    """The seeded train/dev/test splits of a dataset config (`dataset.n_train`, ...)."""
+    return make_splits(load_sources(ds), ds.n_train, ds.n_test, ds.n_dev, ds.split_seed)

@@ -1,0 +1,75 @@
+"""The flow options, owned here and nowhere else.
+
+`FlowOptions` says *what* is measured (the engine reads exactly these fields); the training callback
+(`flow:` in conf/config.yaml) and `analyze.py` (`flow:` in conf/analyze.yaml) extend it with *how
+many* samples and where, so a new measurement option is one field here and reaches the engine, the
+callback, the analysis, its resume check and both configs at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from mre.setting import StrEnum
+
+
+class Sources(StrEnum):
+    """Source positions j of S_wp: the text (the definition) or every earlier position."""
+
+    text = "text"
+    all_prior = "all_prior"  # the "Label Words are Anchors" code
+
+
+class FlowLoss(StrEnum):
+    """The loss whose gradient is taken: over the vocabulary, or C-way over the TLI codes."""
+
+    full_vocab = "full_vocab"
+    label_restricted = "label_restricted"  # the "Label Words are Anchors" code (tli only)
+
+
+class Normalize(StrEnum):
+    """`per_layer`: the three means rescaled to sum to 1 per layer and sample."""
+
+    none = "none"
+    per_layer = "per_layer"
+
+
+@dataclass
+class FlowOptions:
+    """What the engine measures (docs/design.md, "Saliency and the three flow metrics")."""
+
+    sources: Sources = Sources.text
+    loss: FlowLoss = FlowLoss.full_vocab
+    normalize: Normalize = Normalize.none
+    exclude_bos: bool = False  # drop every pair whose source is the first non-pad token
+
+    def measurement(self) -> dict[str, Any]:
+        """The measurement fields only (no sample counts): equal dicts mean comparable numbers."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(FlowOptions)}
+
+
+@dataclass
+class FlowTrainConfig(FlowOptions):
+    """`flow:` of train.py: the callback's fixed held-out sample, measured before training (epoch -1)
+    and after every epoch."""
+
+    enabled: bool = True
+    n_samples: int = 64
+    batch_size: int = 16
+    n_boot: int = 1000  # bootstrap resamples of the per-layer 95% intervals
+
+
+@dataclass
+class FlowAnalysisConfig(FlowOptions):
+    """`flow:` of analyze.py: a streamed, resumable pass over many test samples."""
+
+    n_samples: int | None = 1000  # a seeded subset when the test split is larger; null: all
+    batch_size: int = 8  # samples per engine pass; also the resume chunk (keep it when resuming)
+    n_boot: int = 1000
+    n_examples: int = 3  # token-level pictures of the first selected samples ...
+    example_ids: list[str] = field(default_factory=list)  # ... or of these test ids
+    example_layer: int | None = None  # null: saliency summed over layers
+    restart: bool = False  # discard a partial analysis made with other settings
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    progress: bool = True
