@@ -22,6 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mre.data.readers import FORMATS
 from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig
 from mre.rundir import ANALYSIS, CONFIG, RunDirError, resolve_run_dir
 from mre.setting import Direction, StrEnum
@@ -34,14 +35,8 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # --------------------------------------------------------------------------------------------------
 
 
-class Source(StrEnum):
-    synthetic = "synthetic"
-    records = "records"
-    bio = "bio"
-    ner_json = "ner_json"
-    mmm = "mmm"
-    giellm = "giellm"
-    csv_pairs = "csv_pairs"
+# the embedded generator, then every reader format of mre/data/readers.py (a new reader is a new choice)
+Source = StrEnum("Source", {name: name for name in ("synthetic", *FORMATS)})
 
 
 class Language(StrEnum):
@@ -81,9 +76,12 @@ class TokenizerKind(StrEnum):
     llama = "llama"  # sentencepiece-like, digits split (LLaMA-2 style)
 
 
-class TaskName(StrEnum):
-    generative = "generative"  # causal-LM fine-tuning in the four MRE settings
-    fewshot = "fewshot"  # the few-shot prompt classifier with a (knowledgeable) verbalizer
+# the task registry: task name -> the module whose `build(cfg, run_dir) -> TaskParts` makes its parts
+TASK_MODULES = {
+    "generative": "mre.tasks.generative",  # causal-LM fine-tuning in the four MRE settings
+    "fewshot": "mre.tasks.fewshot.task",  # the few-shot prompt classifier with a (knowledgeable) verbalizer
+}
+TaskName = StrEnum("TaskName", {name: name for name in TASK_MODULES})
 
 
 class VerbalizerKind(StrEnum):
@@ -141,7 +139,7 @@ class SyntheticConfig:
 @dataclass
 class DatasetConfig:
     name: str = MISSING  # set by the dataset group file
-    source: Source = Source.synthetic
+    source: Source = Source.synthetic  # type: ignore[valid-type]
     path: str | None = None
     expected: str = ""  # what file `path` must point at, quoted in the error when it is missing
     language: Language = Language.en
@@ -261,7 +259,7 @@ class VerbalizerConfig:
     - learn_weights: learnable per-word weights (softmax over a class's words; KPT's few-shot variant).
     """
 
-    kind: VerbalizerKind = VerbalizerKind.knowledgeable
+    kind: VerbalizerKind = MISSING  # set by the verbalizer group file
     path: str | None = None  # read the verbalizer from this file instead of building it
     words: dict[str, list[str]] = field(default_factory=dict)  # manual: label -> words; {}: label names
     label_form: LabelForm = LabelForm.words  # PlayMusic -> "play music" (words) | as is (raw)
@@ -329,7 +327,7 @@ class Config:
     callbacks: dict[str, Any] = field(default_factory=dict)
     with_anchor: bool = True
     seed: int = 42
-    task: TaskName = TaskName.generative
+    task: TaskName = TaskName.generative  # type: ignore[valid-type]
     ckpt_path: str | None = None  # a checkpoint, or `last` for <run dir>/checkpoints/last.ckpt
     fit: bool = True  # false: only test the model of ckpt_path (e.g. a checkpoint under another strategy)
 

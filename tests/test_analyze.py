@@ -110,6 +110,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_cli_builds_tables_figure_and_report(sweep):
     out = subprocess.run(
         [sys.executable, "analyze.py", f"sweep_dir={sweep}", "sweep.n_boot=300"],
@@ -230,6 +231,7 @@ def test_run_dir_analysis_writes_every_file(sweep, tmp_path):
     assert OmegaConf.load(run / ".hydra" / "config.yaml").task == "generative"
 
 
+@pytest.mark.slow
 def test_killed_analysis_resumes_to_the_same_result(sweep, tmp_path):
     run = _run(sweep, True)
     args = [
@@ -534,77 +536,3 @@ def test_rows_are_labelled_by_the_settings_that_vary(tmp_path):
     assert t.label_keys == ["dataset.name", "model.name"]  # not every model.* key the choice sets
     assert [r.labels["model.name"] for r in t.rows] == ["tiny_llama", "tiny_qwen2"]
     assert all(r.paired is not None and r.paired.diff > 0 for r in t.rows)
-
-
-# --------------------------------------------------------------------------------------------------
-# experiment and launcher configs
-# --------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "direction", "task", "sweep_key"),
-    [
-        ("demo_wli", "wli", "generative", "with_anchor"),
-        ("demo_tli", "tli", "generative", "with_anchor"),
-        ("demo_kv", None, "fewshot", "verbalizer"),
-        ("demo_known_effect", "tli", "generative", "dataset.synthetic.wli_helps_tli"),
-        ("paper_wli", "wli", "generative", "with_anchor"),
-        ("paper_tli", "tli", "generative", "with_anchor"),
-        ("paper_kv", None, "fewshot", "verbalizer"),
-    ],
-)
-def test_experiments_compose_with_their_sweeps(name, direction, task, sweep_key):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from mre.config import CONF_DIR
-
-    cfg = compose([f"experiment={name}"])
-    assert cfg.task == task
-    if direction:
-        assert str(cfg.direction.name) == direction
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        full = hydra_compose("config", [f"experiment={name}"], return_hydra_config=True)
-    params = full.hydra.sweeper.params
-    assert sweep_key in params and name in str(full.hydra.sweep.dir)
-    if name.startswith("paper"):
-        assert (
-            cfg.optim.lr == 1e-5
-            and cfg.trainer.precision == "bf16-mixed"
-            and cfg.trainer.accelerator == "gpu"
-        )
-        assert set(str(params.dataset).split(",")) == {
-            "scnm",
-            "scpos_rw",
-            "scpos_n",
-            "scpos_adj",
-            "scpos_adj_n",
-            "tcree",
-        }
-        for ds in str(params.dataset).split(","):
-            c = compose([f"experiment={name}", f"dataset={ds}"])
-            assert c.dataset.path and c.dataset.path.endswith((".csv", ".json"))
-        assert cfg.model.name == ("t5_base_japanese" if task == "fewshot" else "llama2_7b_chat_lora")
-        if task == "generative":
-            assert cfg.trainer.max_epochs == 3
-    else:
-        assert cfg.model.kind == "tiny" and cfg.trainer.accelerator == "cpu"
-    if name == "demo_known_effect":
-        c = compose([f"experiment={name}", "dataset.synthetic.wli_helps_tli=0.0"])
-        assert c.dataset.synthetic.tli_helps_wli == 0.0  # both knobs move together
-        levels = [float(x) for x in str(params[sweep_key]).split(",")]
-        assert len(levels) >= 3 and min(levels) == 0.0
-
-
-def test_slurm_launcher_config_needs_the_plugin():
-    text = (REPO / "conf" / "hydra" / "launcher" / "slurm.yaml").read_text()
-    assert "pip install hydra-submitit-launcher" in text and "submitit_slurm" in text
-    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from mre.config import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose("config", ["hydra/launcher=slurm"], return_hydra_config=True)
-    assert "SlurmLauncher" in cfg.hydra.launcher._target_

@@ -7,13 +7,25 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from mre.config import CONF_DIR, compose, register_configs
+from mre.config import (
+    CONF_DIR,
+    SLUG_MAX,
+    DatasetConfig,
+    DirectionConfig,
+    ModelConfig,
+    OptimConfig,
+    VerbalizerConfig,
+    compose,
+    job_dir_name,
+    register_configs,
+)
 from mre.data.context import build_context
 from mre.data.prompts import PromptError
 from tests.conftest import REPO, shared_data
@@ -34,19 +46,103 @@ def test_config_groups_present():
     } <= set(MODELS)
 
 
+def _check_composed(cfg, dataset: str, direction: str, model: str) -> None:
+    assert cfg.dataset.name == dataset and cfg.model.name == model
+    assert str(cfg.direction.name) == direction
+    for key in ("dataset", "direction", "prompt", "model", "optim", "data", "eval", "flow"):
+        OmegaConf.to_container(cfg[key], resolve=True)  # every interpolation resolves
+    assert cfg.dataset.language in cfg.prompt.fields and cfg.dataset.language in cfg.direction.instruction
+
+
+def test_every_dataset_and_model_composes():
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for dataset, direction in itertools.product(DATASETS, ["wli", "tli"]):
+            cfg = hydra_compose("config", [f"dataset={dataset}", f"direction={direction}"])
+            _check_composed(cfg, dataset, direction, "tiny_llama")
+        for model in MODELS:
+            _check_composed(hydra_compose("config", [f"model={model}"]), "synthetic_en", "wli", model)
+
+
+@pytest.mark.slow
 def test_every_combination_composes():
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for dataset, direction, model in itertools.product(DATASETS, ["wli", "tli"], MODELS):
             cfg = hydra_compose("config", [f"dataset={dataset}", f"direction={direction}", f"model={model}"])
-            assert cfg.dataset.name == dataset and cfg.model.name == model
-            assert str(cfg.direction.name) == direction
-            for key in ("dataset", "direction", "prompt", "model", "optim", "data", "eval"):
-                OmegaConf.to_container(cfg[key], resolve=True)  # every interpolation resolves
-            assert (
-                cfg.dataset.language in cfg.prompt.fields
-                and cfg.dataset.language in cfg.direction.instruction
-            )
+            _check_composed(cfg, dataset, direction, model)
+
+
+def _leaves(node, prefix: str = ""):
+    """(dotted key, value) of every leaf of a plain YAML mapping."""
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, node
+
+
+GROUP_SCHEMA = {
+    "dataset": DatasetConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "verbalizer": VerbalizerConfig,
+    "direction": DirectionConfig,
+}
+
+
+@pytest.mark.parametrize("group", sorted(GROUP_SCHEMA))
+def test_group_files_do_not_restate_schema_defaults(group):
+    """Defaults live in mre/config.py only: a group file sets what makes its choice different."""
+    schema = OmegaConf.structured(GROUP_SCHEMA[group])
+    restated = []
+    for path in sorted((CONF_DIR / group).rglob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        raw.pop("defaults", None)
+        for key, value in _leaves(raw):
+            default = OmegaConf.select(schema, key, throw_on_missing=False, default="<absent>")
+            if OmegaConf.is_config(default):
+                default = OmegaConf.to_container(default)
+            if value == default and not (isinstance(default, str) and default == "???"):
+                restated.append(f"{path.relative_to(CONF_DIR)}: {key}")
+    assert not restated, f"these restate the schema default: {restated}"
+
+
+@pytest.mark.parametrize(
+    ("override", "valid"),
+    [
+        ("model.kind=tinyy", "tiny, pretrained"),
+        ("model.dtype=fp32", "float32, bfloat16, float16"),
+        ("model.quantization=4bits", "4bit, 8bit"),
+        ("model.tokenizer.kind=sentencepiece", "bpe, llama"),
+        ("task=fewshoot", "generative, fewshot"),
+        ("prompt.code_scheme=numbers", "letters, lower, digits"),
+        ("flow.sources=everything", "text, all_prior"),
+        ("flow.loss=ce", "full_vocab, label_restricted"),
+        ("verbalizer.aggregate=vote", "mean_logprob, sum_prob"),
+    ],
+)
+def test_a_typo_in_a_choice_fails_listing_the_valid_values(override, valid):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose([override])
+    assert valid in str(e.value.__cause__ or e.value)
+
+
+def test_an_unknown_architecture_fails_before_any_work():
+    from mre.models import ModelLoadError, check_model_config
+
+    with pytest.raises(ModelLoadError, match=r"model\.arch='llamma'.*'llama'"):
+        check_model_config(compose(["model.arch=llamma"]).model)
+    check_model_config(compose(["model=tiny_qwen2"]).model)
+
+
+def test_sweep_job_directories_are_short_and_path_safe():
+    long = ",".join(f"dataset.path=/data/some/deep/folder/file_{i}.csv" for i in range(12))
+    name = job_dir_name(3, long)
+    assert name.startswith("3_") and len(name) <= 2 + SLUG_MAX
+    assert not set("/=,") & set(name)
+    assert job_dir_name(3, long) != job_dir_name(3, long.replace("file_11", "file_12"))  # hash keeps apart
+    assert job_dir_name(0, "with_anchor=true") == "0_with_anchor-true" and job_dir_name(7, "") == "7"
 
 
 def test_unknown_group_option_lists_choices():
@@ -109,6 +205,7 @@ def test_data_view_synthetic():
     assert out.count("«") == 4 and out.count("⟨") == 4  # the legend and three prompts
 
 
+@pytest.mark.slow
 def test_data_view_real_sets():
     shared_data("snips")
     out = _data_view("dataset=snips")

@@ -53,6 +53,7 @@ def train_cli(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.
     return out
 
 
+@pytest.mark.slow
 def test_default_cli_run_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
     out = train_cli(run_dir, "trainer.max_epochs=2")
@@ -87,6 +88,7 @@ class KillAt(L.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     args = ["trainer.max_epochs=3", "logger=csv"]
     full, killed = tmp_path / "full", tmp_path / "killed"
@@ -117,6 +119,7 @@ def test_same_seed_same_metrics_and_tli_without_anchor(tmp_path):
     assert all(r["gold"] in {"Music", "Sports", "Technology", "Travel"} for r in rows)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path):
     base = small_cfg(tmp_path / "one", "direction=tli", "trainer.max_epochs=1")
     run(base)
