@@ -1,15 +1,19 @@
 """Shared set-up for the hand-run benchmarks in bench/ (not a benchmark itself).
 
-Builds the real objects from the real configs (`mre.cli.compose` -> `make_datamodule` ->
-`mre.run.build_generative`), with the run directory and caches in a temporary folder, and a plain
-PyTorch training loop that does what the Lightning fit loop does for `GenerativeMRE`: same model
-init, same batches in the same order, AdamW + linear warm-up stepped per batch, gradient-norm
-clipping at the trainer config's `gradient_clip_val`.
+Builds the real objects from the real configs (`mre.config.compose` -> `mre.tasks.generative.build`),
+with the run directory and caches in a temporary folder, and a plain PyTorch training loop that does what
+the Lightning fit loop does for `GenerativeMRE`: same model init, same batches in the same order, AdamW +
+linear warm-up stepped per batch (`mre.optim`), gradient-norm clipping at the trainer config's
+`gradient_clip_val`.
+
+`--smoke` (every script): toy sizes (a smaller data set and model, one repeat) so that a script runs in
+seconds and every code path is exercised; its numbers mean nothing and the header says so.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import shutil
@@ -37,10 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from mre.cli import compose, make_datamodule  # noqa: E402
-from mre.run import build_generative  # noqa: E402
+from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 
-from mre.data.datamodule import Collator, MREDataModule  # noqa: E402
+from mre.config import compose  # noqa: E402
+from mre.data.batches import Collator  # noqa: E402
+from mre.data.context import TaskContext  # noqa: E402
+from mre.optim import linear_warmup_decay  # noqa: E402
+from mre.tasks import generative  # noqa: E402
 from mre.tasks.generative import GenerativeMRE  # noqa: E402
 
 THREADS = int(os.environ.get("BENCH_THREADS", 2))
@@ -50,41 +57,68 @@ warnings.filterwarnings("ignore", ".*LeafSpec.*")  # lightning's own use of a de
 
 TMP = Path(tempfile.mkdtemp(prefix="mre-bench-"))
 atexit.register(shutil.rmtree, TMP, ignore_errors=True)
+RUN_DIR = TMP / "run"
+
+# --smoke: a smaller data set (still every split), a 2-layer model and fewer tokenizer merges
+SMOKE_OVERRIDES = (
+    "dataset.n_train=48",
+    "dataset.n_dev=8",
+    "dataset.n_test=32",
+    "dataset.synthetic.n=120",
+    "model.tiny.hidden_size=32",
+    "model.tiny.intermediate_size=64",
+    "model.tiny.num_hidden_layers=2",
+    "model.tokenizer.vocab_size=500",
+)
+SMOKE_NOTE = "SMOKE RUN (toy sizes, 1 repeat): checks that the benchmark runs; its numbers mean nothing"
 
 
-def setup(direction: str, extra: Iterable[str] = ()) -> tuple:
-    """(cfg, datamodule, module with its model built) for `model=tiny_llama dataset=synthetic_en`."""
+def add_smoke_flag(ap) -> None:
+    ap.add_argument("--smoke", action="store_true", help="toy sizes, one repeat: a seconds-long rot check")
+
+
+def setup(direction: str, extra: Iterable[str] = (), smoke: bool = False) -> tuple:
+    """(cfg, parts, module with its model built) for `model=tiny_llama dataset=synthetic_en`; `parts` is
+    the task's `TaskParts` (`parts.datamodule`, `parts.module.context`). The flow callback is off."""
     torch.set_num_threads(THREADS)
     cfg = compose(
         [
             "model=tiny_llama",
             "dataset=synthetic_en",
             f"direction={direction}",
-            f"paths.output_dir={TMP / 'run'}",
+            "flow.enabled=false",
+            f"paths.output_dir={RUN_DIR}",
             f"paths.cache_dir={TMP / 'cache'}",
+            *(SMOKE_OVERRIDES if smoke else ()),
             *extra,
         ]
     )
-    dm = make_datamodule(cfg)
-    module = build_module(cfg, dm)
-    return cfg, dm, module
+    parts = generative.build(cfg, RUN_DIR)
+    parts.module.configure_model()
+    return cfg, parts, parts.module
 
 
-def build_module(cfg, dm: MREDataModule) -> GenerativeMRE:
-    """A fresh module (model built from the seeded random init, as `configure_model` does in a fit)."""
-    module = build_generative(cfg, dm, TMP / "run")
+def new_module(cfg, context: TaskContext) -> GenerativeMRE:
+    """A fresh module on an existing context, model not yet built (a fit calls `configure_model`)."""
+    return generative.make_module(cfg, context, RUN_DIR)
+
+
+def build_module(cfg, context: TaskContext) -> GenerativeMRE:
+    """A fresh module with its model built from the seeded random init, as `configure_model` does in a fit."""
+    module = new_module(cfg, context)
     module.configure_model()
     return module
 
 
 def make_optim(module: GenerativeMRE, cfg, total_steps: int):
-    """The optimizer and per-step scheduler of `GenerativeMRE.configure_optimizers`, built by hand."""
-    from transformers import get_linear_schedule_with_warmup
-
+    """The optimizer and per-step scheduler of `mre.optim.adamw_with_warmup` (what
+    `GenerativeMRE.configure_optimizers` returns), built by hand for `total_steps` optimizer steps."""
     o = cfg.optim
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
-    sched = get_linear_schedule_with_warmup(opt, min(o.warmup_steps, total_steps), total_steps)
+    total = max(1, int(total_steps))
+    warmup = min(o.warmup_steps, total)
+    sched = LambdaLR(opt, functools.partial(linear_warmup_decay, warmup=warmup, total=total))
     return opt, sched
 
 
@@ -100,7 +134,7 @@ def train_plain(
         if step >= total_steps:
             break
         opt.zero_grad(set_to_none=True)
-        loss = module(batch).loss
+        loss = module(batch)[1]  # forward returns (logits of the answer window, loss)
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
@@ -111,13 +145,13 @@ def train_plain(
     return losses
 
 
-def cycle_batches(dm: MREDataModule) -> Iterable[dict]:
+def cycle_batches(dm) -> Iterable[dict]:
     """Training batches epoch after epoch (a fresh loader per epoch, as the fit loop does)."""
     while True:
         yield from dm.train_dataloader()
 
 
-def pretrain(module: GenerativeMRE, cfg, dm: MREDataModule, steps: int) -> str:
+def pretrain(module: GenerativeMRE, cfg, dm, steps: int) -> str:
     """Train the tiny model briefly (plain loop) so that generation stops at EOS as a trained model's does."""
     if steps <= 0:
         return "untrained (random weights)"
@@ -125,21 +159,21 @@ def pretrain(module: GenerativeMRE, cfg, dm: MREDataModule, steps: int) -> str:
     losses = train_plain(module, cfg, cycle_batches(dm), steps)
     return (
         f"trained {steps} steps (batch {cfg.data.batch_size}) in {time.perf_counter() - t0:.0f} s, "
-        f"mean loss of the last 20 steps {statistics.mean(losses[-20:]):.4f}"
+        f"mean loss of the last {min(20, len(losses))} steps {statistics.mean(losses[-20:]):.4f}"
     )
 
 
-def test_batches(dm: MREDataModule, n: int, batch_size: int) -> list[dict]:
+def test_batches(context: TaskContext, n: int, batch_size: int) -> list[dict]:
     """The first `n` test samples collated into batches of `batch_size` (left padding)."""
-    items = dm.encoded["test"][:n]
-    collate = Collator(dm.tokenizer.pad_token_id)
+    items = context.items("test")[:n]
+    collate = Collator(context.tokenizer.pad_token_id)
     return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
 def interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> tuple[dict, dict, dict]:
     """One warm-up call of each method, then `repeats` rounds calling each in turn (so that load from
-    other processes hits all alike). Returns the last results, the median wall times and the median
-    CPU times (process time, all threads: less sensitive to other processes than wall time)."""
+    other processes hits all alike). Returns the last results, the wall times of every round and the
+    median CPU times (process time, all threads: less sensitive to other processes than wall time)."""
     results = {k: f() for k, f in methods.items()}
     wall: dict[str, list[float]] = {k: [] for k in methods}
     cpu: dict[str, list[float]] = {k: [] for k in methods}
@@ -152,9 +186,10 @@ def interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> tuple
     return results, wall, {k: statistics.median(v) for k, v in cpu.items()}
 
 
-def header(name: str) -> str:
-    return (
+def header(name: str, smoke: bool = False) -> str:
+    line = (
         f"{name}: model=tiny_llama dataset=synthetic_en, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
         f"load average {os.getloadavg()[0]:.2f}"
     )
+    return f"{SMOKE_NOTE}\n{line}" if smoke else line

@@ -1,6 +1,7 @@
 """Speed and peak memory of the flow engine versus two baselines (run by hand, not a test).
 
     python bench/flow_speed.py            # ~2-3 minutes on 2 CPU cores
+    python bench/flow_speed.py --smoke    # toy sizes, seconds: a rot check, numbers mean nothing
 
 Same tiny LLaMA (8 layers x 256 hidden, 4 heads, intermediate 688, vocab 2000, random weights, float32)
 and the same 32 samples of 256 tokens for every method:
@@ -27,6 +28,9 @@ loops over all samples counts, which keeps the numbers usable on a machine that 
 (process_time, all threads) is reported too: on a busy machine it is the steadier measure of work
 (with FLOW_BENCH_THREADS=1 it has no spin-waiting in it).
 FLOW_BENCH_THREADS (default 2) sets the torch threads; OMP_WAIT_POLICY defaults to PASSIVE (see below).
+
+`--smoke`: a 2-layer x 64 model, 4 samples of 32 tokens, batch sizes 1 and 2, one timed loop (the workers
+get `--smoke` too); every method and ratio line runs, the numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -39,14 +43,55 @@ import sys
 import time
 from pathlib import Path
 
-N_SAMPLES = 32
-SEQ = 256
-BATCH_SIZES = (1, 4, 8, 16)
+# the measured sizes; --smoke replaces them with SMOKE_SIZES (see `_configure`)
+SIZES = {
+    "n_samples": 32,
+    "seq": 256,
+    "batch_sizes": (1, 4, 8, 16),
+    "text": (4, 180),  # text token range [start, end) of every sample
+    "anchor": (190, 240),  # anchor token range; q = seq - 1
+    "model": {
+        "num_hidden_layers": 8,
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 688,
+        "vocab_size": 2000,
+    },
+}
+SMOKE_SIZES = {
+    "n_samples": 4,
+    "seq": 32,
+    "batch_sizes": (1, 2),
+    "text": (2, 20),
+    "anchor": (22, 28),
+    "model": {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "intermediate_size": 128,
+        "vocab_size": 200,
+    },
+}
+SMOKE = False
+N_SAMPLES = SIZES["n_samples"]
+SEQ = SIZES["seq"]
+BATCH_SIZES = SIZES["batch_sizes"]
 THREADS = int(os.environ.get("FLOW_BENCH_THREADS", "2"))
 REPEATS = int(os.environ.get("FLOW_BENCH_REPEATS", "2"))  # timed loops per method; the fastest counts
 # sleeping (not spinning) OpenMP threads: on a machine shared with other jobs, spinning 2-thread barriers
 # made every method 10x slower and the comparison meaningless; applied to every method alike
 OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+SMOKE_NOTE = "SMOKE RUN (toy sizes, 1 repeat): checks that the benchmark runs; its numbers mean nothing"
+
+
+def _configure(smoke: bool) -> None:
+    """Switch the module's sizes to the smoke ones (driver and workers alike)."""
+    global SMOKE, N_SAMPLES, SEQ, BATCH_SIZES, REPEATS, SIZES
+    if smoke:
+        SMOKE, SIZES, REPEATS = True, SMOKE_SIZES, 1
+        N_SAMPLES, SEQ, BATCH_SIZES = SIZES["n_samples"], SIZES["seq"], SIZES["batch_sizes"]
 
 
 def _status_kb(field: str) -> int:
@@ -76,21 +121,13 @@ def _build():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        hidden_size=256,
-        intermediate_size=688,
-        num_hidden_layers=8,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=2000,
-        max_position_embeddings=512,
-    )
+    cfg = LlamaConfig(**SIZES["model"], max_position_embeddings=512)
     model = LlamaForCausalLM(cfg).float()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, cfg.vocab_size, (N_SAMPLES, SEQ), generator=g)
     target = torch.randint(0, cfg.vocab_size, (N_SAMPLES,), generator=g)
-    text = torch.tensor([[4, 180]] * N_SAMPLES)
-    anchor = torch.tensor([[190, 240]] * N_SAMPLES)
+    text = torch.tensor([list(SIZES["text"])] * N_SAMPLES)
+    anchor = torch.tensor([list(SIZES["anchor"])] * N_SAMPLES)
     return model, ids, target, text, anchor
 
 
@@ -160,9 +197,9 @@ def worker(method: str, bs: int) -> dict:
     results: list = []
 
     if method == "engine":
-        from mre.flow import FlowEngine
+        from mre.flow.engine import FlowEngine
 
-        engine = FlowEngine(model)
+        engine = FlowEngine(model)  # default FlowOptions: the DESIGN.md measurement
 
         def run(lo, hi):
             r = engine.compute(_batch(ids, target, text, anchor, lo, hi))
@@ -236,7 +273,7 @@ def worker(method: str, bs: int) -> dict:
 def _spawn(method: str, bs: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), TOKENIZERS_PARALLELISM="false")
     env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
-    cmd = [sys.executable, __file__, "--worker", method, "--bs", str(bs)]
+    cmd = [sys.executable, __file__, "--worker", method, "--bs", str(bs), *(["--smoke"] if SMOKE else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise SystemExit(f"worker {method} bs={bs} failed:\n{out.stderr[-4000:]}")
@@ -264,8 +301,12 @@ def _flat(x):
 
 def main() -> None:
     t_start = time.perf_counter()
+    m = SIZES["model"]
+    if SMOKE:
+        print(SMOKE_NOTE)
     print(
-        f"flow_speed: tiny LLaMA 8 layers x 256 hidden, 4 heads, {N_SAMPLES} samples x {SEQ} tokens, "
+        f"flow_speed: tiny LLaMA {m['num_hidden_layers']} layers x {m['hidden_size']} hidden, "
+        f"{m['num_attention_heads']} heads, {N_SAMPLES} samples x {SEQ} tokens, "
         f"{THREADS} threads (OMP_WAIT_POLICY={OMP_WAIT_POLICY}), best of {REPEATS} loops, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
@@ -320,7 +361,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", choices=["engine", "reference", "train", "floor"])
     ap.add_argument("--bs", type=int, default=1)
+    ap.add_argument("--smoke", action="store_true", help="toy sizes, one repeat: a seconds-long rot check")
     args = ap.parse_args()
+    _configure(args.smoke)
     if args.worker:
         print(json.dumps(worker(args.worker, args.bs)))
     else:

@@ -1,6 +1,7 @@
 """One Lightning training epoch versus the same steps in a plain PyTorch loop (run by hand, not a test).
 
     python bench/lightning_overhead.py           # ~1-2 minutes on 2 idle CPU cores
+    python bench/lightning_overhead.py --smoke   # toy sizes, seconds: a rot check, numbers mean nothing
 
 `model=tiny_llama dataset=synthetic_en direction=wli` (the default job's setting), one epoch of the training
 split (1,000 samples in batches of 16: 63 steps).
@@ -8,10 +9,12 @@ split (1,000 samples in batches of 16: 63 steps).
   (a) lightning  `Trainer(**cfg.trainer, max_epochs=1, limit_val_batches=0, logger=False,
                  enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)`
                  `.fit(module, datamodule=dm)` on a fresh `GenerativeMRE` (the trainer calls
-                 `configure_model`, `configure_optimizers`, clips at gradient_clip_val=1.0);
+                 `configure_model`, `configure_optimizers`, clips at gradient_clip_val=1.0); no callbacks
+                 of conf/callbacks and no flow callback (`flow.enabled=false`);
   (b) plain      a fresh `GenerativeMRE` with `configure_model()`, then the same batches in the same order
                  (`dm.train_dataloader()`, seeded shuffle), the same AdamW and linear warm-up schedule
-                 stepped per batch, `clip_grad_norm_(params, 1.0)`, `zero_grad(set_to_none=True)`.
+                 (`mre.optim`) stepped per batch, `clip_grad_norm_(params, 1.0)`,
+                 `zero_grad(set_to_none=True)`.
 
 Both are timed from "fresh module" to "epoch done" (model build included on both sides); the time inside
 the epoch (Lightning's on_train_epoch_start -> on_train_epoch_end, the plain loop itself) and the CPU time
@@ -34,8 +37,7 @@ import time
 import hydra
 import lightning as L
 import torch
-from _common import TMP, build_module, header, setup, train_plain
-from mre.run import build_generative
+from _common import add_smoke_flag, build_module, header, new_module, setup, train_plain
 
 
 class Recorder(L.Callback):
@@ -57,7 +59,7 @@ class Recorder(L.Callback):
 
 def run_lightning(cfg, dm, limit: int | None = None) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
-    module = build_generative(cfg, dm, TMP / "run")
+    module = new_module(cfg, dm.context)
     rec = Recorder()
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -77,7 +79,7 @@ def run_lightning(cfg, dm, limit: int | None = None) -> dict:
 
 def run_plain(cfg, dm, limit: int | None = None) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
-    module = build_module(cfg, dm)
+    module = build_module(cfg, dm.context)
     loader = dm.train_dataloader()
     steps = len(loader)
     t1 = time.perf_counter()
@@ -89,14 +91,18 @@ def run_plain(cfg, dm, limit: int | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats = 1
     t_start = time.perf_counter()
 
-    cfg, dm, _ = setup("wli")
-    print(header("lightning_overhead"))
+    cfg, parts, _ = setup("wli", smoke=args.smoke)
+    dm = parts.datamodule
+    print(header("lightning_overhead", args.smoke))
     steps = len(dm.train_dataloader())
     print(
-        f"one epoch: {len(dm.encoded['train'])} training samples, batch {cfg.data.batch_size}, "
+        f"one epoch: {len(dm.context.items('train'))} training samples, batch {cfg.data.batch_size}, "
         f"{steps} steps, gradient_clip_val {cfg.trainer.gradient_clip_val}, precision {cfg.trainer.precision}"
     )
     run_plain(cfg, dm, limit=3)  # warm-up

@@ -2,6 +2,7 @@
 
     python bench/tli_scoring.py                  # ~1-2 minutes on 2 idle CPU cores
     python bench/tli_scoring.py --steps 0        # untrained (random-weight) model
+    python bench/tli_scoring.py --smoke          # toy sizes, seconds: a rot check, numbers mean nothing
 
 Setting `direction=tli` (text + WLI -> TLI, the default anchor) on `model=tiny_llama dataset=synthetic_en`.
 The tiny model is first trained for `--steps` steps with a plain loop (AdamW + linear warm-up + clipping,
@@ -9,14 +10,15 @@ as in a fit) so that it answers with a code then EOS. Then, on the same first `-
 same batches of `--bs` (the data module's collator, left padding):
 
   (a) scoring    the module's path for TLI evaluation: one forward pass over the full view
-                 (`GenerativeMRE.forward`, prompt + answer, loss included), then `_score_codes` (arg-max
-                 over the one-token label codes at q);
+                 (`GenerativeMRE.forward`, prompt + answer, loss included; it keeps only the logits of the
+                 answer window, `logits_to_keep=k`, k = 3 here), then `_score_codes` (arg-max over the
+                 one-token label codes at q);
   (b) generate   greedy KV-cached `generate()` of the answer from the prompt view with max_new_tokens=2,
                  called with exactly the arguments of `GenerativeMRE.generate` (checked once against it);
                  the first generated token is mapped to its label when it is a code;
-  (c) lean       for information, not the module's path: the leaner TLI `_eval_step` suggested in
-                 bench/README.md -- the same full-view forward with `logits_to_keep=k` (only the positions
-                 that predict answer tokens; k = 3 here), loss and arg-max from those (checked against (a)).
+  (c) full       for information, not the module's path: the module's path before it kept only the answer
+                 window -- the same full-view forward with full-vocabulary logits at every position, loss
+                 and `_score_codes` from those (checked against (a): same predictions, same loss).
 
 All run under torch.no_grad() in eval mode; one warm-up pass over all batches, then `--repeats` timed
 passes, alternating (a), (b), (c) so that load on the machine hits all alike; medians of wall time (samples/s)
@@ -34,42 +36,38 @@ import statistics
 import time
 
 import torch
-from _common import header, interleaved, pretrain, setup, test_batches
+import torch.nn.functional as F
+from _common import add_smoke_flag, header, interleaved, pretrain, setup, test_batches
 
 
 def score(module, batches: list[dict]) -> list[int]:
     preds: list[int] = []
     with torch.no_grad():
         for b in batches:
-            p, _ = module._score_codes(module(b).logits, b)
+            p, _ = module._score_codes(module(b)[0], b)
             preds.extend(p.tolist())
     return preds
 
 
-def score_lean(module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The suggested leaner TLI `_eval_step` (bench/README.md): the same full-view forward, but only the
-    logits of the last k positions (k = longest answer + 1: with left padding every answer ends at the
-    right edge, so these hold q and every answer-predicting position), loss from them. Returns the
-    predictions and the loss (the module's: mean CE over the answer tokens)."""
+def score_full(module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The module's TLI evaluation as it was before `forward` kept only the answer window: full-vocabulary
+    logits at every position, the loss (mean CE over the answer tokens) from them and `_score_codes` on
+    all L positions. Returns the predictions and the loss."""
     labels = batch["labels"]
-    k = int((labels != -100).sum(1).max()) + 1
     logits = module.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
-        logits_to_keep=k,
-    ).logits  # [B, k, V]: positions L-k .. L-1
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1 - k :].flatten())
-    q = (labels != -100).int().argmax(dim=1) - 1 - (labels.shape[1] - k)
-    q_logits = logits[torch.arange(logits.shape[0]), q]
-    return q_logits[:, torch.tensor(module.builder.code_ids)].argmax(-1), loss
+    ).logits  # [B, L, V]
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    return module._score_codes(logits, batch)[0], loss
 
 
-def lean(module, batches: list[dict]) -> list[int]:
+def full(module, batches: list[dict]) -> list[int]:
     preds: list[int] = []
     with torch.no_grad():
         for b in batches:
-            preds.extend(score_lean(module, b)[0].tolist())
+            preds.extend(score_full(module, b)[0].tolist())
     return preds
 
 
@@ -115,14 +113,17 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=32, help="batch size (both methods)")
     ap.add_argument("--steps", type=int, default=200, help="training steps before measuring (0: untrained)")
     ap.add_argument("--repeats", type=int, default=5)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.bs, args.steps, args.repeats = 16, 8, 4, 1
     t_start = time.perf_counter()
 
-    cfg, dm, module = setup("tli")
-    print(header("tli_scoring"))
-    print(pretrain(module, cfg, dm, args.steps))
+    cfg, parts, module = setup("tli", smoke=args.smoke)
+    print(header("tli_scoring", args.smoke))
+    print(pretrain(module, cfg, parts.datamodule, args.steps))
     module.eval()
-    batches = test_batches(dm, args.n, args.bs)
+    batches = test_batches(module.context, args.n, args.bs)
     n = sum(len(b["index"]) for b in batches)
     prompt_len = sum(int(b["prompt_mask"].sum()) for b in batches) / n
     print(
@@ -136,12 +137,15 @@ def main() -> None:
     methods = {
         "scoring": lambda: score(module, batches),
         "generate": lambda: generate(module, batches),
-        "lean": lambda: lean(module, batches),
+        "full": lambda: full(module, batches),
     }
     results, wall, cpu = interleaved(methods, args.repeats)
     med = {k: statistics.median(v) for k, v in wall.items()}
     sps = {k: n / med[k] for k in methods}
-    print("  scoring = the module's path; generate = max_new_tokens=2; lean = full view + logits_to_keep=k")
+    print(
+        "  scoring = the module's path (answer-window logits); generate = max_new_tokens=2; "
+        "full = full-vocabulary logits at every position"
+    )
     for k in methods:
         print(
             f"  {k:8s} {sps[k]:7.1f} samples/s   median {med[k] * 1000:7.1f} ms wall, "
@@ -153,8 +157,12 @@ def main() -> None:
         f"{cpu['generate'] / cpu['scoring']:.2f}x CPU   (target >= 10x)"
     )
     print(
-        f"speed-up lean/generate:    {sps['lean'] / sps['generate']:.2f}x wall, "
-        f"{cpu['generate'] / cpu['lean']:.2f}x CPU"
+        f"speed-up full/generate:    {sps['full'] / sps['generate']:.2f}x wall, "
+        f"{cpu['generate'] / cpu['full']:.2f}x CPU"
+    )
+    print(
+        f"speed-up scoring/full:     {sps['scoring'] / sps['full']:.2f}x wall, "
+        f"{cpu['full'] / cpu['scoring']:.2f}x CPU   (what keeping only the answer window saves)"
     )
 
     golds = golds_of(module, batches)
@@ -165,10 +173,10 @@ def main() -> None:
     print(f"agreement where it did: {agree}/{len(coded)}" + (f" ({agree / len(coded):.1%})" if coded else ""))
     acc_s = sum(p == y for p, y in zip(s, golds, strict=True)) / n
     acc_g = sum(p == y for p, y in zip(g, golds, strict=True)) / n
-    same = sum(a == b for a, b in zip(s, results["lean"], strict=True))
+    same = sum(a == b for a, b in zip(s, results["full"], strict=True))
     with torch.no_grad():
-        dloss = max(abs(float(module(b).loss) - float(score_lean(module, b)[1])) for b in batches)
-    print(f"lean agrees with the module's scoring: {same}/{n} predictions, max |loss diff| {dloss:.1e}")
+        dloss = max(abs(float(module(b)[1]) - float(score_full(module, b)[1])) for b in batches)
+    print(f"full agrees with the module's scoring: {same}/{n} predictions, max |loss diff| {dloss:.1e}")
     print(f"accuracy vs gold: scoring {acc_s:.3f}, generate {acc_g:.3f} (non-code counts as wrong)")
     print(f"total wall time {time.perf_counter() - t_start:.0f} s")
 

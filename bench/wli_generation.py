@@ -2,6 +2,7 @@
 
     python bench/wli_generation.py               # ~1-2 minutes on 2 idle CPU cores
     python bench/wli_generation.py --steps 0     # untrained model: every answer runs to max_new_tokens
+    python bench/wli_generation.py --smoke       # toy sizes, seconds: a rot check, numbers mean nothing
 
 Setting `direction=wli` (text + TLI -> WLI, the default anchor) on `model=tiny_llama dataset=synthetic_en`,
 greedy decoding with KV cache, `max_new_tokens` = the config's `eval.max_new_tokens` (64). The tiny model
@@ -15,7 +16,7 @@ both through the module's own `generate(batch)`. One warm-up pass each, then `--
 alternating (a) and (b); medians of wall time (samples/s) and CPU time (all threads) are reported, and
 the decoded answers of the two are compared string by string (identical unless a float-rounding difference
 between the padded and the unpadded layout flips a near-tie in the greedy arg-max; the first divergences
-are then shown with their top-2 logit gaps).
+are then shown with their top-2 logit gaps; `--smoke` runs that diagnosis on the first sample anyway).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import statistics
 import time
 
 import torch
-from _common import header, interleaved, pretrain, setup, test_batches
+from _common import add_smoke_flag, header, interleaved, pretrain, setup, test_batches
 
 
 def decode_all(module, batches: list[dict]) -> list[str]:
@@ -74,15 +75,21 @@ def main() -> None:
     ap.add_argument("--bs", type=int, default=32, help="batch size of the batched run")
     ap.add_argument("--steps", type=int, default=200, help="training steps before measuring (0: untrained)")
     ap.add_argument("--repeats", type=int, default=3)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    extra: list[str] = []
+    if args.smoke:
+        args.n, args.bs, args.steps, args.repeats = 8, 4, 4, 1
+        extra = ["eval.max_new_tokens=16"]
     t_start = time.perf_counter()
 
-    cfg, dm, module = setup("wli")
-    print(header("wli_generation"))
-    print(pretrain(module, cfg, dm, args.steps))
+    cfg, parts, module = setup("wli", extra, smoke=args.smoke)
+    context = module.context
+    print(header("wli_generation", args.smoke))
+    print(pretrain(module, cfg, parts.datamodule, args.steps))
     module.eval()
-    batched = test_batches(dm, args.n, args.bs)
-    single = test_batches(dm, args.n, 1)
+    batched = test_batches(context, args.n, args.bs)
+    single = test_batches(context, args.n, 1)
     n = len(single)
     print(
         f"{n} test samples, max_new_tokens {module.max_new_tokens}, batched: {len(batched)} batches of "
@@ -118,14 +125,17 @@ def main() -> None:
     same = [i for i in range(n) if a[i] == b[i]]
     print(f"identical decoded answers batched vs per-sample: {len(same)}/{n} ({len(same) / n:.1%})")
     fmt = module.builder.wli_format
-    gold = [module.builder.answer_of(dm.records("test")[int(s["index"][0])]) for s in single]
+    gold = [module.builder.answer_of(context.records("test")[int(s["index"][0])]) for s in single]
     for name, preds in (("batched", a), ("per-sample", b)):
         exact = sum(sorted(fmt.parse(p)) == sorted(fmt.parse(g)) for p, g in zip(preds, gold, strict=True))
         print(f"  exact match vs gold ({name}): {exact / n:.3f}")
-    for i in [i for i in range(n) if a[i] != b[i]][:3]:
+    differ = [i for i in range(n) if a[i] != b[i]]
+    for i in differ[:3]:
         bi, row = divmod(i, args.bs)
         print(f"  differs #{i}: batched {a[i]!r}\n              per-sample {b[i]!r}")
         print(f"    {first_divergence(module, batched[bi], row, single[i], module.max_new_tokens)}")
+    if args.smoke and not differ:  # exercise the diagnosis anyway
+        print(f"  smoke, divergence check of #0: {first_divergence(module, batched[0], 0, single[0], 4)}")
     print(f"total wall time {time.perf_counter() - t_start:.0f} s")
 
 

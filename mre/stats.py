@@ -24,6 +24,7 @@ import numpy as np
 
 from mre.data.wli_format import WLIFormat
 from mre.metrics import pair_overlap
+from mre.setting import Direction
 
 BLOCK = 100  # resamples drawn at once
 
@@ -189,14 +190,13 @@ def align_predictions(
     return [a[i] for i in order], [b[i] for i in order]
 
 
-def scores_from_rows(rows: list[dict], kind: str, fmt: WLIFormat | None = None) -> Scores:
+def scores_from_rows(rows: list[dict], level: Direction, fmt: WLIFormat | None = None) -> Scores:
+    """The scores of prediction rows whose answers are of `level` (WLI pairs or TLI labels)."""
     golds = [str(r["gold"]) for r in rows]
     preds = [str(r["prediction"]) for r in rows]
-    if kind == "wli":
+    if Direction(str(level)) is Direction.wli:
         return WLIScores(golds, preds, fmt)
-    if kind == "tli":
-        return TLIScores(golds, preds)
-    raise ValueError(f"kind must be 'wli' or 'tli', got {kind!r}")
+    return TLIScores(golds, preds)
 
 
 # --------------------------------------------------------------------------------------------------

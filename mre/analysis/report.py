@@ -35,6 +35,7 @@ from mre.analysis.sweep import (
 )
 from mre.flow.options import FlowAnalysisConfig
 from mre.flow.plots import plot_grid
+from mre.setting import Direction
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +193,8 @@ BOOTSTRAP_NOTE = (
 )
 
 
-def _metric_text(kind: str) -> str:
-    return "micro-F1 over (type, span) pairs" if kind == "wli" else "macro-F1 over the text labels"
+def _metric_text(kind: Direction) -> str:
+    return "micro-F1 over (type, span) pairs" if kind is Direction.wli else "macro-F1 over the text labels"
 
 
 def _known_effect_md(ke: dict[str, Any], t: Table) -> str:

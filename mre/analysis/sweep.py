@@ -198,7 +198,7 @@ def never_started(sweep_dir: str | Path, runs: list[Run]) -> list[str]:
 class Study:
     key: str
     title: str
-    kind: str  # wli | tli: how F1 is computed from predictions.jsonl
+    kind: Direction  # the answers' level: how F1 is computed from predictions.jsonl
     compare: tuple[str, ...]  # config keys/prefixes that define the two sides
     label_a: str
     label_b: str
@@ -222,7 +222,7 @@ STUDIES = [
     Study(
         "table2_wli",
         "Table 2: WLI F1, text only vs text + TLI",
-        "wli",
+        Direction.wli,
         ("with_anchor",),
         "Text only",
         "Text + TLI",
@@ -232,7 +232,7 @@ STUDIES = [
     Study(
         "table3_tli",
         "Table 3: TLI F1, text only vs text + WLI",
-        "tli",
+        Direction.tli,
         ("with_anchor",),
         "Text only",
         "Text + WLI",
@@ -242,7 +242,7 @@ STUDIES = [
     Study(
         "table4_kv",
         "Table 4: few-shot TLI F1, without KV (manual verbalizer) vs KV (knowledgeable verbalizer)",
-        "tli",
+        Direction.tli,
         ("verbalizer",),
         "without KV",
         "KV",

@@ -37,7 +37,17 @@ class NonFiniteLossError(FloatingPointError):
 def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
     """The generative task of a config: its context, loaders, module and the flow callback."""
     context = build_context(cfg)
-    module = GenerativeMRE(
+    module = make_module(cfg, context, run_dir)
+    s = context.setting
+    title = f"{context.dataset_name} | {s.direction} | anchor={s.with_anchor}"
+    return TaskParts(
+        MREDataModule(context, cfg.data, cfg.seed), module, title, flow_callbacks(cfg, context, run_dir)
+    )
+
+
+def make_module(cfg: DictConfig, context: TaskContext, run_dir: Path) -> GenerativeMRE:
+    """The module of a config on a built context (its model is made later, in `configure_model`)."""
+    return GenerativeMRE(
         model_cfg=cfg.model,
         optim_cfg=cfg.optim,
         context=context,
@@ -45,11 +55,6 @@ def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
         seed=cfg.seed,
         cache_dir=cfg.paths.cache_dir,
         predictions_path=run_dir / PREDICTIONS,
-    )
-    s = context.setting
-    title = f"{context.dataset_name} | {s.direction} | anchor={s.with_anchor}"
-    return TaskParts(
-        MREDataModule(context, cfg.data, cfg.seed), module, title, flow_callbacks(cfg, context, run_dir)
     )
 
 

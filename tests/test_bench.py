@@ -1,0 +1,86 @@
+"""The hand-run benchmarks in bench/ still run: each script's `--smoke` mode (toy sizes, seconds) in a
+subprocess, checked for its result lines. Numbers are not checked (smoke runs measure nothing)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPTS = sorted(p.name for p in (REPO / "bench").glob("*.py") if not p.name.startswith("_"))
+
+NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+# per script: lines that only appear when the measurement ran to the end (ratios with their targets,
+# the per-method rows, the agreement checks); a new script only needs the smoke header and the total
+EXPECTED: dict[str, list[str]] = {
+    "flow_speed.py": [
+        rf"engine\s+bs=1\s+{NUM} samples/s",
+        rf"reference\s+bs=1\s+{NUM} samples/s",
+        rf"train step\s+bs=\d+\s+{NUM} samples/s",
+        rf"floor\s+bs=\d+\s+{NUM} samples/s",
+        rf"wall time per sample\s+engine/train-step: {NUM}\s+\(target <= 0\.8\)",
+        rf"engine/reference:\s+{NUM}\s+\(target <= 1\)",
+        rf"samples/s\s+engine/reference:\s+{NUM}x\s+\(target >= 1\)",
+        rf"peak memory\s+engine/reference:\s+{NUM}\s+\(target <= 1\)",
+        rf"CPU time per sample\s+engine/floor:\s+{NUM}",
+        rf"agreement\s+max rel\. diff engine vs reference metrics: {NUM}",
+    ],
+    "lightning_overhead.py": [
+        rf"plain\s+{NUM} s wall .* ms/step",
+        rf"lightning\s+{NUM} s wall .* ms/step",
+        rf"Lightning overhead: {NUM}% wall, {NUM}% wall inside the epoch, {NUM}% CPU\s+\(target <= 10%\)",
+        r"steps run: plain (\d+), lightning \1\b",
+        rf"max \|loss diff\| over all \d+ steps: {NUM}",
+        rf"max \|weight diff\| after the epoch: {NUM}",
+    ],
+    "tli_scoring.py": [
+        rf"scoring\s+{NUM} samples/s",
+        rf"generate\s+{NUM} samples/s",
+        rf"full\s+{NUM} samples/s",
+        rf"speed-up scoring/generate: {NUM}x wall, {NUM}x CPU\s+\(target >= 10x\)",
+        rf"speed-up full/generate:\s+{NUM}x wall",
+        rf"speed-up scoring/full:\s+{NUM}x wall",
+        r"full agrees with the module's scoring: \d+/\d+ predictions, max \|loss diff\|",
+        rf"accuracy vs gold: scoring {NUM}, generate {NUM}",
+    ],
+    "wli_generation.py": [
+        rf"batched bs=\d+\s+{NUM} samples/s",
+        rf"per-sample bs=1\s+{NUM} samples/s",
+        rf"speed-up batched/per-sample: {NUM}x wall, {NUM}x CPU\s+\(target >= 3x on CPU\)",
+        r"identical decoded answers batched vs per-sample: \d+/\d+",
+        rf"exact match vs gold \(batched\): {NUM}",
+        r"divergence|differs #",  # the near-tie diagnosis (always run once in smoke mode)
+    ],
+}
+
+
+def test_bench_scripts_found():
+    assert {"flow_speed.py", "lightning_overhead.py", "tli_scoring.py", "wli_generation.py"} <= set(SCRIPTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bench_smoke(script: str) -> None:
+    # one thread everywhere (the scripts default to 2 torch threads: BENCH_THREADS / FLOW_BENCH_THREADS)
+    env = dict(os.environ, OMP_NUM_THREADS="1", BENCH_THREADS="1", FLOW_BENCH_THREADS="1")
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true")
+    out = subprocess.run(
+        [sys.executable, f"bench/{script}", "--smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, f"bench/{script} --smoke failed (exit {out.returncode}):\n{log[-6000:]}"
+    assert "SMOKE RUN" in out.stdout, out.stdout
+    assert re.search(r"total wall time \d+ s", out.stdout), out.stdout
+    missing = [p for p in EXPECTED.get(script, []) if not re.search(p, out.stdout)]
+    assert not missing, f"bench/{script} --smoke printed no line matching {missing}:\n{out.stdout}"
