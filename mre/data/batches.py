@@ -10,10 +10,11 @@ prompt alone with its text/anchor ranges, q and target (for scoring, generation 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import lightning as L
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mre.data.prompts import Encoded
 
@@ -108,3 +109,47 @@ class LengthGroupedSampler(Sampler[int]):
         batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
         rng.shuffle(batches)
         return iter([i for b in batches for i in b])
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Train (shuffled, seeded), dev and test loaders over lists of prepared samples; a task's
+    DataModule says which samples (`samples`), how they are collated (`collate`) and, optionally, in
+    which order the training split is drawn (`train_sampler`)."""
+
+    def __init__(self, batch_size: int, eval_batch_size: int, num_workers: int = 0, seed: int = 42) -> None:
+        super().__init__()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers, self.seed = num_workers, seed
+
+    def samples(self, split: str) -> list:
+        raise NotImplementedError
+
+    def collate(self) -> Callable[[list], dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def train_sampler(self, items: list) -> Sampler[int] | None:
+        """None: a seeded shuffle."""
+        return None
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        items = self.samples(split)
+        sampler = self.train_sampler(items) if train else None
+        return DataLoader(
+            ListDataset(items),
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            collate_fn=self.collate(),
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("dev", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

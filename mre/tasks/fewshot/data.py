@@ -11,12 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from mre.data.batches import ListDataset
+from mre.data.batches import SplitDataModule
 from mre.data.record import Record
 from mre.data.splits import k_shot, n_total_sample
 
@@ -156,7 +154,7 @@ class FewShotContext:
         return [self.template.encode(self.tokenizer, t, self.max_length) for t in texts]
 
 
-class FewShotDataModule(L.LightningDataModule):
+class FewShotDataModule(SplitDataModule):
     """The few-shot train sample, the dev split (val/f1) and the test split as prompts."""
 
     def __init__(
@@ -167,10 +165,8 @@ class FewShotDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, eval_batch_size, num_workers, seed)
         self.context = context
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.num_workers, self.seed = num_workers, seed
         self.examples: dict[str, list[Example]] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -187,22 +183,8 @@ class FewShotDataModule(L.LightningDataModule):
         if unseen:
             log.warning("%d test samples have a text label never seen in training: scored as wrong", unseen)
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        return DataLoader(
-            ListDataset(self.examples[split]),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            collate_fn=Collate(self.context.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
-            persistent_workers=self.num_workers > 0,
-        )
+    def samples(self, split: str) -> list[Example]:
+        return self.examples[split]
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("dev", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+    def collate(self) -> Collate:
+        return Collate(self.context.tokenizer.pad_token_id)
