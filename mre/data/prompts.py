@@ -4,7 +4,7 @@ A record becomes token ids *and* the token index ranges of the text, the anchor 
 position q, taken from the tokenizer's own offsets on the whole prompt, so the flow code never
 searches strings in token space and the model sees the tokenization it would see in use.
 
-Layout (field names and instructions per language come from the config):
+Plain layout (field names and instructions per language come from the config):
 
     {instruction}
     {text_field} {text}
@@ -12,8 +12,17 @@ Layout (field names and instructions per language come from the config):
     {answer_field}                 <- q is the last token of this line
      {answer}</s>                  <- loss only on these tokens
 
-TLI answers are one-token codes (`A`, `B`, ...) listed in the instruction, as in the paper; the
-builder checks each code is exactly one token in context under the tokenizer in use.
+Chat layout (`chat=True`, for tokenizers with a chat template: LLaMA-2-chat, SmolLM2, Qwen, ...):
+instruction, text and anchor lines are the user turn and the answer is the assistant turn, rendered
+by the tokenizer's own `apply_chat_template`. q is the last token of the generation prompt (e.g.
+`<|im_start|>assistant\\n`); the loss covers the answer and the template's end-of-turn token only
+(`<|im_end|>`, `</s>`), and generation stops there (`stop_ids`). The text must appear in the rendered
+prompt exactly as given, or the spans could not be found: a template that rewrites it is refused.
+
+TLI answers are one-token codes listed in the instruction, as in the paper, which numbers its
+classes: `digits` (`1`..`9`) where the tokenizer makes each a single token in answer position and
+there are at most nine labels, letters (`A`, `B`, ...) otherwise (`code_scheme: auto`). The builder
+checks every code is exactly one distinct token in context under the tokenizer in use.
 """
 
 from __future__ import annotations
@@ -32,10 +41,11 @@ from mre.setting import Setting
 log = logging.getLogger(__name__)
 
 CODE_SCHEMES: dict[str, str] = {
+    "digits": "123456789",  # the paper's class numbers, from 1
     "letters": string.ascii_uppercase,
     "lower": string.ascii_lowercase,
-    "digits": string.digits,
 }
+AUTO = "auto"  # digits, else letters, else lower: the first scheme that works for the labels and tokenizer
 
 
 class PromptError(ValueError):
@@ -74,12 +84,18 @@ class Encoded:
 
 @dataclass
 class Rendered:
-    """Prompt and answer strings with the char ranges of text and anchor inside the prompt."""
+    """Prompt and answer strings with the char ranges of text and anchor inside the prompt; `answer`
+    may end with the chat template's end of turn, of which `answer_chars` is the answer's own part."""
 
     prompt: str
     answer: str
     text_chars: tuple[int, int]
     anchor_chars: tuple[int, int]
+    answer_chars: int
+
+
+def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 @dataclass
@@ -92,66 +108,87 @@ class PromptBuilder:
     fields: Fields
     labels: list[str]
     wli_format: WLIFormat = field(default_factory=WLIFormat)
-    code_scheme: str = "letters"
+    code_scheme: str = AUTO
     max_length: int = 256
+    chat: bool = False
     dropped: Counter = field(default_factory=Counter)
     truncated: int = 0
 
     def __post_init__(self) -> None:
         self.code_scheme = str(self.code_scheme)
-        self.codes: list[str] = self._codes(self.code_scheme)
-        self.code_ids: list[int] = self.check_codes() if self.setting.is_tli else []
+        if self.chat and not has_chat_template(self.tokenizer):
+            raise PromptError(
+                f"prompt.chat_template=on, but tokenizer {type(self.tokenizer).__name__} has no chat "
+                "template; use prompt.chat_template=auto (or off) for plain prompts"
+            )
+        self.codes: list[str] = []
+        self.code_ids: list[int] = []
+        self.end_of_turn: int | None = None
+        if self.chat:
+            self.end_of_turn = self._end_of_turn()
+        if self.setting.is_tli:
+            self.code_scheme, self.codes, self.code_ids = self._choose_codes()
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer in generation: the end of turn (chat) and EOS."""
+        ids = [self.end_of_turn, self.tokenizer.eos_token_id]
+        return list(dict.fromkeys(i for i in ids if i is not None))
 
     # ---------- TLI codes ----------
-    def _codes(self, scheme: str) -> list[str]:
-        if scheme not in CODE_SCHEMES:
-            raise PromptError(f"code_scheme must be one of {sorted(CODE_SCHEMES)}, got {scheme!r}")
-        alphabet = CODE_SCHEMES[scheme]
-        if len(self.labels) > len(alphabet):
-            raise PromptError(
-                f"code_scheme {scheme!r} has {len(alphabet)} codes but the data set has {len(self.labels)} "
-                f"text labels; choose a scheme with enough codes: {self._schemes_with(len(self.labels))}"
-            )
-        return list(alphabet[: len(self.labels)])
-
-    @staticmethod
-    def _schemes_with(n: int) -> list[str]:
-        return [k for k, v in CODE_SCHEMES.items() if len(v) >= n] or ["(none: too many labels)"]
-
     def _code_token_ids(self, codes: list[str]) -> tuple[list[int], str | None]:
-        """Token id of each code in answer position, or the first code that is not one token."""
-        probe = f"\n{self.fields.answer}"
-        n_prompt = len(self.tokenizer(probe)["input_ids"])
+        """Token id of each code in answer position (the instruction listing these codes), or the first
+        code that is not one distinct token."""
+        self.codes = codes
         ids: list[int] = []
         for c in codes:
-            full = self.tokenizer(probe + " " + c)["input_ids"]
-            if len(full) != n_prompt + 1 or full[:n_prompt] != self.tokenizer(probe)["input_ids"]:
+            answer_ids = self._tokenize(self._render_parts("x", "x", c))[1]
+            answer_ids = answer_ids[:-1] if answer_ids[-1:] == self.stop_ids[:1] else answer_ids
+            if len(answer_ids) != 1:
                 return ids, c
-            ids.append(full[-1])
+            ids.append(answer_ids[0])
         if len(set(ids)) != len(ids):
             return ids, codes[0]
         return ids, None
 
-    def check_codes(self) -> list[int]:
-        """Ids of the TLI codes; fails naming the offending code and a scheme that works."""
-        ids, bad = self._code_token_ids(self.codes)
-        if bad is None:
-            return ids
-        working = [
+    def _choose_codes(self) -> tuple[str, list[str], list[int]]:
+        """The scheme, codes and their token ids; fails naming the offending code and a scheme that works."""
+        if self.code_scheme != AUTO and self.code_scheme not in CODE_SCHEMES:
+            raise PromptError(
+                f"code_scheme must be auto or one of {sorted(CODE_SCHEMES)}, got {self.code_scheme!r}"
+            )
+        fits = [k for k, v in CODE_SCHEMES.items() if len(v) >= len(self.labels)]
+        if self.code_scheme != AUTO and self.code_scheme not in fits:
+            n = len(CODE_SCHEMES[self.code_scheme])
+            raise PromptError(
+                f"code_scheme {self.code_scheme!r} has {n} codes but the data set has {len(self.labels)} "
+                f"text labels; choose a scheme with enough codes: {fits or '(none)'}"
+            )
+        failures: dict[str, str] = {}
+        for scheme in fits if self.code_scheme == AUTO else [self.code_scheme]:
+            codes = list(CODE_SCHEMES[scheme][: len(self.labels)])
+            ids, bad = self._code_token_ids(codes)
+            if bad is None:
+                return scheme, codes, ids
+            failures[scheme] = bad
+        others = [
             s
-            for s in CODE_SCHEMES
-            if s != self.code_scheme
-            and len(CODE_SCHEMES[s]) >= len(self.labels)
+            for s in fits
+            if s not in failures
             and self._code_token_ids(list(CODE_SCHEMES[s][: len(self.labels)]))[1] is None
         ]
-        hint = f"use prompt.code_scheme={working[0]}" if working else "no built-in code scheme works"
+        hint = f"use prompt.code_scheme={others[0]}" if others else "no built-in code scheme works"
+        what = "; ".join(f"code {bad!r} of scheme {s!r}" for s, bad in failures.items())
         raise PromptError(
-            f"TLI code {bad!r} (scheme {self.code_scheme!r}) is not exactly one distinct token after "
-            f"{self.fields.answer!r} under tokenizer {type(self.tokenizer).__name__}; {hint}"
+            f"TLI codes must be exactly one distinct token each in answer position under tokenizer "
+            f"{type(self.tokenizer).__name__}, and {what} is not; {hint}"
         )
 
     def code_list(self) -> str:
-        """`A=Sports, B=Music, ...`: the label list written into the TLI instruction."""
+        """`1=Sports, 2=Music, ...`: the label list written into the TLI instruction (empty before the
+        codes are chosen)."""
+        if not self.codes:
+            return ""
         return ", ".join(f"{c}={label}" for c, label in zip(self.codes, self.labels, strict=True))
 
     # ---------- rendering ----------
@@ -176,23 +213,65 @@ class PromptBuilder:
 
     def render(self, rec: Record, text: str | None = None) -> Rendered:
         """Prompt string for a record (optionally with a shortened text) and the char ranges."""
-        text = rec.text if text is None else text
+        anchor = self.anchor_of(rec) if self.setting.with_anchor else ""
+        return self._render_parts(rec.text if text is None else text, anchor, self.answer_of(rec))
+
+    def _render_parts(self, text: str, anchor: str, answer: str) -> Rendered:
         instruction = (
             self.instruction.format(codes=self.code_list()) if self.setting.is_tli else self.instruction
         )
-        head = f"{instruction}\n{self.fields.text} "
-        t0 = len(head)
-        prompt = head + text
-        t1 = len(prompt)
+        body = f"{instruction}\n{self.fields.text} "
+        t0 = len(body)
+        body += text
+        t1 = len(body)
         a0 = a1 = t1
         if self.setting.with_anchor:
             anchor_field = self.fields.tli if self.setting.is_wli else self.fields.wli
-            prompt += f"\n{anchor_field} "
-            a0 = len(prompt)
-            prompt += self.anchor_of(rec)
-            a1 = len(prompt)
-        prompt += f"\n{self.fields.answer}"
-        return Rendered(prompt, " " + self.answer_of(rec), (t0, t1), (a0, a1))
+            body += f"\n{anchor_field} "
+            a0 = len(body)
+            body += anchor
+            a1 = len(body)
+        if not self.chat:
+            prompt = body + f"\n{self.fields.answer}"
+            return Rendered(prompt, " " + answer, (t0, t1), (a0, a1), len(answer) + 1)
+        prompt, reply = self._chat(body, answer)
+        shift = prompt.find(body)
+        return Rendered(
+            prompt,
+            reply,
+            (t0 + shift, t1 + shift),
+            (a0 + shift, a1 + shift),
+            reply.find(answer) + len(answer),
+        )
+
+    def _chat(self, user: str, answer: str) -> tuple[str, str]:
+        """(generation prompt, the assistant turn after it) rendered by the tokenizer's chat template."""
+        turn = [{"role": "user", "content": user}]
+        prompt = self.tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+        full = self.tokenizer.apply_chat_template(
+            [*turn, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        if prompt.count(user) != 1 or not full.startswith(prompt) or answer not in full[len(prompt) :]:
+            raise PromptError(
+                "the tokenizer's chat template does not keep the user text and the answer verbatim (it "
+                "rewrites, moves or repeats them), so the text and anchor spans cannot be found; use "
+                "prompt.chat_template=off"
+            )
+        return prompt, full[len(prompt) :]
+
+    def _end_of_turn(self) -> int:
+        """The special token the chat template closes the assistant turn with."""
+        r = self._render_parts("x", "x", "x")
+        enc = self.tokenizer(r.prompt + r.answer, return_offsets_mapping=True, add_special_tokens=False)
+        special = set(self.tokenizer.all_special_ids)
+        after = len(r.prompt) + r.answer_chars
+        for tid, (s, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+            if s >= after and tid in special:
+                return tid
+        raise PromptError(
+            "the tokenizer's chat template ends the assistant turn with no special token (no end of turn to "
+            "train and stop on); use prompt.chat_template=off"
+        )
 
     # ---------- tokenization ----------
     @staticmethod
@@ -203,19 +282,29 @@ class PromptBuilder:
             return (0, 0)
         return (idx[0], idx[-1] + 1)
 
+    def _answer_ids(
+        self, ids: list[int], offsets: list[tuple[int, int]], n_prompt: int, end: int
+    ) -> list[int]:
+        """The answer's tokens (those starting before char `end`) and its end token: the chat template's
+        end of turn, or EOS for plain prompts (added when the tokenizer did not)."""
+        answer = [
+            i for i, (s, e) in zip(ids[n_prompt:], offsets[n_prompt:], strict=True) if s < end or e <= s
+        ]
+        stop = self.end_of_turn if self.chat else self.tokenizer.eos_token_id
+        answer = [i for i in answer if i != stop]
+        return answer if stop is None else [*answer, stop]
+
     def _tokenize(self, r: Rendered) -> tuple[list[int], list[int], tuple[int, int], tuple[int, int]]:
-        enc = self.tokenizer(r.prompt + r.answer, return_offsets_mapping=True)
+        enc = self.tokenizer(
+            r.prompt + r.answer, return_offsets_mapping=True, add_special_tokens=not self.chat
+        )
         ids, offsets = enc["input_ids"], enc["offset_mapping"]
         n_prompt = next((i for i, (s, e) in enumerate(offsets) if e > s and s >= len(r.prompt)), len(ids))
         if any(s < len(r.prompt) < e for s, e in offsets):
             raise PromptError(
                 f"a token straddles the prompt/answer boundary in {r.prompt[-20:] + r.answer[:10]!r}"
             )
-        answer_ids = ids[n_prompt:]
-        if self.tokenizer.eos_token_id is not None and (
-            not answer_ids or answer_ids[-1] != self.tokenizer.eos_token_id
-        ):
-            answer_ids = [*answer_ids, self.tokenizer.eos_token_id]
+        answer_ids = self._answer_ids(ids, offsets, n_prompt, len(r.prompt) + r.answer_chars)
         text_range = self._token_range(offsets[:n_prompt], r.text_chars)
         with_anchor = self.setting.with_anchor
         anchor_range = self._token_range(offsets[:n_prompt], r.anchor_chars) if with_anchor else (0, 0)
@@ -237,7 +326,7 @@ class PromptBuilder:
                 if tr[1] <= tr[0]:
                     self.dropped["no text tokens"] += 1
                     return None
-                return Encoded(index, prompt_ids, answer_ids, tr, ar, r.answer.strip())
+                return Encoded(index, prompt_ids, answer_ids, tr, ar, self.answer_of(rec))
             n_text = tr[1] - tr[0]
             if text == rec.text:
                 self.truncated += 1
@@ -248,7 +337,7 @@ class PromptBuilder:
 
     def _cut_text(self, text: str, r: Rendered, tr: tuple[int, int], keep: int) -> str:
         """Keep the first `keep` text tokens' characters (at least one character shorter)."""
-        enc = self.tokenizer(r.prompt, return_offsets_mapping=True)
+        enc = self.tokenizer(r.prompt, return_offsets_mapping=True, add_special_tokens=not self.chat)
         cut = enc["offset_mapping"][tr[0] + keep][0] - r.text_chars[0]
         cut = max(1, min(cut, len(text) - 1))
         return text[:cut].rstrip() or text[:1]

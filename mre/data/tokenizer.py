@@ -25,7 +25,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from mre.hub import local_path
+from mre.hub import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -141,9 +141,15 @@ def _load_cached(path: Path) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast.from_pretrained(str(path))
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load a real tokenizer from a local folder (or the local cache); never from the network."""
-    tok = AutoTokenizer.from_pretrained(local_path(name_or_path))
+def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in a local model folder (see `mre.hub.model_folder`), left-padding."""
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as e:
+        raise WeightsError(
+            f"no usable tokenizer in {folder} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); expected "
+            "tokenizer.json (or tokenizer.model) and tokenizer_config.json beside config.json"
+        ) from e
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
     tok.padding_side = "left"

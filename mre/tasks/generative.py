@@ -199,7 +199,7 @@ class GenerativeMRE(MREModule):
             do_sample=False,
             num_beams=1,
             use_cache=True,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.builder.stop_ids,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         new = out[:, batch["prompt_ids"].shape[1] :]

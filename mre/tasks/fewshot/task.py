@@ -28,6 +28,7 @@ from mre.data.dataset import load_splits
 from mre.data.record import Record
 from mre.data.splits import Splits, n_total_sample
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
+from mre.hub import model_folder
 from mre.rundir import PREDICTIONS
 from mre.tasks.base import TaskParts
 from mre.tasks.fewshot.data import (
@@ -91,14 +92,7 @@ def build_verbalizer(
 def build_tokenizer(cfg: DictConfig, splits: Splits, template: PromptTemplate, words: list[str]):
     """A real tokenizer from the model's folder, or a tiny T5-style one (see the module docstring)."""
     if str(cfg.model.kind) == "pretrained":
-        try:
-            return load_tokenizer(cfg.model.pretrained_path)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"model {cfg.model.name!r}: {cfg.model.pretrained_path!r} is not a local folder and no "
-                "model hub is reachable here. Download the model elsewhere (e.g. sonoisa/t5-base-japanese), "
-                "copy the folder and set model.pretrained_path=/path/to/it (or MRE_T5_JA_PATH)."
-            ) from e
+        return load_tokenizer(model_folder(cfg.model, cfg.paths.cache_dir))
     corpus = [template.render(r.text) for r in splits.train]
     line = " ".join(dict.fromkeys(words))
     corpus += [line] * WORD_REPEATS
