@@ -70,6 +70,19 @@ def check_model_config(cfg: DictConfig) -> None:
         )
 
 
+def is_encoder_decoder(cfg: DictConfig, cache_dir: str | None = None) -> bool:
+    """Whether a model config makes an encoder-decoder (T5) rather than a decoder-only LM, from its
+    architecture (tiny) or its folder's config.json (pretrained), without building it."""
+    if str(cfg.kind) == "tiny":
+        config = AutoConfig.for_model(cfg.arch)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(model_folder(cfg, cache_dir))
+        except WeightsError as e:
+            raise ModelLoadError(str(e)) from e
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
 def _quantization(kind: str | None, dtype: torch.dtype):
     """The bitsandbytes config of `model.quantization` (bitsandbytes is imported only here)."""
     if kind is None:
@@ -153,11 +166,19 @@ def build_model(
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     if cfg.lora is not None:
-        model = _add_lora(model, cfg.lora)
+        model = _add_lora(model, cfg.lora, quantized=quant is not None)
     return model
 
 
-def _add_lora(model: PreTrainedModel, lora: DictConfig):
+def quiet_bitsandbytes() -> None:
+    """peft imports bitsandbytes whenever it is installed, and bitsandbytes then warns about CPU kernels
+    it could not fetch: irrelevant unless the model is quantized, so it is silenced for LoRA alone."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
+def _add_lora(model: PreTrainedModel, lora: DictConfig, quantized: bool):
+    if not quantized:
+        quiet_bitsandbytes()
     from peft import LoraConfig, TaskType, get_peft_model
 
     task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM

@@ -3,6 +3,7 @@ decoder step, and end-to-end runs (in-process and the `-m` CLI sweep), all with 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -21,7 +22,15 @@ from mre.data.record import Record, WLIPair
 from mre.data.tokenizer import train_tiny_tokenizer
 from mre.models import build_model
 from mre.runner import run
-from mre.tasks.fewshot.data import FewShotContext, PromptTemplate, TemplateError, class_labels, fewshot_sample
+from mre.tasks.fewshot.data import (
+    Collate,
+    Example,
+    FewShotContext,
+    PromptTemplate,
+    TemplateError,
+    class_labels,
+    fewshot_sample,
+)
 from mre.tasks.fewshot.module import PromptClassifier, first_step_logits
 from mre.tasks.fewshot.task import build_verbalizer
 from mre.tasks.fewshot.verbalizer import (
@@ -447,3 +456,78 @@ def test_snips_knowledgeable_words():
     assert "movie" in v.of("SearchScreeningEvent")[:3]
     few = knowledgeable_verbalizer(fewshot_sample(splits.train, 100, seed=42), labels, top_k=10)
     assert all(1 <= len(ws) <= 10 for ws in few.words)
+
+
+# ---------- decoder-only models ----------
+@pytest.fixture(scope="module")
+def causal(tmp_path_factory):
+    corpus = ["red apple pear kiwi car bus train this text is about"] * 30
+    tok = train_tiny_tokenizer(corpus, kind="bpe", vocab_size=300, cache_dir=tmp_path_factory.mktemp("ctok"))
+    model = build_model(compose(["model=tiny_llama", "model.tiny.num_hidden_layers=2"]).model, tok, seed=0)
+    return tok, model.eval()
+
+
+def test_causal_label_words_are_scored_as_the_prompts_continuation(causal):
+    tok, _ = causal
+    t = PromptTemplate("{text} This text is about {mask} .", causal=True)
+    assert t.render("a car") == "a car This text is about" and t.mask_id(tok) is None
+    context = tok("x This text is about").input_ids
+    assert t.word_pieces(tok, "car") == tok("x This text is about car").input_ids[len(context) :]
+    assert t.word_pieces(tok, "car") != word_pieces(tok, "car")  # " car" in context, not "car" alone
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    )
+    chat = PromptTemplate("{text} This text is about {mask} .", causal=True, chat=True)
+    assert chat.prompt_text(chat_tok, "a car") == "<user>a car This text is about<assistant>"
+    base = chat_tok("<user>x This text is about<assistant>", add_special_tokens=False).input_ids
+    full = chat_tok("<user>x This text is about<assistant>car", add_special_tokens=False).input_ids
+    assert chat.word_pieces(chat_tok, "car") == full[len(base) :]
+    with pytest.raises(TemplateError, match=r"\{text\} before \{mask\}"):
+        PromptTemplate("{mask} is what {text} is about", causal=True)
+
+
+def test_causal_scores_are_the_next_token_logits_of_each_unpadded_prompt(causal):
+    tok, model = causal
+    template = PromptTemplate("{text} This text is about {mask} .", causal=True)
+    context = FewShotContext(["Car", "Fruit"], {"train": [], "dev": [], "test": []}, tok, template)
+    verbalizer, pieces = tokenize_verbalizer(
+        manual_verbalizer(["Car", "Fruit"]), tok, pieces_of=lambda w: template.word_pieces(tok, w)
+    )
+    cfg = compose(["model=tiny_llama"])
+    module = PromptClassifier(cfg.model, cfg.optim, context, verbalizer, pieces, model=model)
+    module.configure_model()
+    texts = ["a red car and a bus on the train", "an apple"]
+    batch = Collate(tok.pad_token_id, left=True)(
+        [Example(template.encode(tok, t, 64), 0, i) for i, t in enumerate(texts)]
+    )
+    with torch.no_grad():
+        got = module.vocab_logits(batch["input_ids"], batch["attention_mask"])
+        for b, t in enumerate(texts):
+            alone = torch.tensor([template.encode(tok, t, 64)])
+            torch.testing.assert_close(got[b], model(input_ids=alone).logits[0, -1], rtol=1e-4, atol=1e-5)
+    t5_cfg = compose(["model=tiny_t5"])
+    with pytest.raises(ValueError, match="built for a decoder-only model"):
+        PromptClassifier(t5_cfg.model, t5_cfg.optim, context, verbalizer, pieces).configure_model()
+
+
+def test_fewshot_runs_on_a_decoder_only_model(tmp_path):
+    cfg = compose(
+        [
+            *FEWSHOT,
+            "model=tiny_llama",
+            "model.tiny.num_hidden_layers=2",
+            "trainer.max_epochs=1",
+            "logger=csv",
+            "callbacks=none",
+            "dataset.n_test=60",
+            "dataset.n_dev=20",
+            "fewshot.n_total=40",
+            "verbalizer.top_k=5",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    metrics = run(cfg)
+    assert 0.0 <= metrics["test/f1"] <= 1.0
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and rows[0]["prompt"].endswith("This text is about")

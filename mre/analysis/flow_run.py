@@ -110,7 +110,7 @@ def _name(cfg: DictConfig, context: TaskContext, suffix: str = "") -> str:
 
 def load_run(run_dir: str | Path, cache_dir: str | None = None, device: str = "auto") -> Subject:
     """The fine-tuned model of a train.py run directory, with the task context of its config."""
-    from mre.models import DTYPES, build_model
+    from mre.models import DTYPES, build_model, quiet_bitsandbytes
 
     try:
         run_dir = resolve_run_dir(run_dir)
@@ -135,6 +135,8 @@ def load_run(run_dir: str | Path, cache_dir: str | None = None, device: str = "a
     context = build_context(cfg, tokenizer_path=model_dir)
     dtype = DTYPES[str(cfg.model.dtype)]
     if (model_dir / "adapter_config.json").exists():
+        if not cfg.model.quantization:
+            quiet_bitsandbytes()
         from peft import PeftModel
 
         base_cfg = OmegaConf.merge(cfg.model, {"lora": None})

@@ -17,7 +17,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from mre.data.dataset import load_splits
-from mre.data.prompts import Encoded, Fields, PromptBuilder, has_chat_template
+from mre.data.prompts import Encoded, Fields, PromptBuilder, PromptError, has_chat_template
 from mre.data.record import Record
 from mre.data.splits import Splits
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
@@ -95,13 +95,23 @@ def make_tokenizer(
     )
 
 
+def use_chat_template(cfg: Any, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """`prompt.chat_template`: on, off, or auto (on when the tokenizer has a template)."""
+    choice = str(cfg.prompt.chat_template)
+    if choice == "on" and not has_chat_template(tokenizer):
+        raise PromptError(
+            f"prompt.chat_template=on, but tokenizer {type(tokenizer).__name__} has no chat template; use "
+            "prompt.chat_template=auto (or off) for plain prompts"
+        )
+    return choice == "on" or (choice == "auto" and has_chat_template(tokenizer))
+
+
 def make_builder(
     cfg: Any, setting: Setting, tokenizer: PreTrainedTokenizerBase, labels: list[str], language: str
 ) -> PromptBuilder:
     """The prompt builder of a setting, with the config's fields, instruction and serialization."""
     p = cfg.prompt
     f = p.fields[language]
-    chat = str(p.chat_template) == "on" or (str(p.chat_template) == "auto" and has_chat_template(tokenizer))
     return PromptBuilder(
         tokenizer=tokenizer,
         setting=setting,
@@ -111,7 +121,7 @@ def make_builder(
         wli_format=WLIFormat(p.pair_sep, p.kv_sep, p.empty),
         code_scheme=str(p.code_scheme),
         max_length=p.max_length,
-        chat=chat,
+        chat=use_chat_template(cfg, tokenizer),
     )
 
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mre.data.batches import SplitDataModule
+from mre.data.batches import SplitDataModule, position_ids
 from mre.data.record import Record
 from mre.data.splits import k_shot, n_total_sample
+from mre.tasks.fewshot.verbalizer import word_pieces
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,18 @@ def class_labels(train: list[Record]) -> list[str]:
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """`template` with one `{text}` and one `{mask}`; the mask becomes the sentinel token."""
+    """`template` with one `{text}` and one `{mask}`.
+
+    Encoder-decoder models (T5) read the whole template with the mask as the first sentinel and score
+    label words at the first decoding step. Decoder-only models (`causal`) read the template up to the
+    mask and score label words as the next token; with `chat`, that prompt is the user turn of the
+    tokenizer's chat template and the label word begins the assistant turn.
+    """
 
     template: str
     mask_token: str = SENTINEL
+    causal: bool = False
+    chat: bool = False
 
     def __post_init__(self) -> None:
         for slot in ("{text}", "{mask}"):
@@ -68,36 +77,77 @@ class PromptTemplate:
                 raise TemplateError(
                     f"fewshot.template must contain {slot} exactly once, got {self.template!r}"
                 )
+        if self.causal and self.template.index("{text}") > self.template.index("{mask}"):
+            raise TemplateError(f"a decoder-only model needs {{text}} before {{mask}}: {self.template!r}")
+
+    @property
+    def _before_mask(self) -> str:
+        return self.template.split("{mask}")[0]
 
     def render(self, text: str) -> str:
+        """The template filled in: with the sentinel (seq2seq), or up to the mask (causal)."""
+        if self.causal:
+            return self._before_mask.rstrip().replace("{text}", text)
         return self.template.replace("{text}", text).replace("{mask}", self.mask_token)
 
-    def mask_id(self, tokenizer: PreTrainedTokenizerBase) -> int:
-        """The sentinel's id; a tokenizer without it is not T5-style and fails clearly."""
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+        """What the model reads: the rendered template, in the chat template's user turn with `chat`."""
+        user = self.render(text)
+        if not self.chat:
+            return user
+        turn = [{"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+
+    def _ids(self, tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+        return tokenizer(self.prompt_text(tokenizer, text), add_special_tokens=not self.chat).input_ids
+
+    def mask_id(self, tokenizer: PreTrainedTokenizerBase) -> int | None:
+        """The sentinel's id (None for decoder-only models); a seq2seq tokenizer without it fails clearly."""
+        if self.causal:
+            return None
         ids = tokenizer.convert_tokens_to_ids([self.mask_token])
         if not ids or ids[0] is None or ids[0] == tokenizer.unk_token_id:
             raise TemplateError(
-                f"the tokenizer has no {self.mask_token} token: the few-shot classifier needs a T5-style "
-                "tokenizer with sentinel tokens"
+                f"the tokenizer has no {self.mask_token} token: an encoder-decoder few-shot classifier "
+                "needs a T5-style tokenizer with sentinel tokens"
             )
         return ids[0]
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> list[int]:
-        """Token ids of the rendered prompt (with the tokenizer's special tokens, e.g. T5's `</s>`);
-        a text too long for `max_length` is shortened, the template never is."""
-        ids = tokenizer(self.render(text)).input_ids
+        """Token ids of the prompt (with the tokenizer's or the chat template's special tokens); a text
+        too long for `max_length` is shortened, the template never is."""
+        ids = self._ids(tokenizer, text)
         if len(ids) > max_length:
             text_ids = tokenizer.encode(text, add_special_tokens=False)
             budget = max(0, len(text_ids) - (len(ids) - max_length))
             while True:
-                short = tokenizer.decode(text_ids[:budget], skip_special_tokens=True)
-                ids = tokenizer(self.render(short)).input_ids
+                ids = self._ids(tokenizer, tokenizer.decode(text_ids[:budget], skip_special_tokens=True))
                 if len(ids) <= max_length or budget == 0:
                     break
                 budget -= 1
-        if self.mask_id(tokenizer) not in ids:
+        mask = self.mask_id(tokenizer)
+        if mask is not None and mask not in ids:
             raise TemplateError(f"the prompt lost its mask token after shortening to {max_length} tokens")
         return ids
+
+    def word_pieces(
+        self, tokenizer: PreTrainedTokenizerBase, word: str, strip_space_piece: bool = True
+    ) -> list[int]:
+        """The token ids a label word is scored by: in the decoder's first step (seq2seq, see
+        `verbalizer.word_pieces`), or as the prompt's continuation (causal): the tokens of
+        `prompt + separator + word` after the prompt's own, so `" sports"` and `"sports"` are told apart."""
+        if not self.causal:
+            return word_pieces(tokenizer, word, strip_space_piece)
+        context = self.prompt_text(tokenizer, "x")
+        sep = "" if self.chat else self._before_mask[len(self._before_mask.rstrip()) :]
+        base = tokenizer(context, add_special_tokens=not self.chat).input_ids
+        full = tokenizer(context + sep + word, add_special_tokens=not self.chat).input_ids
+        if full[: len(base)] != base:
+            raise TemplateError(
+                f"label word {word!r} merges with the end of the prompt under this tokenizer; end the "
+                "template before {mask} with a space or a punctuation mark"
+            )
+        return full[len(base) :]
 
 
 @dataclass(frozen=True)
@@ -108,21 +158,25 @@ class Example:
 
 
 class Collate:
-    """Right-pads encoder inputs (T5 uses relative positions; the mask hides the padding)."""
+    """Pads a batch of prompts: to the right for encoder-decoders (T5 uses relative positions; the mask
+    hides the padding), to the left with explicit positions for decoder-only models (the label word
+    follows the last position of every row)."""
 
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
+    def __init__(self, pad_id: int, left: bool = False) -> None:
+        self.pad_id, self.left = pad_id, left
 
     def __call__(self, items: list[Example]) -> dict[str, torch.Tensor]:
         width = max(len(e.ids) for e in items)
         ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
         for b, e in enumerate(items):
-            ids[b, : len(e.ids)] = torch.tensor(e.ids)
-            mask[b, : len(e.ids)] = 1
+            span = slice(width - len(e.ids), width) if self.left else slice(0, len(e.ids))
+            ids[b, span] = torch.tensor(e.ids)
+            mask[b, span] = 1
         return {
             "input_ids": ids,
             "attention_mask": mask,
+            "position_ids": position_ids(mask),
             "labels": torch.tensor([e.label for e in items]),
             "index": torch.tensor([e.index for e in items]),
         }
@@ -173,7 +227,7 @@ class FewShotDataModule(SplitDataModule):
         if self.examples:
             return
         ctx = self.context
-        ctx.template.mask_id(ctx.tokenizer)  # fails clearly for a tokenizer without sentinels
+        ctx.template.mask_id(ctx.tokenizer)  # fails clearly for a seq2seq tokenizer without sentinels
         for name, recs in ctx.splits.items():
             ids = ctx.encode_texts([r.text for r in recs])
             self.examples[name] = [
@@ -187,4 +241,4 @@ class FewShotDataModule(SplitDataModule):
         return self.examples[split]
 
     def collate(self) -> Collate:
-        return Collate(self.context.tokenizer.pad_token_id)
+        return Collate(self.context.tokenizer.pad_token_id, left=self.context.template.causal)

@@ -1,10 +1,12 @@
-"""The few-shot prompt classifier: any AutoModelForSeq2SeqLM (a tiny random T5 by default, or a real
-T5 from a local folder) reads the prompt `... <extra_id_0> ...`; the label-word scores are the
-decoder's vocabulary logits at the first decoding step (decoder input `[decoder_start]`, or
-`[decoder_start, <extra_id_0>]` with `sentinel_first`), turned into class scores by a
-`VerbalizerHead`. The whole model (and the learnable word weights, when on) is fine-tuned with
-cross-entropy over the class scores; evaluation reports accuracy, macro-F1 (`f1`) and micro-F1, and
-the test pass collects one prediction row per sample (id, prompt, gold, prediction, correct).
+"""The few-shot prompt classifier. An encoder-decoder (a tiny random T5 by default, or a real T5)
+reads the prompt `... <extra_id_0> ...` and the label-word scores are the decoder's vocabulary logits
+at the first decoding step (decoder input `[decoder_start]`, or `[decoder_start, <extra_id_0>]` with
+`sentinel_first`); a decoder-only LM (LLaMA, SmolLM2, ...) reads the prompt up to the mask (in its
+chat template's user turn when it has one) and the scores are its next-token logits. A
+`VerbalizerHead` turns them into class scores. The whole model (and the learnable word weights, when
+on) is fine-tuned with cross-entropy over the class scores; evaluation reports accuracy, macro-F1
+(`f1`) and micro-F1, and the test pass collects one prediction row per sample (id, prompt, gold,
+prediction, correct).
 
 Contextual calibration, when on, is recomputed with the current weights at the start of every
 training, validation and test epoch, from the same unlabeled training texts.
@@ -20,8 +22,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
+from mre.data.batches import position_ids
 from mre.tasks.base import MREModule, classification_metrics
-from mre.tasks.fewshot.data import FewShotContext
+from mre.tasks.fewshot.data import Collate, Example, FewShotContext
 from mre.tasks.fewshot.verbalizer import Verbalizer, VerbalizerHead
 
 log = logging.getLogger(__name__)
@@ -44,8 +47,22 @@ def first_step_logits(
     return out.logits[:, -1]
 
 
+def next_token_logits(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """B x V: a decoder-only model's logits for the token after each left-padded prompt."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=1,
+        use_cache=False,
+    )
+    return out.logits[:, -1]
+
+
 class PromptClassifier(MREModule):
-    """Few-shot T5 prompt classifier; see the module docstring."""
+    """Few-shot prompt classifier (T5 or a decoder-only LM); see the module docstring."""
 
     def __init__(
         self,
@@ -97,12 +114,14 @@ class PromptClassifier(MREModule):
 
     # ---------- model ----------
     def configure_model(self) -> None:
-        """Build the network (see MREModule); the classifier needs an encoder-decoder."""
+        """Build the network (see MREModule); it must be of the kind the prompt template was made for."""
         super().configure_model()
-        if not getattr(self.model.config, "is_encoder_decoder", False):
+        seq2seq = bool(getattr(self.model.config, "is_encoder_decoder", False))
+        if seq2seq == self.context.template.causal:
+            made_for = "a decoder-only" if self.context.template.causal else "an encoder-decoder"
             raise ValueError(
-                f"the few-shot prompt classifier needs an encoder-decoder (seq2seq) model such as T5; "
-                f"model {self.model_cfg.name!r} is {type(self.model).__name__}"
+                f"the few-shot prompt was built for {made_for} model, but model {self.model_cfg.name!r} is "
+                f"{type(self.model).__name__}"
             )
 
     @property
@@ -116,6 +135,9 @@ class PromptClassifier(MREModule):
 
     # ---------- scores ----------
     def vocab_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """B x V: the scores the label words are read from (see the module docstring)."""
+        if self.context.template.causal:
+            return next_token_logits(self.model, input_ids, attention_mask)
         return first_step_logits(self.model, input_ids, attention_mask, self.decoder_prefix)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -127,17 +149,15 @@ class PromptClassifier(MREModule):
         """Set the head's calibration to the mean word probabilities over the calibration texts."""
         was_training = self.model.training
         self.model.eval()
-        pad = self.tokenizer.pad_token_id
+        collate = Collate(self.tokenizer.pad_token_id, left=self.context.template.causal)
         total, n = None, 0
         for i in range(0, len(self.calibration_ids), self.eval_batch_size):
             chunk = self.calibration_ids[i : i + self.eval_batch_size]
-            width = max(len(c) for c in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for b, c in enumerate(chunk):
-                ids[b, : len(c)] = torch.tensor(c)
-                mask[b, : len(c)] = 1
-            p = self.head.word_probs(self.vocab_logits(ids.to(self.device), mask.to(self.device)), False)
+            batch = collate([Example(c, 0, k) for k, c in enumerate(chunk)])
+            logits = self.vocab_logits(
+                batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+            )
+            p = self.head.word_probs(logits, False)
             total = p.sum(0) if total is None else total + p.sum(0)
             n += len(chunk)
         self.model.train(was_training)

@@ -18,17 +18,20 @@ weights: the comparison changes only the verbalizer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from mre.data.context import use_chat_template
 from mre.data.dataset import load_splits
 from mre.data.record import Record
 from mre.data.splits import Splits, n_total_sample
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from mre.hub import model_folder
+from mre.models import is_encoder_decoder
 from mre.rundir import PREDICTIONS
 from mre.tasks.base import TaskParts
 from mre.tasks.fewshot.data import (
@@ -42,6 +45,7 @@ from mre.tasks.fewshot.module import PromptClassifier
 from mre.tasks.fewshot.verbalizer import (
     KINDS,
     SOURCES,
+    PiecesOf,
     Verbalizer,
     check_choice,
     knowledgeable_verbalizer,
@@ -64,6 +68,7 @@ def build_verbalizer(
     train: list[Record],
     tokenizer=None,
     kind: str | None = None,
+    pieces_of: PiecesOf | None = None,
 ) -> Verbalizer:
     """The verbalizer of a config (before tokenization); `kind` overrides `vcfg.kind`."""
     kind = check_choice("verbalizer.kind", str(kind or vcfg.kind), KINDS)
@@ -86,11 +91,13 @@ def build_verbalizer(
         label_form=str(vcfg.label_form),
         strip_space_piece=vcfg.strip_space_piece,
         source_name="the training split" if source == "train" else "the few-shot sample",
+        pieces_of=pieces_of,
     )
 
 
 def build_tokenizer(cfg: DictConfig, splits: Splits, template: PromptTemplate, words: list[str]):
-    """A real tokenizer from the model's folder, or a tiny T5-style one (see the module docstring)."""
+    """A real tokenizer from the model's folder, or a tiny one (T5-style with sentinels for an
+    encoder-decoder) trained on the rendered training texts and the label words."""
     if str(cfg.model.kind) == "pretrained":
         return load_tokenizer(model_folder(cfg.model, cfg.paths.cache_dir))
     corpus = [template.render(r.text) for r in splits.train]
@@ -103,7 +110,7 @@ def build_tokenizer(cfg: DictConfig, splits: Splits, template: PromptTemplate, w
         vocab_size=cfg.model.tokenizer.vocab_size,
         cache_dir=cfg.paths.cache_dir,
         extra_alphabet=held_out,
-        seq2seq=True,
+        seq2seq=not template.causal,
     )
 
 
@@ -133,7 +140,9 @@ def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
     lang = str(cfg.dataset.language)
     if lang not in fs.template:
         raise KeyError(f"fewshot.template has no template for language {lang!r} (has {sorted(fs.template)})")
-    template = PromptTemplate(fs.template[lang])
+    template = PromptTemplate(
+        fs.template[lang], causal=not is_encoder_decoder(cfg.model, cfg.paths.cache_dir)
+    )
     log.info(
         "few-shot: %d training samples of %d classes, %d dev, %d test",
         len(sample),
@@ -148,9 +157,16 @@ def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
         vocab_words += build_verbalizer(vcfg, labels, sample, splits.train, kind="knowledgeable").all_words()
         vocab_words += build_verbalizer(vcfg, labels, sample, splits.train).all_words()
     tokenizer = build_tokenizer(cfg, splits, template, vocab_words)
-    verbalizer = build_verbalizer(vcfg, labels, sample, splits.train, tokenizer=tokenizer)
+    template = dataclasses.replace(template, chat=template.causal and use_chat_template(cfg, tokenizer))
+
+    def pieces_of(word: str) -> list[int]:
+        return template.word_pieces(tokenizer, word, vcfg.strip_space_piece)
+
+    verbalizer = build_verbalizer(
+        vcfg, labels, sample, splits.train, tokenizer=tokenizer, pieces_of=pieces_of
+    )
     verbalizer, pieces = tokenize_verbalizer(
-        verbalizer, tokenizer, vcfg.strip_space_piece, str(vcfg.label_form)
+        verbalizer, tokenizer, vcfg.strip_space_piece, str(vcfg.label_form), pieces_of=pieces_of
     )
     if rank_zero_only.rank == 0:
         path = write_verbalizer(verbalizer, run_dir / "verbalizer.txt", _header(cfg, len(sample)))

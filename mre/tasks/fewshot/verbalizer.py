@@ -23,7 +23,7 @@ import logging
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,7 @@ LABEL_FORMS = ("words", "raw")
 MULTI_TOKEN = ("first", "mean", "max")
 AGGREGATES = ("mean_logprob", "sum_prob")
 EPS = 1e-15
+PiecesOf = Callable[[str], list[int]]  # a label word -> the token ids it is scored by
 
 
 class VerbalizerError(ValueError):
@@ -154,19 +155,22 @@ def knowledgeable_verbalizer(
     label_form: str = "words",
     strip_space_piece: bool = True,
     source_name: str = "the training records",
+    pieces_of: PiecesOf | None = None,
 ) -> Verbalizer:
     """The top-K most frequent WLI units of each class (ties: alphabetical), after the filters:
 
     1. `min_count`: a unit must occur at least this often in the class's WLI;
     2. `drop_shared`: a unit passing `min_count` in two or more classes is dropped from all of them;
-    3. `max_pieces` (needs `tokenizer`): a unit with more sub-word pieces is dropped.
+    3. `max_pieces` (needs `tokenizer`, or `pieces_of` for pieces in the prompt's context): a unit with
+       more sub-word pieces is dropped.
 
     A class left without units falls back to its label name (see `label_word`), with a warning.
     """
     if top_k < 1:
         raise VerbalizerError(f"verbalizer.top_k must be >= 1, got {top_k}")
-    if max_pieces is not None and tokenizer is None:
+    if max_pieces is not None and tokenizer is None and pieces_of is None:
         raise VerbalizerError("max_pieces needs the tokenizer")
+    pieces_of = pieces_of or (lambda w: word_pieces(tokenizer, w, strip_space_piece))
     counts = count_wli(records, labels, unit)
     passing = {lab: {w for w, n in c.items() if n >= min_count} for lab, c in counts.items()}
     shared: set[str] = set()
@@ -178,7 +182,7 @@ def knowledgeable_verbalizer(
     for lab in labels:
         cands = sorted((w for w in passing[lab] if w not in shared), key=lambda w: (-counts[lab][w], w))
         if max_pieces is not None:
-            kept = [w for w in cands if len(word_pieces(tokenizer, w, strip_space_piece)) <= max_pieces]
+            kept = [w for w in cands if len(pieces_of(w)) <= max_pieces]
             too_long[lab] = len(cands) - len(kept)
             cands = kept
         words = cands[:top_k]
@@ -267,14 +271,17 @@ def tokenize_verbalizer(
     tokenizer: PreTrainedTokenizerBase,
     strip_space_piece: bool = True,
     label_form: str = "words",
+    pieces_of: PiecesOf | None = None,
 ) -> tuple[Verbalizer, list[list[list[int]]]]:
-    """The pieces of every word. A word that tokenizes to nothing is dropped with a warning; a class
-    left without words falls back to its label name (warning), and fails when that is empty too."""
+    """The pieces of every word (`word_pieces`, or `pieces_of` for pieces in the prompt's context). A
+    word that tokenizes to nothing is dropped with a warning; a class left without words falls back to
+    its label name (warning), and fails when that is empty too."""
+    pieces_of = pieces_of or (lambda w: word_pieces(tokenizer, w, strip_space_piece))
     labels, words, pieces = [], [], []
     for lab, ws in zip(verbalizer.labels, verbalizer.words, strict=True):
         kept_w, kept_p = [], []
         for w in ws:
-            ids = word_pieces(tokenizer, w, strip_space_piece)
+            ids = pieces_of(w)
             if ids:
                 kept_w.append(w)
                 kept_p.append(ids)
@@ -282,7 +289,7 @@ def tokenize_verbalizer(
                 log.warning("label word %r of class %r tokenizes to nothing: dropped", w, lab)
         if not kept_w:
             name = label_word(lab, label_form)
-            ids = word_pieces(tokenizer, name, strip_space_piece)
+            ids = pieces_of(name)
             if not ids:
                 raise VerbalizerError(
                     f"class {lab!r}: no label word tokenizes to anything, not even {name!r}"
