@@ -12,6 +12,7 @@ from hydra import initialize_config_dir
 from omegaconf import OmegaConf
 
 from mre.config import CONF_DIR, compose, register_configs
+from mre.hub import WeightsError, model_folder
 from mre.runner import run
 from tests.conftest import REPO
 
@@ -54,6 +55,15 @@ def _local(path: str | None) -> bool:
     return path is not None and Path(path).exists()
 
 
+def _weights_here(model_cfg) -> bool:
+    """Whether a pretrained model's weights can be had here (a folder, the HF cache, a package GGUF)."""
+    try:
+        model_folder(model_cfg)
+    except WeightsError:
+        return False
+    return True
+
+
 def smoke_overrides(name: str, tmp_path: Path) -> list[str]:
     """`debug=smoke` plus stand-ins for the weights and data this machine lacks."""
     overrides = [
@@ -65,7 +75,7 @@ def smoke_overrides(name: str, tmp_path: Path) -> list[str]:
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
     cfg = compose(overrides)
-    if str(cfg.model.kind) == "pretrained" and not _local(cfg.model.pretrained_path):
+    if str(cfg.model.kind) == "pretrained" and not _weights_here(cfg.model):
         overrides.append(
             "model="
             + STAND_IN_MODEL.get(cfg.model.arch, STAND_IN_LORA_MODEL if cfg.model.lora else "tiny_llama")

@@ -69,6 +69,9 @@ class MREModule(L.LightningModule):
         """Build the network here (not in __init__) so FSDP/DeepSpeed can shard it as it is made."""
         if self.model is None:
             self.model = build_model(self.model_cfg, self.tokenizer, seed=self.seed, cache_dir=self.cache_dir)
+            # from_pretrained returns a model in eval mode, and Lightning keeps modules' modes as they are:
+            # without this, a pretrained model (and its LoRA dropout) would train in eval mode
+            self.model.train()
 
     def configure_optimizers(self):
         return adamw_with_warmup(self, self.optim_cfg)
