@@ -11,7 +11,9 @@ free-form dicts instantiated with `_target_`.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +160,7 @@ class DatasetConfig:
     n_dev: int = 200
     split_seed: int = 42
     on_bad_row: OnBadRow = OnBadRow.error
+    sort_multi_labels: bool = False  # BIO intents: `b#a` is the same label as `a#b`
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -323,10 +326,12 @@ class FewShotConfig:
 
 @dataclass
 class PathsConfig:
-    """`root_dir` anchors relative data paths and outputs (MRE_ROOT, default: the working directory);
-    `output_dir` is the run directory Hydra made; `cache_dir` holds trained tiny tokenizers and models."""
+    """`root_dir` anchors the default data paths, `outputs/`, `multirun/` and `.cache/` (MRE_ROOT, else
+    the repository that holds conf/, else the working directory at start), so a run started from any
+    directory reads and writes the same places; `output_dir` is the run directory Hydra made;
+    `cache_dir` holds trained tiny tokenizers, tiny models and converted weights."""
 
-    root_dir: str = "${oc.env:MRE_ROOT,.}"
+    root_dir: str = "${mre_root:}"
     output_dir: str = "${hydra:runtime.output_dir}"
     cache_dir: str = "${oc.env:MRE_CACHE,${paths.root_dir}/.cache}"
 
@@ -350,7 +355,8 @@ class Config:
     with_anchor: bool = True
     seed: int = 42
     task: TaskName = TaskName.generative  # type: ignore[valid-type]
-    ckpt_path: str | None = None  # a checkpoint, or `last` for <run dir>/checkpoints/last.ckpt
+    ckpt_path: str | None = None  # a checkpoint to start from, or `last` (the run directory's newest)
+    resume: str | None = None  # a run directory: continue that run in place, with its own configuration
     fit: bool = True  # false: only test the model of ckpt_path (e.g. a checkpoint under another strategy)
 
 
@@ -421,10 +427,14 @@ class RunConfigError(ValueError):
 
 
 def job_dir_name(num: Any, override_dirname: str) -> str:
-    """A sweep job's directory name: `<num>_<overrides>`, path-safe (no `/`, `=` or `,`) and at most
-    SLUG_MAX characters after the number (a hash keeps two long override lists apart). The full
-    override list is in `<job dir>/.hydra/overrides.yaml`."""
-    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(override_dirname).replace("=", "-")).strip("_")
+    """A sweep job's directory name: `<num>_<overrides>`, path-safe (no `/`, `=` or `,`), a path value
+    shortened to its last part, and at most SLUG_MAX characters after the number (a hash keeps two long
+    override lists apart). The full override list is in `<job dir>/.hydra/overrides.yaml`."""
+    parts = []
+    for item in str(override_dirname).split(","):
+        key, sep, value = item.partition("=")
+        parts.append(f"{key}-{Path(value).name or value}" if sep and "/" in value else item)
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", ",".join(parts).replace("=", "-")).strip("_")
     if len(slug) > SLUG_MAX:
         digest = hashlib.sha1(str(override_dirname).encode("utf-8")).hexdigest()[:8]
         slug = f"{slug[: SLUG_MAX - 9]}_{digest}"
@@ -448,12 +458,47 @@ def analysis_dir(output_dir: str | None, run_dir: str | None, sweep_dir: str | N
     return default
 
 
+def project_root() -> str:
+    """MRE_ROOT, else the repository holding conf/ (where train.py lives), else the working directory;
+    always absolute."""
+    if os.environ.get("MRE_ROOT"):
+        return str(Path(os.environ["MRE_ROOT"]).expanduser().resolve())
+    return str(CONF_DIR.parent if CONF_DIR.is_dir() else Path.cwd().resolve())
+
+
+def run_id() -> str:
+    """A short id of this process's run: two runs started in the same second get different directories."""
+    return _RUN_ID
+
+
+_RUN_ID = uuid.uuid4().hex[:6]
+
+
+def run_dir(resume: str | None, new: str) -> str:
+    """Hydra's run directory: the resumed run's own, else a new one."""
+    return str(resolve_run_dir(resume).resolve()) if resume else new
+
+
+def output_subdir(resume: str | None, stamp: str) -> str:
+    """Where Hydra writes its copy of the config: `.hydra`, or beside it when resuming (the run's own
+    `.hydra/config.yaml` is what the resumed run reads and must not be overwritten)."""
+    return f".hydra/resumed-{stamp}" if resume else ".hydra"
+
+
 def register_configs() -> None:
     """The schemas (`base_config`, `analyze_base`) and the resolvers the YAML files use."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     cs.store(name="analyze_base", node=AnalyzeConfig)
-    for name, fn in (("mre_job_dir", job_dir_name), ("mre_analysis_dir", analysis_dir)):
+    resolvers = {
+        "mre_job_dir": job_dir_name,
+        "mre_analysis_dir": analysis_dir,
+        "mre_root": project_root,
+        "mre_run_id": run_id,
+        "mre_run_dir": run_dir,
+        "mre_output_subdir": output_subdir,
+    }
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

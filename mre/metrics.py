@@ -1,8 +1,9 @@
 """Metrics as torchmetrics `Metric`s with summed states, so they are exact under DDP.
 
 WLI extraction is scored on (type, span) pairs as multisets: micro precision / recall / F1 over
-all pairs, exact match of the whole set, and per-type F1 for the types of the training split
-(pairs of other types count in the micro scores only).
+all pairs, exact match of the whole set, and per-type F1 for the types of the training split that
+occur in the gold pairs or the predictions (pairs of other types count in the micro scores only; a
+type that occurs in neither has no F1 and is not reported).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ class WLIF1(Metric):
             "exact_match": self.exact / self.n.clamp(min=1),
         }
         per_type = self._f1(self.type_tp, self.type_pred, self.type_gold)
-        for t, v in zip(self.types, per_type, strict=True):
-            out[f"f1_type/{t}"] = v
+        seen = (self.type_pred + self.type_gold) > 0  # a type absent from gold and predictions has no F1
+        for t, v, ok in zip(self.types, per_type, seen.tolist(), strict=True):
+            if ok:
+                out[f"f1_type/{t}"] = v
         return {k: v.float() for k, v in out.items()}

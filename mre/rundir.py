@@ -16,8 +16,8 @@ from pathlib import Path
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINTS = Path("checkpoints")
-LAST_CKPT = CHECKPOINTS / "last.ckpt"
 METRICS = Path("metrics.json")
+CSV_METRICS = Path("csv") / "metrics.csv"
 PREDICTIONS = Path("predictions.jsonl")
 MODEL = Path("model")
 FLOW = Path("flow")

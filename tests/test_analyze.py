@@ -344,7 +344,7 @@ def test_unfinished_or_fewshot_run_dir_says_what_to_do(sweep, tmp_path):
     s = _copy(sweep, tmp_path)
     run = _run(s, True)
     shutil.rmtree(run / "model")
-    with pytest.raises(AnalysisError, match=r"no model/ directory.*ckpt_path=last"):
+    with pytest.raises(AnalysisError, match=r"no model/ directory.*python train.py resume="):
         analyze(analyze_cfg(f"run_dir={run}", *FLOW_FAST))
     with pytest.raises(AnalysisError, match=r"not a train\.py run directory"):
         analyze(analyze_cfg(f"run_dir={tmp_path}", *FLOW_FAST))

@@ -144,6 +144,7 @@ def test_sweep_job_directories_are_short_and_path_safe():
     assert not set("/=,") & set(name)
     assert job_dir_name(3, long) != job_dir_name(3, long.replace("file_11", "file_12"))  # hash keeps apart
     assert job_dir_name(0, "with_anchor=true") == "0_with_anchor-true" and job_dir_name(7, "") == "7"
+    assert job_dir_name(1, "dataset.path=/data/x/snips,seed=2") == "1_dataset.path-snips_seed-2"
 
 
 def test_unknown_group_option_lists_choices():

@@ -283,6 +283,20 @@ BAD_ROWS = {
         "missing field 'text'",
     ),
     "duplicate id": ("records", lambda p: _records_case(p, GOOD), "records.jsonl", 2, "duplicate id: 'a'"),
+    "empty text label": (
+        "records",
+        lambda p: _records_case(p, {**GOOD, "id": "b", "tli": ""}),
+        "records.jsonl",
+        2,
+        "empty text label",
+    ),
+    "empty WLI type": (
+        "records",
+        lambda p: _records_case(p, {**GOOD, "id": "b", "wli": [{"type": " ", "span": "Steve"}]}),
+        "records.jsonl",
+        2,
+        "empty type for span 'Steve'",
+    ),
     "span outside text (records)": (
         "records",
         lambda p: _records_case(
@@ -426,3 +440,23 @@ def test_unknown_format_lists_formats(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown data format 'conll'") as info:
         load_source("conll", tmp_path)
     assert all(f in str(info.value) for f in FORMATS)
+
+
+def test_records_know_where_they_were_read(tmp_path: Path) -> None:
+    recs = load_source("records", _records_case(tmp_path, {**GOOD, "id": "b"}))["all"]
+    assert [r.where() for r in recs] == [f"{tmp_path / 'records.jsonl'}, line {i}" for i in (1, 2, 3)]
+    assert "origin" not in recs[0].to_json() and Record.from_json(recs[0].to_json()) == recs[0]
+
+
+def test_multi_intent_labels_can_be_order_insensitive(tmp_path: Path) -> None:
+    folder = _bio(tmp_path / "bio", [b"a", b"b"], [b"O", b"O"], [b"flight#fare", b"fare#flight"])
+    assert {r.tli for r in load_source("bio", folder)["all"]} == {"flight#fare", "fare#flight"}
+    assert {r.tli for r in load_source("bio", folder, sort_multi_labels=True)["all"]} == {"fare#flight"}
+
+
+def test_a_records_folder_without_split_files_says_what_it_holds(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(
+        FileNotFoundError, match=r"folder without split files \(train.jsonl or train.json.*notes.txt"
+    ):
+        load_source("records", tmp_path)

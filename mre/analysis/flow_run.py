@@ -47,7 +47,7 @@ from mre.config import RunConfigError, load_run_config
 from mre.data.batches import Collator
 from mre.data.context import TaskContext, build_context
 from mre.data.prompts import Encoded
-from mre.flow.callback import flow_batch, label_token_ids
+from mre.flow.callback import flow_batch, label_token_ids, measurable
 from mre.flow.engine import FlowEngine
 from mre.flow.files import (
     complete_samples,
@@ -127,9 +127,8 @@ def load_run(run_dir: str | Path, cache_dir: str | None = None, device: str = "a
     model_dir = run_dir / MODEL
     if not model_dir.is_dir():
         raise AnalysisError(
-            f"{run_dir} has no model/ directory: the run did not finish. Finish it first (resume it with "
-            f"python train.py hydra.run.dir={run_dir} ckpt_path=last and the overrides in "
-            f"{run_dir / '.hydra' / 'overrides.yaml'})"
+            f"{run_dir} has no model/ directory: the run did not finish. Finish it first: "
+            f"python train.py resume={run_dir}"
         )
     # the tokenizer saved with the model: the token ids it was trained on
     context = build_context(cfg, tokenizer_path=model_dir)
@@ -221,13 +220,13 @@ def compute_flow_samples(subject: Subject, out_dir: Path, opts: FlowAnalysisConf
     """Stream the flow of the selected test samples into `flow_samples.csv` (resumable)."""
     ctx = subject.context
     out_dir.mkdir(parents=True, exist_ok=True)
-    items = ctx.items("test")
+    label_ids = _label_ids(subject, opts)
+    items = measurable(ctx.items("test"), label_ids)
     records = ctx.records("test")
     chosen = [items[i] for i in select_samples(len(items), opts.n_samples, seed)]
     if not chosen:
         raise AnalysisError(f"{ctx.dataset_name}: the test split has no encoded samples")
     ids = [records[e.index].id for e in chosen]
-    label_ids = _label_ids(subject, opts)
     if not ctx.setting.with_anchor:
         log.warning("the setting has no anchor: S_wp and S_pq are undefined (NaN); only S_ww is measured")
 
@@ -377,7 +376,7 @@ def _safe(s: str) -> str:
 
 def _examples(subject: Subject, out_dir: Path, opts: FlowAnalysisConfig, seed: int) -> list[Path]:
     ctx = subject.context
-    items = ctx.items("test")
+    items = measurable(ctx.items("test"), _label_ids(subject, opts))
     records = ctx.records("test")
     if opts.example_ids:
         by_id = {records[e.index].id: e for e in items}

@@ -36,7 +36,7 @@ from mre.config import SweepOptions, load_run_config
 from mre.data.wli_format import WLIFormat
 from mre.flow.files import read_layers
 from mre.results import read_jsonl
-from mre.rundir import ANALYSIS, FLOW, LAST_CKPT, METRICS, OVERRIDES, PREDICTIONS
+from mre.rundir import ANALYSIS, CHECKPOINTS, FLOW, METRICS, OVERRIDES, PREDICTIONS
 from mre.setting import Direction, Setting
 from mre.stats import (
     LayerStats,
@@ -133,8 +133,8 @@ def _read_run(path: Path, root: Path) -> Run:
             problem = f"unreadable metrics.json: {e}"
     if metrics is None and problem is None:
         problem = "no metrics.json (failed, killed or still running)"
-        if (path / LAST_CKPT).exists():
-            problem += "; checkpoints/last.ckpt exists, so it can be resumed"
+        if any((path / CHECKPOINTS).glob("*.ckpt")):
+            problem += f"; it has checkpoints: python train.py resume={path}"
     return Run(path, name, cfg, flat, overrides, metrics, problem)
 
 

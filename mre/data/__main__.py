@@ -7,14 +7,23 @@ import sys
 from rich.console import Console
 
 from mre.config import compose
+from mre.data.prompts import PromptError
+from mre.data.record import DataFormatError
+from mre.data.splits import SplitError
 from mre.data.view import context_for_view, show
+from mre.hub import WeightsError
 
 
-def main(argv: list[str]) -> None:
-    cfg = compose(argv)
+def main(argv: list[str]) -> int:
+    """Show the data; a problem with the data or the settings is one line naming it (exit code 2)."""
     console = Console()
-    show(context_for_view(cfg, console), console)
+    try:
+        show(context_for_view(compose(argv), console), console)
+    except (DataFormatError, PromptError, SplitError, WeightsError, FileNotFoundError, ValueError) as e:
+        console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

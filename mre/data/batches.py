@@ -85,12 +85,28 @@ class Collator:
         }
 
 
-class LengthGroupedSampler(Sampler[int]):
-    """Seeded shuffle, then sort by length inside mega-batches of 50 batches: less padding,
-    still a random order of batches, and the same permutation for the same (seed, epoch)."""
+Position = Callable[[], "tuple[int, int] | None"]  # (epoch, batches of it already trained) or None
 
-    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+class EpochSampler(Sampler[int]):
+    """The training order of one epoch, a function of (seed, epoch) alone, that can start part-way:
+    `position()` (the DataModule's view of a restored trainer) says which epoch runs and how many of
+    its batches were trained before a checkpoint, so a resumed run draws exactly the batches an
+    uninterrupted one would. Without a trainer, the epoch is the one `set_epoch` gave.
+
+    `group_by_length`: sort by length inside seeded mega-batches of 50 batches (less padding, still a
+    random order of batches)."""
+
+    def __init__(
+        self,
+        lengths: list[int],
+        batch_size: int,
+        seed: int,
+        group_by_length: bool = False,
+        position: Position | None = None,
+    ) -> None:
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.group_by_length, self.position, self.epoch = group_by_length, position, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -98,23 +114,42 @@ class LengthGroupedSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __iter__(self) -> Iterator[int]:
-        rng = random.Random(self.seed + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
+    def order(self, epoch: int) -> list[int]:
+        """The whole epoch's order."""
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        if not self.group_by_length:
+            return order
+        rng = random.Random(self.seed + epoch)
         mega = self.batch_size * 50
         chunks = [
             sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)
         ]
         batches = [c[i : i + self.batch_size] for c in chunks for i in range(0, len(c), self.batch_size)]
         rng.shuffle(batches)
-        return iter([i for b in batches for i in b])
+        return [i for b in batches for i in b]
+
+    def __iter__(self) -> Iterator[int]:
+        where = self.position() if self.position is not None else None
+        epoch, done = where if where is not None else (self.epoch, 0)
+        return iter(self.order(epoch)[done * self.batch_size :])
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning treats as resumable: its `EpochSampler` starts where the restored trainer
+    left off, so there is no state of its own to save."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Nothing to restore: the sampler reads the position from the restored trainer."""
 
 
 class SplitDataModule(L.LightningDataModule):
-    """Train (shuffled, seeded), dev and test loaders over lists of prepared samples; a task's
-    DataModule says which samples (`samples`), how they are collated (`collate`) and, optionally, in
-    which order the training split is drawn (`train_sampler`)."""
+    """Train (shuffled per (seed, epoch), resumable mid-epoch), dev and test loaders over lists of
+    prepared samples; a task's DataModule says which samples (`samples`), how they are collated
+    (`collate`) and, optionally, by which lengths training batches are grouped (`train_lengths`)."""
 
     def __init__(self, batch_size: int, eval_batch_size: int, num_workers: int = 0, seed: int = 42) -> None:
         super().__init__()
@@ -127,21 +162,40 @@ class SplitDataModule(L.LightningDataModule):
     def collate(self) -> Callable[[list], dict[str, torch.Tensor]]:
         raise NotImplementedError
 
-    def train_sampler(self, items: list) -> Sampler[int] | None:
-        """None: a seeded shuffle."""
+    def train_lengths(self, items: list) -> list[int] | None:
+        """Sample lengths to group training batches by (None: a plain shuffle)."""
         return None
+
+    def position(self) -> tuple[int, int] | None:
+        """(epoch, batches of it already trained) of the trainer running this module: after a restore,
+        the epoch and progress of the checkpoint; None outside a fit."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training:
+            return None
+        loop = trainer.fit_loop.epoch_loop
+        done = loop.batch_progress.current.completed if loop.restarting else 0
+        if done >= trainer.num_training_batches:  # saved at the epoch's very end: the next epoch starts
+            return trainer.current_epoch + 1, 0
+        return trainer.current_epoch, done
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         items = self.samples(split)
-        sampler = self.train_sampler(items) if train else None
-        return DataLoader(
+        sampler = None
+        if train:
+            lengths = self.train_lengths(items)
+            sampler = EpochSampler(
+                lengths or [0] * len(items),
+                self.batch_size,
+                self.seed,
+                group_by_length=lengths is not None,
+                position=self.position,
+            )
+        return (ResumableLoader if train else DataLoader)(
             ListDataset(items),
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             collate_fn=self.collate(),
             num_workers=self.num_workers,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
             persistent_workers=self.num_workers > 0,
         )
 

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mre.data.dataset import load_splits
 from mre.data.prompts import Encoded, Fields, PromptBuilder, PromptError, has_chat_template
-from mre.data.record import Record
+from mre.data.record import DataFormatError, Record
 from mre.data.splits import Splits
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from mre.data.wli_format import WLIFormat
@@ -125,17 +125,63 @@ def make_builder(
     )
 
 
+def require_text_labels(splits: Splits, setting: Setting, on_bad_row: str) -> Splits:
+    """Records without a text label in a setting that needs one (TLI output or a TLI anchor) are bad
+    rows: an error naming where the first was read, or skipped and counted (`on_bad_row=skip`)."""
+    if not (setting.is_tli or setting.with_anchor):
+        return splits
+    records = [r for name in SPLITS for r in getattr(splits, name)]
+    missing = [r for r in records if r.tli is None]
+    if not missing or len(missing) == len(records):  # all: the builder says what the data set offers
+        return splits
+    need = f"{setting.describe()} needs one"
+    if on_bad_row != "skip":
+        raise DataFormatError(
+            f"{missing[0].where()}: no text label, but {need} ({len(missing)} such rows; "
+            "set dataset.on_bad_row=skip to skip them)"
+        )
+    log.warning("skipped %d rows without a text label (%s), e.g. %s", len(missing), need, missing[0].where())
+    keep = {name: [r for r in getattr(splits, name) if r.tli is not None] for name in SPLITS}
+    return Splits(**keep)
+
+
+def _anchor_only_drops(
+    cfg: Any, setting: Setting, tokenizer, labels, language, test: list[Record]
+) -> set[int]:
+    """Test samples whose prompt fits without the anchor but not with it: a comparison of the two
+    settings must see the same test ids, so the anchor-less run drops them too."""
+    if setting.with_anchor or (setting.is_wli and any(r.tli is None for r in test)):
+        return set()
+    with_anchor = make_builder(cfg, Setting(setting.direction, True), tokenizer, labels, language)
+    return {i for i, r in enumerate(test) if with_anchor.encode(r, i) is None}
+
+
 def build_context(
     cfg: Any, setting: Setting | None = None, tokenizer_path: str | Path | None = None
 ) -> TaskContext:
     """The context of a composed config (its own setting unless `setting` is given)."""
     setting = setting or Setting.from_config(cfg)
     language = str(cfg.dataset.language)
-    splits = load_splits(cfg.dataset)
+    splits = require_text_labels(load_splits(cfg.dataset), setting, str(cfg.dataset.on_bad_row))
     tokenizer = make_tokenizer(cfg, splits, language, tokenizer_path)
     labels = sorted({r.tli for r in splits.train if r.tli is not None})
     builder = make_builder(cfg, setting, tokenizer, labels, language)
-    encoded = {name: builder.encode_all(getattr(splits, name)) for name in SPLITS}
+    encoded = {name: builder.encode_all(getattr(splits, name), name) for name in SPLITS}
+    drop = _anchor_only_drops(cfg, setting, tokenizer, labels, language, splits.test)
+    if drop:
+        encoded["test"] = [e for e in encoded["test"] if e.index not in drop]
+        log.warning(
+            "dropped %d test samples whose prompt with the anchor does not fit prompt.max_length=%d: the "
+            "with-anchor run drops them, so this run does too (both settings see the same test ids)",
+            len(drop),
+            builder.max_length,
+        )
+    for name in SPLITS:
+        if getattr(splits, name) and not encoded[name] and name != "dev":
+            raise PromptError(
+                f"no {name} sample fits prompt.max_length={builder.max_length} "
+                f"({dict(builder.dropped)}); raise prompt.max_length"
+            )
     unseen = sum(1 for r in splits.test if r.tli is not None and r.tli not in labels)
     if unseen and setting.is_tli:
         log.warning("%d test samples have a text label never seen in training: scored as wrong", unseen)

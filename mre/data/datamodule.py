@@ -6,7 +6,7 @@ module only decides batch sizes, order and collation (see `mre.data.batches`).
 
 from __future__ import annotations
 
-from mre.data.batches import Collator, LengthGroupedSampler, SplitDataModule
+from mre.data.batches import Collator, SplitDataModule
 from mre.data.context import TaskContext
 from mre.data.prompts import Encoded
 
@@ -24,8 +24,7 @@ class MREDataModule(SplitDataModule):
     def collate(self) -> Collator:
         return Collator(self.context.tokenizer.pad_token_id)
 
-    def train_sampler(self, items: list[Encoded]) -> LengthGroupedSampler | None:
+    def train_lengths(self, items: list[Encoded]) -> list[int] | None:
         if not self.group_by_length:
             return None
-        lengths = [len(e.prompt_ids) + len(e.answer_ids) for e in items]
-        return LengthGroupedSampler(lengths, self.batch_size, self.seed)
+        return [len(e.prompt_ids) + len(e.answer_ids) for e in items]

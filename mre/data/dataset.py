@@ -36,7 +36,9 @@ def load_sources(ds: Any) -> dict[str, list[Record]]:
             f"dataset {ds.name!r}: {where}. Expected {ds.expected or 'a ' + source + ' file'}; "
             f"give it with dataset.path=/path/to/it"
         )
-    return load_source(source, ds.path, on_bad_row=_value(ds.on_bad_row))
+    return load_source(
+        source, ds.path, on_bad_row=_value(ds.on_bad_row), sort_multi_labels=ds.sort_multi_labels
+    )
 
 
 def load_splits(ds: Any) -> Splits:

@@ -342,11 +342,12 @@ class PromptBuilder:
         cut = max(1, min(cut, len(text) - 1))
         return text[:cut].rstrip() or text[:1]
 
-    def encode_all(self, records: list[Record]) -> list[Encoded]:
-        """Encode a split, logging how many samples were dropped and why."""
-        before = sum(self.dropped.values())
+    def encode_all(self, records: list[Record], split: str = "") -> list[Encoded]:
+        """Encode a split, logging how many of its samples were dropped and why."""
+        before = Counter(self.dropped)
         out = [e for i, rec in enumerate(records) if (e := self.encode(rec, i)) is not None]
-        n = sum(self.dropped.values()) - before
-        if n:
-            log.warning("dropped %d of %d samples: %s", n, len(records), dict(self.dropped))
+        now = self.dropped - before
+        if now:
+            where = f"{split} " if split else ""
+            log.warning("dropped %d of %d %ssamples: %s", sum(now.values()), len(records), where, dict(now))
         return out

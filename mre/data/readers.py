@@ -14,6 +14,7 @@ Line numbers are 1-based physical lines (for a JSON list: the line where the ite
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -28,6 +29,7 @@ from mre.data.record import DataFormatError, OnBadRow, Record, RowIssues, WLIPai
 log = logging.getLogger(__name__)
 
 FORMATS = ("records", "bio", "ner_json", "mmm", "giellm", "csv_pairs")
+MULTI_LABEL_SEP = "#"  # SNIPS/ATIS multi-intent labels: atis_flight#atis_airfare
 
 _FORMAT_HELP: dict[str, str] = {
     "records": (
@@ -153,7 +155,7 @@ class _Collector:
             return
         if self.issues.accept(line, rec) is not None:
             self._first_line[rec.id] = line
-            self.records.append(rec)
+            self.records.append(dataclasses.replace(rec, origin=f"{self.issues.path}, line {line}"))
 
 
 def _json_items(path: Path, issues: RowIssues) -> Iterator[tuple[int, int, Any]]:
@@ -349,8 +351,9 @@ def _bio_pairs(tokens: list[str], tags: list[str]) -> tuple[WLIPair, ...]:
     return tuple(out)
 
 
-def _bio_record(rid: str, words: str, tags: str, label: str) -> Record:
-    """One aligned line of seq.in / seq.out / label."""
+def _bio_record(rid: str, words: str, tags: str, label: str, sort_multi_labels: bool = False) -> Record:
+    """One aligned line of seq.in / seq.out / label; with `sort_multi_labels`, a multi-intent label
+    `b#a` is the same label as `a#b`."""
     for name, raw in (("seq.in", words), ("seq.out", tags), ("label", label)):
         if _has_bad_bytes(raw):
             raise _RowError(f"{_UNDECODABLE} in {name}")
@@ -361,10 +364,13 @@ def _bio_record(rid: str, words: str, tags: str, label: str) -> Record:
         raise _RowError("empty text")
     if not label.strip():
         raise _RowError("empty intent label")
-    return Record(rid, " ".join(tokens), label.strip(), _bio_pairs(tokens, tag_list))
+    label = label.strip()
+    if sort_multi_labels:
+        label = MULTI_LABEL_SEP.join(sorted(label.split(MULTI_LABEL_SEP)))
+    return Record(rid, " ".join(tokens), label, _bio_pairs(tokens, tag_list))
 
 
-def read_bio_split(folder: str | Path, issues: RowIssues) -> list[Record]:
+def read_bio_split(folder: str | Path, issues: RowIssues, sort_multi_labels: bool = False) -> list[Record]:
     """One split folder (seq.in, seq.out, label); ids are `<folder name>-<line>`.
 
     Different line counts mean the files are misaligned, so every row would be suspect: that is
@@ -378,7 +384,7 @@ def read_bio_split(folder: str | Path, issues: RowIssues) -> list[Record]:
         raise DataFormatError(f"{folder}: line counts differ, {listed} lines (they must be line-aligned)")
     col = _Collector(issues)
     for line, (words, tags, label) in enumerate(zip(*files.values(), strict=True), 1):
-        col.add(line, _bio_record, f"{folder.name}-{line}", words, tags, label)
+        col.add(line, _bio_record, f"{folder.name}-{line}", words, tags, label, sort_multi_labels)
     return col.records
 
 
@@ -595,14 +601,20 @@ def _file_sources(path: Path, fmt: str) -> dict[str, Path]:
                 candidates.setdefault(split, []).append(path / f"{name}{suffix}")
     found = _pick_splits(path, fmt, candidates)
     if not found:
-        wanted = "/".join(f"train{s}" for s in _SPLIT_SUFFIXES[fmt])
-        raise _missing(path / wanted, fmt)
+        names = " or ".join(f"train{s}" for s in _SPLIT_SUFFIXES[fmt])
+        held = sorted(p.name for p in path.iterdir())[:8]
+        raise FileNotFoundError(
+            f"{path} is a folder without split files ({names}, and likewise dev/test; it holds "
+            f"{held or 'nothing'}): the {fmt!r} format expects {_FORMAT_HELP[fmt]}."
+        )
     return found
 
 
-def load_source(fmt: str, path: str | Path, on_bad_row: OnBadRow = "error") -> dict[str, list[Record]]:
+def load_source(
+    fmt: str, path: str | Path, on_bad_row: OnBadRow = "error", sort_multi_labels: bool = False
+) -> dict[str, list[Record]]:
     """Named splits found at `path`: {"train", "dev", "test"} (those present) for folder sources
-    with split sub-folders/files, else {"all": [...]}.
+    with split sub-folders/files, else {"all": [...]}. `sort_multi_labels` (BIO only): `b#a` = `a#b`.
 
     Each file gets its own `RowIssues`, so error messages and skip counts name the exact file.
     """
@@ -617,7 +629,10 @@ def load_source(fmt: str, path: str | Path, on_bad_row: OnBadRow = "error") -> d
     out: dict[str, list[Record]] = {}
     for split, src in sources.items():
         issues = RowIssues(src, on_bad_row)
-        out[split] = _READERS[fmt](src, issues)
+        if fmt == "bio":
+            out[split] = read_bio_split(src, issues, sort_multi_labels)
+        else:
+            out[split] = _READERS[fmt](src, issues)
         issues.report()
         if not out[split]:
             log.warning("%s: no records read (%s format)", src, fmt)

@@ -35,18 +35,24 @@ class WLIPair:
 
 @dataclass(frozen=True)
 class Record:
-    """One MRE-mix sample. `tli` is None for sources without a text-level label."""
+    """One MRE-mix sample. `tli` is None for sources without a text-level label; `origin` says where
+    it was read (`<file>, line <n>`), for errors found after reading."""
 
     id: str
     text: str
     tli: str | None
     wli: tuple[WLIPair, ...] = field(default_factory=tuple)
+    origin: str | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain dict in the DESIGN.md layout (what the project's own jsonl files hold)."""
+        """Plain dict in the docs/design.md layout (what the project's own jsonl files hold)."""
         d = asdict(self)
+        d.pop("origin")
         d["wli"] = [asdict(p) for p in self.wli]
         return d
+
+    def where(self) -> str:
+        return self.origin or f"record {self.id!r}"
 
     @staticmethod
     def from_json(obj: dict[str, Any]) -> Record:
@@ -62,7 +68,11 @@ def check_record(rec: Record) -> str | None:
     """Return the problem with a record (empty text, span outside the text, ...) or None."""
     if not rec.text.strip():
         return "empty text"
+    if rec.tli is not None and not rec.tli.strip():
+        return "empty text label (use null for a record without one)"
     for p in rec.wli:
+        if not p.type.strip():
+            return f"empty type for span {p.span!r}"
         if not p.span:
             return f"empty span for type {p.type!r}"
         if p.start is None or p.end is None:

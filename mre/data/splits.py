@@ -1,14 +1,16 @@
 """Train/dev/test splits as in the paper (seeded samples of 1,000 / 1,000) and K-shot sampling.
 
 Sources with their own train/test keep them (the test sample comes from the test split); a dev
-split is carved from the unused part of train when the source has none; single-file sources are
-shuffled once and cut. Overlap between the splits is checked by record id, always.
+split is carved from the unused part of train when the source has none; single-file sources are cut
+into test, train and dev. Every draw ranks records by a seeded hash of their id, so adding, removing
+or skipping rows never changes which of the other records are drawn. Overlap between the splits is
+checked by record id, always.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import random
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -31,13 +33,16 @@ class Splits:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
 
 
-def _sample(records: list[Record], n: int, rng: random.Random) -> tuple[list[Record], list[Record]]:
-    """Seeded sample of at most n records (in a stable order) and the rest."""
-    order = list(range(len(records)))
-    rng.shuffle(order)
-    take = sorted(order[: max(0, n)])
-    taken = set(take)
-    return [records[i] for i in take], [records[i] for i in range(len(records)) if i not in taken]
+def _rank(record: Record, seed: int, salt: str) -> str:
+    """A record's place in a seeded draw, from its id alone: adding, removing or skipping other rows
+    never changes which of the remaining records are drawn."""
+    return hashlib.sha1(f"{seed}/{salt}/{record.id}".encode()).hexdigest()
+
+
+def _sample(records: list[Record], n: int, seed: int, salt: str) -> tuple[list[Record], list[Record]]:
+    """The n records of lowest seeded rank (in source order) and the rest."""
+    chosen = {r.id for r in sorted(records, key=lambda r: _rank(r, seed, salt))[: max(0, n)]}
+    return [r for r in records if r.id in chosen], [r for r in records if r.id not in chosen]
 
 
 def check_disjoint(splits: Splits) -> None:
@@ -58,20 +63,18 @@ def make_splits(
     seed: int = 42,
 ) -> Splits:
     """Seeded splits capped by what exists; see the module docstring for the rules."""
-    rng = random.Random(seed)
     if "train" in sources and "test" in sources:
-        test, _ = _sample(sources["test"], n_test, rng)
-        train, rest = _sample(sources["train"], n_train, rng)
-        dev = _sample(sources["dev"], n_dev, rng)[0] if sources.get("dev") else _sample(rest, n_dev, rng)[0]
+        test, _ = _sample(sources["test"], n_test, seed, "test")
+        train, rest = _sample(sources["train"], n_train, seed, "train")
     elif set(sources) <= {"all", "train", "dev"}:
         pool = [r for name in ("all", "train") for r in sources.get(name, [])]
-        test, rest = _sample(pool, min(n_test, len(pool) // 2), rng)
-        train, rest = _sample(rest, n_train, rng)
-        dev = _sample(sources["dev"], n_dev, rng)[0] if sources.get("dev") else _sample(rest, n_dev, rng)[0]
+        test, rest = _sample(pool, min(n_test, len(pool) // 2), seed, "test")
+        train, rest = _sample(rest, n_train, seed, "train")
     else:
         raise SplitError(
             f"cannot make splits from source splits {sorted(sources)}: expected train+test or all"
         )
+    dev = _sample(sources["dev"] if sources.get("dev") else rest, n_dev, seed, "dev")[0]
     splits = Splits(train, dev, test)
     check_disjoint(splits)
     if not train or not test:
@@ -80,21 +83,17 @@ def make_splits(
 
 
 def k_shot(records: list[Record], k: int, seed: int = 42) -> list[Record]:
-    """K records per text label (fewer where a class has fewer), seeded, in source order."""
-    by_class: dict[str | None, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        by_class[r.tli].append(i)
-    rng = random.Random(seed)
-    chosen: list[int] = []
-    for label in sorted(by_class, key=str):
-        idx = by_class[label]
-        chosen += rng.sample(idx, min(k, len(idx)))
+    """K records per text label (fewer where a class has fewer), seeded by id, in source order."""
+    by_class: dict[str | None, list[Record]] = defaultdict(list)
+    for r in records:
+        by_class[r.tli].append(r)
+    chosen = {r.id for group in by_class.values() for r in _sample(group, k, seed, "k_shot")[0]}
     short = {str(c): len(v) for c, v in by_class.items() if len(v) < k}
     if short:
         log.warning("k_shot(k=%d): classes with fewer samples than k: %s", k, short)
-    return [records[i] for i in sorted(chosen)]
+    return [r for r in records if r.id in chosen]
 
 
 def n_total_sample(records: list[Record], n: int, seed: int = 42) -> list[Record]:
-    """N records in total (the paper's 100-sample few-shot protocol), seeded."""
-    return _sample(records, n, random.Random(seed))[0]
+    """N records in total (the paper's 100-sample few-shot protocol), seeded by id."""
+    return _sample(records, n, seed, "n_total")[0]

@@ -20,6 +20,7 @@ import torch
 
 from mre.data.batches import Collator
 from mre.data.context import TaskContext
+from mre.data.prompts import Encoded
 from mre.flow.engine import FlowEngine
 from mre.flow.files import METRICS, result_values, sample_rows, summarize, write_layers, write_samples
 from mre.flow.options import FlowLoss, FlowTrainConfig
@@ -52,18 +53,33 @@ def label_token_ids(context: TaskContext, loss: FlowLoss) -> list[int] | None:
     return context.builder.code_ids if str(loss) == FlowLoss.label_restricted else None
 
 
+def measurable(items: list[Encoded], label_ids: list[int] | None) -> list[Encoded]:
+    """The samples the loss is defined for: with the label-restricted loss, those whose gold label was
+    seen in training (an unseen one has no code among the C classes); the others are left out, said."""
+    if label_ids is None:
+        return items
+    kept = [e for e in items if e.target in label_ids]
+    if len(kept) < len(items):
+        log.warning(
+            "flow.loss=label_restricted: %d test samples have a text label never seen in training (no code "
+            "to restrict the loss to) and are left out of the flow",
+            len(items) - len(kept),
+        )
+    return kept
+
+
 class SaliencyFlowCallback(L.Callback):
     """See the module docstring; `options` are the `flow:` node of the training config."""
 
     def __init__(
         self, context: TaskContext, options: FlowTrainConfig, seed: int, output_dir: str | Path
     ) -> None:
-        items = context.items("test")
+        self.label_ids = label_token_ids(context, options.loss)
+        items = measurable(context.items("test"), self.label_ids)
         n = min(options.n_samples, len(items))
         self.items = [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
         self.ids = [context.records("test")[e.index].id for e in self.items]
         self.collate = Collator(context.tokenizer.pad_token_id)
-        self.label_ids = label_token_ids(context, options.loss)
         self.options, self.seed, self.output_dir = options, seed, Path(output_dir)
         self.history: dict[int, dict[str, list[float]]] = {}
 

@@ -162,8 +162,8 @@ class GenerativeMRE(MREModule):
         if self.setting.is_tli:
             preds, golds = self._score_codes(logits, batch)
             self.metrics[stage].update(preds, golds)
-            labels = [*self.builder.labels, "<unseen>"]
-            rows = zip([labels[g] for g in golds.tolist()], [labels[p] for p in preds.tolist()], strict=True)
+            gold_labels = [records[i].tli for i in batch["index"].tolist()]  # unseen ones too, as they are
+            rows = zip(gold_labels, [self.builder.labels[p] for p in preds.tolist()], strict=True)
         else:
             texts = self.generate(batch)
             pred_pairs = [self.builder.wli_format.parse(t) for t in texts]
