@@ -204,6 +204,7 @@ def child_env(site: Path | None) -> dict[str, str]:
     env.update(
         PYTHONPATH=os.pathsep.join(dict.fromkeys(paths)),
         PYTHONUNBUFFERED="1",
+        COLUMNS="1000",  # pytest's lines unwrapped and skip reasons untrimmed (the log is not a terminal)
         HF_HUB_OFFLINE="1",  # no network there: never wait on the hub
         TOKENIZERS_PARALLELISM="false",
         WANDB_MODE="offline",

@@ -212,7 +212,9 @@ def test_missing_packages_are_installed_from_the_offline_wheels(gc, monkeypatch,
     assert res["installed"] == ["mre_offline_pkg-0.1-py3-none-any.whl"]
     assert res["site"] == str(tmp_path / "site") and (tmp_path / "site" / "mre_offline_pkg").is_dir()
     assert res["imports"]["mre_offline_pkg"] == {"ok": True, "version": "0.1"}
-    assert str(tmp_path / "site") in gc.child_env(tmp_path / "site")["PYTHONPATH"].split(os.pathsep)
+    env = gc.child_env(tmp_path / "site")
+    assert str(tmp_path / "site") in env["PYTHONPATH"].split(os.pathsep)
+    assert env["COLUMNS"] == "1000"  # pytest lines in the log unwrapped, skip reasons untrimmed
 
 
 # ------------------------------------------------------------------------------------------------
