@@ -2,6 +2,7 @@
 
     python bench/flow_speed.py            # ~2-3 minutes on 2 CPU cores
     python bench/flow_speed.py --smoke    # toy sizes, seconds: a rot check, numbers mean nothing
+    python bench/flow_speed.py --device cuda   # on a GPU: larger sizes (CUDA_SIZES), ~2 minutes on an H200
 
 Same tiny LLaMA (8 layers x 256 hidden, 4 heads, intermediate 688, vocab 2000, random weights, float32)
 and the same 32 samples of 256 tokens for every method:
@@ -31,6 +32,14 @@ FLOW_BENCH_THREADS (default 2) sets the torch threads; OMP_WAIT_POLICY defaults 
 
 `--smoke`: a 2-layer x 64 model, 4 samples of 32 tokens, batch sizes 1 and 2, one timed loop (the workers
 get `--smoke` too); every method and ratio line runs, the numbers mean nothing.
+
+`--device cuda` (default `cpu`): every method runs on the GPU (the workers get `--device` too), float32
+without TF32 (torch's default), with the larger CUDA_SIZES (a 12-layer x 768 LLaMA with a 32,000-token
+vocabulary, 64 samples of 512 tokens, batch sizes 1, 8, 32) unless `--smoke` or `--model` sets the sizes.
+Peak memory is then `torch.cuda.max_memory_allocated()` (reset after the model and data are on the device)
+minus the memory allocated at that moment, i.e. the tensors the method itself adds (the caching
+allocator's reserve is not counted); every timed loop ends with `torch.cuda.synchronize()`. CPU time on
+CUDA is the host's time (kernel launches and waiting), not the work.
 """
 
 from __future__ import annotations
@@ -59,6 +68,23 @@ SIZES = {
         "vocab_size": 2000,
     },
 }
+# --device cuda: a GPU finishes the CPU sizes in milliseconds; these take about two minutes on an H200
+# (mostly the workers' start-up: importing torch and transformers, CUDA initialisation)
+CUDA_SIZES = {
+    "n_samples": 64,
+    "seq": 512,
+    "batch_sizes": (1, 8, 32),
+    "text": (4, 380),
+    "anchor": (390, 480),
+    "model": {
+        "num_hidden_layers": 12,
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 12,
+        "intermediate_size": 2048,
+        "vocab_size": 32000,
+    },
+}
 SMOKE_SIZES = {
     "n_samples": 4,
     "seq": 32,
@@ -85,6 +111,7 @@ REAL_SIZES = {
 }
 SMOKE = False
 MODEL: str | None = None
+DEVICE = "cpu"
 N_SAMPLES = SIZES["n_samples"]
 SEQ = SIZES["seq"]
 BATCH_SIZES = SIZES["batch_sizes"]
@@ -96,9 +123,12 @@ OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
 SMOKE_NOTE = "SMOKE RUN (toy sizes, 1 repeat): checks that the benchmark runs; its numbers mean nothing"
 
 
-def _configure(smoke: bool, model: str | None = None) -> None:
-    """Switch the module's sizes to the smoke or real-model ones (driver and workers alike)."""
-    global SMOKE, MODEL, N_SAMPLES, SEQ, BATCH_SIZES, REPEATS, SIZES
+def _configure(smoke: bool, model: str | None = None, device: str = "cpu") -> None:
+    """Switch the module's sizes to the smoke, real-model or CUDA ones (driver and workers alike)."""
+    global SMOKE, MODEL, DEVICE, N_SAMPLES, SEQ, BATCH_SIZES, REPEATS, SIZES
+    DEVICE = device
+    if device != "cpu" and not smoke and not model:
+        SIZES = CUDA_SIZES
     if model:
         MODEL, SIZES = model, {**REAL_SIZES, "model": None}
     if smoke:
@@ -115,7 +145,40 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _check_device(device: str) -> str:
+    """`cpu` or a CUDA device (`cuda`, `cuda:1`); a CUDA device must exist (fails with a clear message)."""
+    if device == "cpu":
+        return device
+    if not (device == "cuda" or device.startswith("cuda:")):
+        raise SystemExit(f"flow_speed: --device must be cpu or cuda[:N], got {device!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SystemExit(
+            f"flow_speed: --device {device}: no CUDA device (torch.cuda.is_available() is False)"
+        )
+    return device
+
+
+def _cuda() -> bool:
+    return DEVICE != "cpu"
+
+
+def _sync() -> None:
+    """Wait for the GPU's queued work (timings on CUDA would otherwise measure only the launches)."""
+    if _cuda():
+        import torch
+
+        torch.cuda.synchronize(DEVICE)
+
+
 def _reset_peak() -> bool:
+    if _cuda():
+        import torch
+
+        _sync()
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        return True
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # resets VmHWM to the current RSS
@@ -152,6 +215,7 @@ def _build():
     target = torch.randint(0, vocab, (N_SAMPLES,), generator=g)
     text = torch.tensor([list(SIZES["text"])] * N_SAMPLES)
     anchor = torch.tensor([list(SIZES["anchor"])] * N_SAMPLES)
+    model, ids, target = model.to(DEVICE), ids.to(DEVICE), target.to(DEVICE)
     return model, ids, target, text, anchor
 
 
@@ -161,10 +225,10 @@ def _batch(ids, target, text, anchor, lo: int, hi: int) -> dict:
     n = hi - lo
     return {
         "input_ids": ids[lo:hi],
-        "attention_mask": torch.ones(n, SEQ, dtype=torch.long),
+        "attention_mask": torch.ones(n, SEQ, dtype=torch.long, device=ids.device),
         "text_range": text[lo:hi],
         "anchor_range": anchor[lo:hi],
-        "q": torch.full((n,), SEQ - 1),
+        "q": torch.full((n,), SEQ - 1, device=ids.device),
         "target": target[lo:hi],
     }
 
@@ -271,18 +335,24 @@ def worker(method: str, bs: int) -> dict:
     else:
         raise ValueError(method)
 
-    base_kb = _status_kb("VmRSS")
-    reset = _reset_peak()
+    if _cuda():
+        reset = _reset_peak()
+        base_kb = torch.cuda.memory_allocated(DEVICE) / 1024
+    else:
+        base_kb = _status_kb("VmRSS")
+        reset = _reset_peak()
     run(0, bs)  # warm-up (counts for memory, not for time)
+    _sync()
     elapsed = cpu = float("inf")
     for _ in range(REPEATS):  # the fastest of REPEATS loops: robust to a busy machine
         results.clear()
         t0, c0 = time.perf_counter(), time.process_time()
         for lo in range(0, N_SAMPLES, bs):
             run(lo, min(lo + bs, N_SAMPLES))
+        _sync()
         elapsed = min(elapsed, time.perf_counter() - t0)
         cpu = min(cpu, time.process_time() - c0)
-    peak_kb = _status_kb("VmHWM")
+    peak_kb = torch.cuda.max_memory_allocated(DEVICE) / 1024 if _cuda() else _status_kb("VmHWM")
     return {
         "method": method,
         "bs": bs,
@@ -304,6 +374,7 @@ def _spawn(method: str, bs: int) -> dict:
     env.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     cmd = [sys.executable, __file__, "--worker", method, "--bs", str(bs), *(["--smoke"] if SMOKE else [])]
     cmd += ["--model", MODEL] if MODEL else []
+    cmd += ["--device", DEVICE]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if out.returncode != 0:
         raise SystemExit(f"worker {method} bs={bs} failed:\n{out.stderr[-4000:]}")
@@ -348,6 +419,13 @@ def main() -> None:
         f"{THREADS} threads (OMP_WAIT_POLICY={OMP_WAIT_POLICY}), best of {REPEATS} loops, "
         f"load average {os.getloadavg()[0]:.2f}"
     )
+    if _cuda():
+        import torch
+
+        print(
+            f"device {DEVICE}: {torch.cuda.get_device_name(DEVICE)}, torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda}; peak memory = torch.cuda.max_memory_allocated"
+        )
     rows = []
 
     def show(name: str, r: dict) -> None:
@@ -402,8 +480,9 @@ if __name__ == "__main__":
     ap.add_argument("--bs", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="toy sizes, one repeat: a seconds-long rot check")
     ap.add_argument("--model", help="a conf/model name (e.g. smollm2_135m_lora) instead of the tiny LLaMA")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where every method runs")
     args = ap.parse_args()
-    _configure(args.smoke, args.model)
+    _configure(args.smoke, args.model, _check_device(args.device))
     if args.worker:
         print(json.dumps(worker(args.worker, args.bs)))
     else:

@@ -84,3 +84,21 @@ def test_bench_smoke(script: str) -> None:
     assert re.search(r"total wall time \d+ s", out.stdout), out.stdout
     missing = [p for p in EXPECTED.get(script, []) if not re.search(p, out.stdout)]
     assert not missing, f"bench/{script} --smoke printed no line matching {missing}:\n{out.stdout}"
+
+
+def test_flow_speed_device_cuda_without_cuda_says_so() -> None:
+    """`bench/flow_speed.py --device cuda` on a machine without CUDA stops at once, saying why (on a GPU
+    machine scripts/gpu_check.py runs it for real)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: scripts/gpu_check.py runs the benchmark on it")
+    out = subprocess.run(
+        [sys.executable, "bench/flow_speed.py", "--device", "cuda", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode != 0 and "no CUDA device" in out.stderr, out.stdout + out.stderr
