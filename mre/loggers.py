@@ -18,12 +18,18 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 
 class _KeepingWriter(ExperimentWriter):
-    """Lightning's writer, minus the deletion; an existing file's header seeds the known columns."""
+    """Lightning's writer, minus the deletion; the file's own header joins the known columns at every
+    save (another process may have written the file since: the test stage of `ddp_spawn`, a resume)."""
 
     def _check_log_dir_exists(self) -> None:
+        """Keep an existing file (Lightning deletes it here)."""
+
+    def _record_new_keys(self) -> set[str]:
         if os.path.isfile(self.metrics_file_path):
             with open(self.metrics_file_path, newline="") as f:
-                self.metrics_keys = sorted(next(csv.reader(f), []))
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(set(self.metrics_keys) | set(header))
+        return super()._record_new_keys()
 
 
 class CSVLogger(_CSVLogger):

@@ -42,7 +42,8 @@ def test_snips_prompts_have_exact_spans_under_the_chat_template(direction):
         rec = records[e.index]
         assert tok.decode(e.prompt_ids[slice(*e.text_range)]).strip() == rec.text.strip()
         assert tok.decode(e.prompt_ids[slice(*e.anchor_range)]).strip() == b.anchor_of(rec)
-        assert tok.decode(e.prompt_ids[-3:]) == "<|im_start|>assistant\n"  # q: the generation prompt's end
+        # q: the last token of the generation prompt `<|im_start|>assistant\n`
+        assert tok.decode(e.prompt_ids[-4:], skip_special_tokens=False) == "<|im_start|>assistant\n"
         assert e.answer_ids[-1] == b.end_of_turn
         assert tok.decode(e.answer_ids[:-1]) == b.answer_of(rec)
 
