@@ -51,4 +51,4 @@ def print_metrics(metrics: dict[str, float], title: str, output_dir: Path) -> No
             table.add_row(k, f"{v:.4f}")
     console = Console()
     console.print(table)
-    console.print(f"run directory: {output_dir}")
+    console.print(f"run directory: {output_dir}", soft_wrap=True)

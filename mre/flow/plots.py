@@ -91,7 +91,7 @@ def plot_flow(stats: dict[str, LayerStats], path: str | Path, title: str) -> Pat
     """One figure of the three flow curves with their 95% bands."""
     fig, ax = plt.subplots(figsize=(6, 4))
     draw_curves(ax, defined(stats))
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9 if len(title) > 50 else 12, wrap=True)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
