@@ -388,7 +388,8 @@ DEFAULT_IGNORE = [
 class SweepOptions:
     """`sweep:` of analyze.py: how a multirun's runs are compared."""
 
-    n_boot: int = 1000  # paired bootstrap resamples of each F1 difference
+    n_boot: int = 1000  # hierarchical bootstrap resamples (seeds, then test samples) of each F1 difference
+    n_perm: int = 2000  # permutations of the paired test over seeds x samples
     on_mismatch: OnMismatch = OnMismatch.error  # skip: a pair on different test ids is marked refused
     compute_flow: bool = False  # run the flow analysis (flow: options) on with-anchor runs lacking one
     # config keys that do not make two runs different settings (prefixes match sub-keys)

@@ -1,22 +1,20 @@
-"""Seeded bootstrap statistics of analyze.py: per-layer flow intervals and paired F1 differences.
+"""Statistics of analyze.py: per-layer flow intervals, and seed-aware comparisons of two settings.
 
-Every resample is a vector of counts over the n samples (how often each sample is drawn when n
-samples are drawn with replacement), so a statistic of a resample is a weighted statistic of the
-original samples. Resamples are drawn in fixed blocks from ``numpy.random.default_rng(seed)``: the
-same seed gives the same intervals, and memory stays at one block of ``BLOCK x n`` counts.
+Every bootstrap resample is a vector of counts over the n samples (how often each sample is drawn),
+so a statistic of a resample is a weighted statistic of the original samples; resamples come from
+`numpy.random.default_rng(seed)`: the same seed gives the same intervals.
 
-Paired bootstrap of an F1 difference (``paired_bootstrap``): both runs are scored on the *same*
-resampled test ids; for each of B resamples the difference ``d_b = F1_b(B) - F1_b(A)`` is computed.
-
-* interval: the 2.5th and 97.5th percentiles of ``d_1..d_B`` (percentile interval);
-* p-value (two-sided): ``p = min(1, 2 * min(#{b: d_b <= 0}, #{b: d_b >= 0}) / B)``, i.e. twice the
-  fraction of bootstrap differences on the far side of 0 (0 included). Identical runs give d_b = 0
-  for every b, so the interval is [0, 0] and p = 1. p = 0 means no resample crossed 0: report it as
-  p < 1/B.
+Comparisons (`compare`): F1 of settings A and B on the same test samples, over one or more training
+seeds. The difference is the mean over seeds of F1(B) - F1(A); its interval comes from a hierarchical
+bootstrap (seeds, then test samples), its p-value from a paired permutation test over seeds x samples
+(`scipy.stats.permutation_test`), and the p-values of a table's rows are adjusted with
+Benjamini-Hochberg (`scipy.stats.false_discovery_control`). A single seed's interval covers test-sample
+noise only, which can be smaller than the seed-to-seed spread: report seeds.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -100,60 +98,6 @@ class MismatchedTestSetError(ValueError):
     """Two runs that are compared were not evaluated on the same test samples."""
 
 
-class WLIScores:
-    """Micro-F1 over (type, span) pairs, as `mre.metrics.WLIF1` (F1 = 1 when there are no pairs at all)."""
-
-    kind = "wli"
-
-    def __init__(self, golds: Sequence[str], preds: Sequence[str], fmt: WLIFormat | None = None) -> None:
-        fmt = fmt or WLIFormat()
-        g = [fmt.parse(x) for x in golds]
-        p = [fmt.parse(x) for x in preds]
-        self.tp = np.array([pair_overlap(a, b) for a, b in zip(p, g, strict=True)], dtype=np.float64)
-        self.n_pred = np.array([len(x) for x in p], dtype=np.float64)
-        self.n_gold = np.array([len(x) for x in g], dtype=np.float64)
-
-    def __len__(self) -> int:
-        return len(self.tp)
-
-    def f1(self, w: np.ndarray) -> np.ndarray:
-        """F1 of each weighted resample; ``w`` is [B, n] counts (or [n])."""
-        tp = w @ self.tp
-        denom = w @ (self.n_pred + self.n_gold)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 1.0)
-
-
-class TLIScores:
-    """Macro-F1 over the classes that occur (gold or predicted) in the resample, as torchmetrics'
-    ``MulticlassF1Score(average="macro")``: per class 2tp / (2tp + fp + fn), classes with
-    tp + fp + fn = 0 left out of the mean."""
-
-    kind = "tli"
-
-    def __init__(self, golds: Sequence[str], preds: Sequence[str]) -> None:
-        classes = sorted(set(golds) | set(preds))
-        g = np.array(list(golds), dtype=object)
-        p = np.array(list(preds), dtype=object)
-        self.tp = np.stack([(g == c) & (p == c) for c in classes], 1).astype(np.float64)  # [n, C]
-        self.fp = np.stack([(g != c) & (p == c) for c in classes], 1).astype(np.float64)
-        self.fn = np.stack([(g == c) & (p != c) for c in classes], 1).astype(np.float64)
-
-    def __len__(self) -> int:
-        return len(self.tp)
-
-    def f1(self, w: np.ndarray) -> np.ndarray:
-        tp, fp, fn = w @ self.tp, w @ self.fp, w @ self.fn
-        denom = 2 * tp + fp + fn
-        present = denom > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            per_class = np.where(present, 2 * tp / np.where(present, denom, 1), 0.0)
-            return (per_class * present).sum(-1) / present.sum(-1)
-
-
-Scores = WLIScores | TLIScores
-
-
 def align_predictions(
     rows_a: list[dict], rows_b: list[dict], name_a: str = "A", name_b: str = "B"
 ) -> tuple[list[dict], list[dict]]:
@@ -190,24 +134,92 @@ def align_predictions(
     return [a[i] for i in order], [b[i] for i in order]
 
 
-def scores_from_rows(rows: list[dict], level: Direction, fmt: WLIFormat | None = None) -> Scores:
-    """The scores of prediction rows whose answers are of `level` (WLI pairs or TLI labels)."""
-    golds = [str(r["gold"]) for r in rows]
-    preds = [str(r["prediction"]) for r in rows]
-    if Direction(str(level)) is Direction.wli:
-        return WLIScores(golds, preds, fmt)
-    return TLIScores(golds, preds)
+def _wli_counts(golds: Sequence[str], preds: Sequence[str], fmt: WLIFormat) -> np.ndarray:
+    """[n, 3]: matched pairs, predicted pairs, gold pairs of each sample (multisets of (type, span))."""
+    g = [fmt.parse(x) for x in golds]
+    p = [fmt.parse(x) for x in preds]
+    return np.array(
+        [[pair_overlap(a, b), len(a), len(b)] for a, b in zip(p, g, strict=True)], dtype=np.float64
+    )
+
+
+def _tli_counts(golds: Sequence[str], preds: Sequence[str], classes: list[str]) -> np.ndarray:
+    """[n, 3C]: tp, fp, fn of every class for each sample."""
+    g = np.array(list(golds), dtype=object)[:, None]
+    p = np.array(list(preds), dtype=object)[:, None]
+    c = np.array(classes, dtype=object)[None, :]
+    return np.concatenate([(g == c) & (p == c), (g != c) & (p == c), (g == c) & (p != c)], 1).astype(
+        np.float64
+    )
+
+
+@dataclass(frozen=True)
+class PairCounts:
+    """Per-sample counts of two runs on the same test samples, on a shared class set, so the F1 of any
+    weighting w of the samples (a resample, a permutation) is `f1(w @ a)`:
+
+    * WLI: micro-F1 over (type, span) pairs, as `mre.metrics.WLIF1` (1 when there are no pairs);
+    * TLI: macro-F1 over the classes that occur (gold or predicted), as torchmetrics'
+      `MulticlassF1Score(average="macro")`: per class 2tp / (2tp + fp + fn), absent classes left out.
+    """
+
+    a: np.ndarray  # [n, k]
+    b: np.ndarray  # [n, k]
+    level: Direction
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def f1(self, sums: np.ndarray) -> np.ndarray:
+        """[..., k] summed counts -> [...] F1."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.level is Direction.wli:
+                tp, denom = sums[..., 0], sums[..., 1] + sums[..., 2]
+                return np.where(denom > 0, 2 * tp / np.where(denom > 0, denom, 1), 1.0)
+            tp, fp, fn = np.split(sums, 3, axis=-1)
+            denom = 2 * tp + fp + fn
+            present = denom > 0
+            per_class = np.where(present, 2 * tp / np.where(present, denom, 1), 0.0)
+            return (per_class * present).sum(-1) / present.sum(-1)
+
+    def f1_a(self) -> float:
+        return float(self.f1(self.a.sum(0)))
+
+    def f1_b(self) -> float:
+        return float(self.f1(self.b.sum(0)))
+
+
+def pair_counts(
+    rows_a: list[dict], rows_b: list[dict], level: Direction, fmt: WLIFormat | None = None
+) -> PairCounts:
+    """The counts of two runs' aligned prediction rows (see `align_predictions`)."""
+    level = Direction(str(level))
+    ga, pa = [str(r["gold"]) for r in rows_a], [str(r["prediction"]) for r in rows_a]
+    gb, pb = [str(r["gold"]) for r in rows_b], [str(r["prediction"]) for r in rows_b]
+    if level is Direction.wli:
+        fmt = fmt or WLIFormat()
+        return PairCounts(_wli_counts(ga, pa, fmt), _wli_counts(gb, pb, fmt), level)
+    classes = sorted(set(ga) | set(pa) | set(gb) | set(pb))
+    return PairCounts(_tli_counts(ga, pa, classes), _tli_counts(gb, pb, classes), level)
 
 
 # --------------------------------------------------------------------------------------------------
-# paired bootstrap
+# comparisons over seeds and test samples
 # --------------------------------------------------------------------------------------------------
 
 
 @dataclass
-class PairedResult:
-    """F1 of A and B on the full test set, their difference B - A, its 95% percentile interval,
-    the two-sided bootstrap p-value (module docstring), n test samples and B resamples."""
+class Comparison:
+    """F1 of settings A and B, each the mean over seeds, and Δ = B - A with:
+
+    * `lo`, `hi`: 95% percentile interval of a hierarchical bootstrap (`hierarchical_diffs`): seeds
+      are resampled, then each drawn seed's test samples (the same resample scores A and B), so the
+      interval covers training noise as well as test-sample noise; with one seed it is the paired
+      bootstrap over test samples;
+    * `p`: a two-sided paired permutation test over seeds x samples (`permutation_p`): under "A and B
+      are exchangeable", each (seed, sample)'s two predictions are swapped at random;
+    * `p_adj`: `p` adjusted with Benjamini-Hochberg across the rows of a table (`adjust_bh`).
+    """
 
     f1_a: float
     f1_b: float
@@ -215,23 +227,97 @@ class PairedResult:
     lo: float
     hi: float
     p: float
-    n: int
+    n_seeds: int
+    n: int  # test samples per seed
     n_boot: int
+    n_perm: int
+    per_seed: list[tuple[float, float]]  # (F1 A, F1 B) of each seed
+    p_adj: float | None = None
 
-    def p_text(self) -> str:
-        if self.p == 0:
-            return f"<{1 / self.n_boot:.3g}"
-        return f"{self.p:.3g}"
+    def p_text(self, adjusted: bool = False) -> str:
+        """The p-value to 3 digits; at the floor of a random permutation test (2 / (n_perm + 1): the
+        observed arrangement counts as one of the permutations) it is shown as "≤ floor"."""
+        p = self.p_adj if adjusted else self.p
+        if p is None:
+            return "—"
+        floor = 2 / (self.n_perm + 1)
+        return f"≤{floor:.2g}" if p <= floor * (1 + 1e-9) else f"{p:.3g}"
 
 
-def paired_bootstrap(a: Scores, b: Scores, n_boot: int = 1000, seed: int = 0) -> PairedResult:
-    """Paired bootstrap of F1(b) - F1(a) over the same resampled test samples (aligned rows)."""
-    if len(a) != len(b):
-        raise MismatchedTestSetError(f"paired bootstrap: {len(a)} vs {len(b)} samples (align them first)")
-    n = len(a)
-    full = np.ones(n)
-    f_a, f_b = float(a.f1(full)), float(b.f1(full))
-    diffs = np.concatenate([b.f1(w) - a.f1(w) for w in resample_blocks(n, n_boot, seed)])
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    p = min(1.0, 2.0 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
-    return PairedResult(f_a, f_b, f_b - f_a, float(lo), float(hi), float(p), n, n_boot)
+def hierarchical_diffs(pairs: list[PairCounts], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """[n_boot] bootstrap replicates of the mean over seeds of F1(B) - F1(A): seeds drawn with
+    replacement, then each drawn seed's samples drawn with replacement (a fresh draw for every
+    occurrence of a seed)."""
+    rng = np.random.default_rng(seed)
+    n_seeds = len(pairs)
+    chosen = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    total = np.zeros(n_boot)
+    for s, pair in enumerate(pairs):
+        rows = np.nonzero(chosen == s)[0]  # one entry per occurrence of seed s
+        n = len(pair)
+        for start in range(0, len(rows), BLOCK):
+            part = rows[start : start + BLOCK]
+            w = rng.multinomial(n, np.full(n, 1.0 / n), size=len(part)).astype(np.float64)
+            np.add.at(total, part, pair.f1(w @ pair.b) - pair.f1(w @ pair.a))
+    return total / n_seeds
+
+
+def permutation_p(pairs: list[PairCounts], n_perm: int = 2000, seed: int = 0) -> float:
+    """Two-sided p-value of the mean F1 difference under random swaps of A and B within each
+    (seed, sample), by `scipy.stats.permutation_test` on sample indices into one table of counts."""
+    from scipy.stats import permutation_test
+
+    table = np.concatenate([*(p.a for p in pairs), *(p.b for p in pairs)])
+    sizes = [len(p) for p in pairs]
+    bounds = np.cumsum([0, *sizes])
+    n_total = int(bounds[-1])
+    f1 = pairs[0].f1
+
+    def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+        fa, fb = table[x], table[y]  # [..., N, k]
+        diffs = [
+            f1(fb[..., lo:hi, :].sum(-2)) - f1(fa[..., lo:hi, :].sum(-2))
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        return np.mean(diffs, axis=0)
+
+    x, y = np.arange(n_total), np.arange(n_total) + n_total
+    res = permutation_test(
+        (x, y),
+        statistic,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=n_perm,
+        alternative="two-sided",
+        batch=max(1, 2_000_000 // max(1, n_total * table.shape[1])),
+        random_state=seed,
+    )
+    return float(res.pvalue)
+
+
+def compare(pairs: list[PairCounts], n_boot: int = 1000, n_perm: int = 2000, seed: int = 0) -> Comparison:
+    """Seed-aware comparison of two settings (see `Comparison`); `pairs` holds one `PairCounts` per
+    seed, each on that seed's test samples."""
+    if not pairs:
+        raise ValueError("compare needs at least one pair of runs")
+    if len({len(p) for p in pairs}) > 1:
+        raise MismatchedTestSetError(
+            f"the seeds were evaluated on different numbers of samples: {[len(p) for p in pairs]}"
+        )
+    per_seed = [(p.f1_a(), p.f1_b()) for p in pairs]
+    f1_a = float(np.mean([a for a, _ in per_seed]))
+    f1_b = float(np.mean([b for _, b in per_seed]))
+    lo, hi = np.percentile(hierarchical_diffs(pairs, n_boot, seed), [2.5, 97.5])
+    return Comparison(
+        f1_a, f1_b, f1_b - f1_a, float(lo), float(hi), permutation_p(pairs, n_perm, seed), len(pairs),
+        len(pairs[0]), n_boot, n_perm, per_seed,
+    )  # fmt: skip
+
+
+def adjust_bh(comparisons: list[Comparison]) -> None:
+    """Benjamini-Hochberg adjusted p-values across the comparisons of one table (`p_adj`)."""
+    from scipy.stats import false_discovery_control
+
+    if comparisons:
+        for c, q in zip(comparisons, false_discovery_control([c.p for c in comparisons]), strict=True):
+            c.p_adj = float(q)

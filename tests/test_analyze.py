@@ -1,5 +1,6 @@
 """analyze.py: flow of a trained run (files, resume after a kill), a base model, and a sweep's tables,
-paired bootstrap intervals, report, missing runs and mismatched test sets; the experiment configs."""
+seed-aware intervals, report, missing runs, mismatched test sets and the known-answer check; the
+experiment configs. The statistics themselves: tests/test_stats.py."""
 
 from __future__ import annotations
 
@@ -21,15 +22,10 @@ from mre.analysis import AnalysisError, analyze
 from mre.config import compose
 from mre.flow.files import summarize, write_layers
 from mre.results import read_jsonl, write_jsonl
-from mre.stats import (
-    MismatchedTestSetError,
-    TLIScores,
-    WLIScores,
-    align_predictions,
-    bootstrap_layer_means,
-    paired_bootstrap,
-)
+from mre.setting import Direction
+from mre.stats import MismatchedTestSetError, pair_counts
 from tests.conftest import REPO
+from tests.test_stats import tli_rows
 from tests.test_train import SMALL
 
 # the sweep every sweep test reads: text -> TLI vs text + WLI -> TLI, 1 epoch, tiny model
@@ -139,7 +135,7 @@ def test_sweep_cli_builds_tables_figure_and_report(sweep):
     report = (an / "report.md").read_text()
     assert "## Table 3: TLI F1, text only vs text + WLI" in report
     assert "![flow_grid_tli](flow_grid_tli.png)" in report
-    assert "paired bootstrap" in report and "## Runs" in report
+    assert "hierarchical bootstrap" in report and "p (BH)" in report and "## Runs" in report
     for run in sweep.iterdir():
         if run.is_dir() and run.name != "analysis":
             assert f"(<../{run.name}/.hydra/config.yaml>)" in report  # every run's config linked
@@ -154,7 +150,7 @@ def test_missing_runs_are_listed_and_tables_use_the_finished_ones(sweep, tmp_pat
     res = analyze_sweep(s)
     assert [r.name for r in res["unfinished"]] == [_run(s, True).name]
     row = res["tables"]["table3_tli"].rows[0]
-    assert row.f1_a is not None and row.f1_b is None and row.paired is None
+    assert row.f1_a is not None and row.f1_b is None and row.comparison is None
     assert "not finished" in row.note
     report = (s / "analysis" / "report.md").read_text()
     assert "## Missing runs" in report and "no metrics.json" in report
@@ -193,7 +189,7 @@ def test_mismatched_test_ids_are_refused(sweep, tmp_path):
     assert "some-other-sample" in str(e.value) and "run #" in str(e.value)
     res = analyze_sweep(s, opts=SweepOptions(on_mismatch="skip"))
     row = res["tables"]["table3_tli"].rows[0]
-    assert row.refused and row.paired is None
+    assert row.refused and row.comparison is None
     assert "**refused**" in (s / "analysis" / "report.md").read_text()
 
 
@@ -367,119 +363,26 @@ def test_base_model_config_mode(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
-# statistics
-# --------------------------------------------------------------------------------------------------
-
-
-def _tli_rows(correct: np.ndarray, seed: int = 0) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    labels = ["Music", "Sports", "Travel", "Technology"]
-    rows = []
-    for i, ok in enumerate(correct):
-        gold = labels[i % 4]
-        pred = gold if ok else labels[(i + 1 + rng.integers(3)) % 4]
-        rows.append({"id": f"s{i:03d}", "gold": gold, "prediction": pred})
-    return rows
-
-
-def test_paired_bootstrap_identical_runs():
-    rows = _tli_rows(np.random.default_rng(1).random(200) < 0.6)
-    a, b = align_predictions(rows, [dict(r) for r in reversed(rows)])
-    res = paired_bootstrap(
-        TLIScores([r["gold"] for r in a], [r["prediction"] for r in a]),
-        TLIScores([r["gold"] for r in b], [r["prediction"] for r in b]),
-        n_boot=500,
-        seed=3,
-    )
-    assert res.diff == 0 and res.lo == 0 and res.hi == 0 and res.p == 1
-
-
-def test_paired_bootstrap_clearly_better_run_excludes_zero():
-    rng = np.random.default_rng(2)
-    worse = _tli_rows(rng.random(300) < 0.4)
-    better = _tli_rows(rng.random(300) < 0.9)
-    a = TLIScores([r["gold"] for r in worse], [r["prediction"] for r in worse])
-    b = TLIScores([r["gold"] for r in better], [r["prediction"] for r in better])
-    res = paired_bootstrap(a, b, n_boot=1000, seed=0)
-    assert res.lo > 0 and res.diff > 0.3 and res.p < 0.01 and res.p_text() == "<0.001"
-    assert paired_bootstrap(a, b, n_boot=1000, seed=0) == res  # seeded
-    rev = paired_bootstrap(b, a, n_boot=1000, seed=0)
-    assert rev.hi < 0 and rev.diff == pytest.approx(-res.diff)
-
-
-def test_f1_matches_the_training_metrics():
-    import torch
-    from torchmetrics.classification import MulticlassF1Score
-
-    from mre.data.wli_format import WLIFormat
-    from mre.metrics import WLIF1
-
-    rng = np.random.default_rng(0)
-    g = rng.integers(0, 5, 97)
-    p = np.where(rng.random(97) < 0.5, g, rng.integers(0, 4, 97))  # class 4 is never predicted
-    ref = MulticlassF1Score(num_classes=6, average="macro")(torch.tensor(p), torch.tensor(g))
-    ours = TLIScores([str(x) for x in g], [str(x) for x in p]).f1(np.ones(97))
-    assert ours == pytest.approx(float(ref), abs=1e-6)
-
-    fmt = WLIFormat()
-    golds = ["person:Ann;location:Rome", "none", "work:Abba", "event:Cup;event:Cup"]
-    preds = ["person:Ann", "food:Tea", "none", "event:Cup;broken"]
-    metric = WLIF1(["person", "location", "work", "event", "food"])
-    metric.update([fmt.parse(x) for x in preds], [fmt.parse(x) for x in golds])
-    assert WLIScores(golds, preds, fmt).f1(np.ones(4)) == pytest.approx(
-        float(metric.compute()["f1"]), abs=1e-6
-    )
-
-
-def test_align_refuses_different_gold_and_duplicate_ids():
-    rows = _tli_rows(np.ones(5, bool))
-    other = [dict(r) for r in rows]
-    other[2]["gold"] = "Food"
-    with pytest.raises(MismatchedTestSetError, match="different gold"):
-        align_predictions(rows, other)
-    with pytest.raises(MismatchedTestSetError, match="more than once"):
-        align_predictions(rows, [*rows, rows[0]])
-
-
-def test_layer_bootstrap_is_seeded_and_handles_undefined_samples():
-    rng = np.random.default_rng(0)
-    v = rng.random((50, 3))
-    v[:10, 2] = np.nan  # e.g. samples without an anchor
-    a = bootstrap_layer_means(v, n_boot=300, seed=7)
-    b = bootstrap_layer_means(v, n_boot=300, seed=7)
-    assert np.array_equal(a.lo, b.lo) and np.array_equal(a.hi, b.hi)
-    assert list(a.n) == [50, 50, 40]
-    assert a.mean[2] == pytest.approx(np.nanmean(v[:, 2]))
-    assert np.all(a.lo <= a.mean) and np.all(a.mean <= a.hi)
-
-
-# --------------------------------------------------------------------------------------------------
 # the known-answer check on a hand-made sweep (planted gains, no training)
 # --------------------------------------------------------------------------------------------------
 
 
-def _fake_run(root: Path, k: int, level: float, anchor: bool, acc: float, n: int = 400, *extra: str) -> None:
-    cfg = compose(
-        [
-            "experiment=demo_known_effect",
-            f"dataset.synthetic.wli_helps_tli={level}",
-            f"with_anchor={anchor}",
-            *extra,
-        ]
-    )
-    run = root / f"{k}_level={level},with_anchor={anchor}"
+def _fake_run(
+    root: Path, k: int, level: float, anchor: bool, acc: float, n: int = 400, *extra: str, seed: int = 42
+) -> None:
+    """A finished run directory with the demo's config and predictions of accuracy `acc`."""
+    overrides = [f"dataset.synthetic.wli_helps_tli={level}", f"with_anchor={anchor}", f"seed={seed}"]
+    cfg = compose(["experiment=demo_known_effect", *overrides, *extra])
+    run = root / f"{k}_level={level},with_anchor={anchor},seed={seed}"
     (run / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    OmegaConf.save(
-        OmegaConf.create([f"dataset.synthetic.wli_helps_tli={level}", f"with_anchor={anchor}"]),
-        run / ".hydra" / "overrides.yaml",
-    )
-    rows = _tli_rows(np.random.default_rng(k).random(n) < acc)
+    OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
+    rows = tli_rows(np.random.default_rng(k).random(n) < acc, k)
     write_jsonl(
         run / "predictions.jsonl",
         [{**r, "prompt": "", "correct": r["gold"] == r["prediction"]} for r in rows],
     )
-    f1 = float(TLIScores([r["gold"] for r in rows], [r["prediction"] for r in rows]).f1(np.ones(n)))
+    f1 = pair_counts(rows, rows, Direction.tli).f1_a()
     (run / "metrics.json").write_text(json.dumps({"test/f1": f1}))
     if anchor:  # the callback's last epoch file, with S_pq growing with the level
         values = {
@@ -490,37 +393,53 @@ def _fake_run(root: Path, k: int, level: float, anchor: bool, acc: float, n: int
         write_layers(summarize(values, n_boot=20, seed=0), run / "flow" / "epoch_3.csv")
 
 
-def test_known_effect_section(tmp_path):
+def _known_effect_sweep(root: Path, seeds: tuple[int, ...]) -> None:
+    """Levels 0, 0.5, 1: the anchor adds 0.4 x level to the accuracy, and every (seed, setting) gets
+    its own training noise (about 0.03), as real seeds do."""
+    noise = np.random.default_rng(99)
+    k = 0
+    for level in (0.0, 0.5, 1.0):
+        for seed in seeds:
+            for anchor in (False, True):
+                acc = 0.5 + 0.4 * level * anchor + noise.normal(0, 0.03)
+                _fake_run(root, k, level, anchor, acc, 400, seed=seed)
+                k += 1
+
+
+def test_known_effect_passes_with_three_seeds(tmp_path):
     from mre.analysis.report import analyze_sweep
 
     root = tmp_path / "ke"
-    for k, (level, anchor, acc) in enumerate(
-        [
-            (0.0, False, 0.5),
-            (0.0, True, 0.5),
-            (0.5, False, 0.5),
-            (0.5, True, 0.7),
-            (1.0, False, 0.5),
-            (1.0, True, 0.9),
-        ]
-    ):
-        _fake_run(root, k, level, anchor, acc)
+    _known_effect_sweep(root, (42, 1, 2))
     res = analyze_sweep(root)
     t = res["tables"]["table3_tli"]
     assert t.label_keys == [
         "dataset.name",
         "dataset.synthetic.tli_helps_wli",
         "dataset.synthetic.wli_helps_tli",
-    ]
-    assert len(t.rows) == 3 and all(r.paired is not None for r in t.rows)
+    ]  # seeds are pooled, not a column
+    assert len(t.rows) == 3 and all(r.comparison.n_seeds == 3 for r in t.rows)
+    assert all(r.comparison.p_adj >= r.comparison.p for r in t.rows)
     ke = res["known_effect"]["table3_tli"]
-    levels = [lv for lv, _ in ke["levels"]]
-    assert levels == [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
-    assert ke["checks"]["interval at the strongest level above 0"]
-    assert ke["recovered"] == all(ke["checks"].values())
+    assert [lv for lv, _ in ke["levels"]] == [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
+    assert ke["recovered"] and all(ke["checks"].values()), ke["checks"]
     assert ke["s_pq_trend"] == "increasing"
     report = (root / "analysis" / "report.md").read_text()
-    assert "Known-answer check" in report and "Verdict" in report
+    assert "Known-answer check" in report and "Verdict: **PASS**" in report
+    seeds = read_csv(root / "analysis" / "table3_tli_seeds.csv")
+    assert len(seeds) == 9 and {r["seed"] for r in seeds} == {"42", "1", "2"}
+    assert read_csv(root / "analysis" / "table3_tli.csv")[0]["n_seeds"] == "3"
+
+
+def test_known_effect_fails_with_one_seed(tmp_path):
+    """One seed measures no training noise: the check refuses to pass, whatever the gains."""
+    from mre.analysis.report import analyze_sweep
+
+    root = tmp_path / "ke1"
+    _known_effect_sweep(root, (42,))
+    ke = analyze_sweep(root)["known_effect"]["table3_tli"]
+    assert not ke["recovered"] and not ke["checks"]["at least 3 seeds per level"]
+    assert "Verdict: **FAIL**" in (root / "analysis" / "report.md").read_text()
 
 
 def test_rows_are_labelled_by_the_settings_that_vary(tmp_path):
@@ -535,4 +454,4 @@ def test_rows_are_labelled_by_the_settings_that_vary(tmp_path):
     t = analyze_sweep(root)["tables"]["table3_tli"]
     assert t.label_keys == ["dataset.name", "model.name"]  # not every model.* key the choice sets
     assert [r.labels["model.name"] for r in t.rows] == ["tiny_llama", "tiny_qwen2"]
-    assert all(r.paired is not None and r.paired.diff > 0 for r in t.rows)
+    assert all(r.comparison is not None and r.comparison.diff > 0 for r in t.rows)

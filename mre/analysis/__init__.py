@@ -6,8 +6,9 @@ Three modes (conf/analyze.yaml, schema `mre.config.AnalyzeConfig`):
   -> `<run_dir>/analysis/` (`mre.analysis.flow_run`);
 * `python analyze.py model=tiny_llama dataset=... direction=... with_anchor=...`: the same for an
   untrained base model -> the Hydra run directory (`outputs/analysis/...`);
-* `python analyze.py sweep_dir=<a multirun directory>`: Tables 2-4 with paired bootstrap
-  intervals, flow grids and `report.md` -> `<sweep_dir>/analysis/` (`mre.analysis.report`).
+* `python analyze.py sweep_dir=<a multirun directory>`: Tables 2-4 with seed-aware
+  intervals and adjusted p-values, flow grids and
+  `report.md` -> `<sweep_dir>/analysis/` (`mre.analysis.report`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The sweep analysis: tables (Markdown + CSV), flow grids and `analysis/report.md` of a multirun.
 
-``analyze_sweep`` reads the runs (``mre.analysis.sweep``), builds the paper's tables with paired
-bootstrap intervals, draws one flow panel per data set (and per other varying setting) for each
-direction, as the paper's Figures 4 and 5, and writes ``report.md`` with relative links to every
-run's directory and config, so the report reads on GitHub next to the runs.
+``analyze_sweep`` reads the runs (``mre.analysis.sweep``), builds the paper's tables with seed-aware
+intervals and adjusted p-values (``mre.stats``), draws one flow panel per data set (and per other
+varying setting) for each direction, as the paper's Figures 4 and 5, and writes ``report.md`` with
+relative links to every run's directory and config, so the report reads on GitHub next to the runs.
 """
 
 from __future__ import annotations
@@ -76,23 +76,33 @@ def _label_header(key: str) -> str:
 def table_columns(t: Table) -> list[str]:
     s = t.study
     cols = [_label_header(k) for k in t.label_keys]
-    cols += [s.label_a, s.label_b, "Δ", "95% CI", "p", "n"]
+    cols += [s.label_a, s.label_b, "Δ", "95% CI", "p", "p (BH)", "seeds", "n"]
     if s.key != "table4_kv":
         cols.append(f"S_pq ({s.label_b})")
     return [*cols, "runs", "note"]
 
 
+def _pairs_links(row: Row, prefix: str | None) -> str:
+    return ", ".join(f"{_link(p.a, prefix)} vs {_link(p.b, prefix)}" for p in row.pairs)
+
+
 def _row_cells(t: Table, row: Row, link_prefix: str | None) -> list[str]:
     cells = [_cell(row.labels[k]) for k in t.label_keys]
-    p = row.paired
+    c = row.comparison
     cells += [_num(row.f1_a), _num(row.f1_b), _signed(row.diff)]
-    if p is not None:
-        cells += [f"[{p.lo:+.4f}, {p.hi:+.4f}]", p.p_text(), str(p.n)]
+    if c is not None:
+        cells += [
+            f"[{c.lo:+.4f}, {c.hi:+.4f}]",
+            c.p_text(),
+            c.p_text(adjusted=True),
+            str(c.n_seeds),
+            str(c.n),
+        ]
     else:
-        cells += ["—", "—", "—"]
+        cells += ["—"] * 5
     if t.study.key != "table4_kv":
         cells.append(_sig(row.s_pq))
-    cells.append(f"{_link(row.a, link_prefix)} vs {_link(row.b, link_prefix)}")
+    cells.append(_pairs_links(row, link_prefix))
     note = row.note
     if row.refused:
         note = f"**refused**: {row.refused}" + (f"; {note}" if note else "")
@@ -109,48 +119,57 @@ def table_markdown(t: Table, link_prefix: str | None = "..") -> str:
     return "\n".join(lines)
 
 
+def _blank(x: Any) -> Any:
+    return "" if x is None else x
+
+
 def write_table_csv(t: Table, path: Path) -> Path:
+    """One line per row: means over seeds, Δ, interval, p, BH-adjusted p, seeds, flow strength."""
     s = t.study
-    cols = [
-        *t.label_keys,
-        "f1_a",
-        "f1_b",
-        "diff",
-        "ci_lo",
-        "ci_hi",
-        "p",
-        "n",
-        "n_boot",
-        "s_pq_b",
-        "s_pq_ww_b",
-    ]
-    cols += ["setting_a", "setting_b", "run_a", "run_b", "flow_source_b", "note"]
+    cols = [*t.label_keys, "f1_a", "f1_b", "diff", "ci_lo", "ci_hi", "p", "p_bh", "n_seeds", "n"]
+    cols += ["n_boot", "n_perm", "s_pq_b", "s_pq_ww_b", "setting_a", "setting_b", "runs_a", "runs_b"]
+    cols += ["flow_source_b", "note"]
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cols)
         for row in t.rows:
-            p = row.paired
+            c = row.comparison
+            stats = [c.lo, c.hi, c.p, _blank(c.p_adj), c.n_seeds, c.n, c.n_boot, c.n_perm] if c else [""] * 8
             w.writerow(
                 [
                     *[row.labels[k] for k in t.label_keys],
-                    row.f1_a,
-                    row.f1_b,
-                    row.diff,
-                    p.lo if p else "",
-                    p.hi if p else "",
-                    p.p if p else "",
-                    p.n if p else "",
-                    p.n_boot if p else "",
-                    "" if row.s_pq is None else row.s_pq,
-                    "" if row.s_pq_ratio is None else row.s_pq_ratio,
+                    _blank(row.f1_a),
+                    _blank(row.f1_b),
+                    _blank(row.diff),
+                    *stats,
+                    _blank(row.s_pq),
+                    _blank(row.s_pq_ratio),
                     s.label_a,
                     s.label_b,
-                    row.a.name if row.a else "",
-                    row.b.name if row.b else "",
+                    " ".join(r.name for r in row.runs("a")),
+                    " ".join(r.name for r in row.runs("b")),
                     row.flow_source or "",
                     (f"refused: {row.refused}; " if row.refused else "") + row.note,
                 ]
             )
+    return path
+
+
+def write_seeds_csv(t: Table, path: Path) -> Path:
+    """One line per row and training seed: that seed's two runs and their `test/f1` (metrics.json), so
+    the seed-to-seed spread behind a row's interval can be read off."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow([*t.label_keys, "seed", "f1_a", "f1_b", "diff", "run_a", "run_b"])
+        for row in t.rows:
+            for p in row.pairs:
+                fa = p.a.f1 if p.a is not None and p.a.finished else None
+                fb = p.b.f1 if p.b is not None and p.b.finished else None
+                diff = fb - fa if fa is not None and fb is not None else None
+                w.writerow(
+                    [*[row.labels[k] for k in t.label_keys], p.seed, _blank(fa), _blank(fb), _blank(diff),
+                     p.a.name if p.a else "", p.b.name if p.b else ""]
+                )  # fmt: skip
     return path
 
 
@@ -166,16 +185,20 @@ def _row_title(t: Table, row: Row) -> str:
 
 
 def plot_flow_grid(t: Table, path: Path) -> Path | None:
-    """One panel per row (data set and varying settings): the with-anchor run's flow curves."""
+    """One panel per row (data set and varying settings): the flow curves of the row's first seed
+    whose with-anchor run has flow (the other seeds' curves are in their own run directories)."""
     panels = []
     for row in t.rows:
-        if row.b is None or not row.b.finished:
+        found = next(
+            ((p, f) for p in row.pairs if p.b is not None and p.b.finished and (f := run_flow(p.b)) and f[1]),
+            None,
+        )
+        if found is None:
             continue
-        found = run_flow(row.b)
-        if found is None or not found[1]:
-            continue
-        f1 = f"F1 {row.f1_b:.3f}" if row.f1_b is not None else ""
-        panels.append((f"{_row_title(t, row)}\n{t.study.label_b} {f1}", found[1]))
+        pair, (_, stats) = found
+        f1 = f", F1 {pair.b.f1:.3f}" if pair.b.f1 is not None else ""
+        seed = f" (seed {pair.seed}{f1})" if len(row.pairs) > 1 else f1.replace(", ", " ")
+        panels.append((f"{_row_title(t, row)}\n{t.study.label_b}{seed}", stats))
     if not panels:
         return None
     return plot_grid(panels, path, f"information flow, {t.study.label_b} ({t.study.kind.upper()} output)")
@@ -185,11 +208,14 @@ def plot_flow_grid(t: Table, path: Path) -> Path | None:
 # report.md
 # --------------------------------------------------------------------------------------------------
 
-BOOTSTRAP_NOTE = (
-    "Δ = F1({b}) − F1({a}) on the same test samples. 95% CI: paired bootstrap, {n_boot} resamples of "
-    "the test ids (the same resample scores both runs), percentile interval. p: two-sided bootstrap "
-    "p-value, 2 · min(share of resampled Δ ≤ 0, share ≥ 0), capped at 1. F1 is recomputed from each "
-    "run's `predictions.jsonl` ({metric})."
+STATS_NOTE = (
+    "{a} and {b}: F1 averaged over the training seeds (runs that differ only in `seed`); Δ = F1({b}) − "
+    "F1({a}) on the same test samples. 95% CI: hierarchical bootstrap, {n_boot} resamples: the seeds are "
+    "resampled, then each drawn seed's test samples (the same resample scores both settings), percentile "
+    "interval; with one seed it covers test-sample noise only, which is often smaller than the "
+    "seed-to-seed spread (`{key}_seeds.csv`). p: two-sided paired permutation test, {n_perm} random "
+    "swaps of the two settings' predictions within each (seed, test sample). p (BH): Benjamini–Hochberg "
+    "adjusted across this table's rows. F1 is recomputed from each run's `predictions.jsonl` ({metric})."
 )
 
 
@@ -203,33 +229,33 @@ def _known_effect_md(ke: dict[str, Any], t: Table) -> str:
         f"### Known-answer check ({t.study.key}): planted mutual reinforcement",
         "",
         "The synthetic generator plants the effect with a tunable strength; the gain of "
-        f"*{t.study.label_b}* over *{t.study.label_a}* should not be positive at strength 0 (the anchor then "
-        "carries no information) and should grow with the strength. The intervals cover test-sample noise, "
-        "not training noise (add seeds for that).",
+        f"*{t.study.label_b}* over *{t.study.label_a}* should be indistinguishable from 0 at strength 0 (the "
+        "anchor then carries no information) and should grow with the strength. Intervals and p-values are "
+        f"seed-aware (at least {ke['min_seeds']} seeds per level are required).",
         "",
         "| "
         + " | ".join(_label_header(k) for k in keys)
-        + f" | {t.study.label_a} | {t.study.label_b} | gain Δ F1 | 95% CI | p "
+        + f" | {t.study.label_a} | {t.study.label_b} | gain Δ F1 | 95% CI | p | p (BH) | seeds "
         + "| mean S_pq | mean S_pq / mean S_ww |",
-        "|" + "---|" * (len(keys) + 7),
+        "|" + "---|" * (len(keys) + 9),
     ]
     for level, row in ke["levels"]:
-        p = row.paired
+        c = row.comparison
         lines.append(
             "| "
             + " | ".join(f"{v:g}" for v in level)
-            + f" | {p.f1_a:.4f} | {p.f1_b:.4f} | {p.diff:+.4f} | [{p.lo:+.4f}, {p.hi:+.4f}] | {p.p_text()} "
-            + f"| {_sig(row.s_pq)} | {_sig(row.s_pq_ratio)} |"
+            + f" | {c.f1_a:.4f} | {c.f1_b:.4f} | {c.diff:+.4f} | [{c.lo:+.4f}, {c.hi:+.4f}] | {c.p_text()} "
+            + f"| {c.p_text(adjusted=True)} | {c.n_seeds} | {_sig(row.s_pq)} | {_sig(row.s_pq_ratio)} |"
         )
     lines += [
         "",
-        "S_pq: the with-anchor run's anchor → target flow averaged over layers; the ratio to S_ww (all other "
-        "pairs) removes the loss scale (saliency shrinks as the model grows confident).",
+        "S_pq: the with-anchor runs' anchor → target flow averaged over layers and seeds; the ratio to S_ww "
+        "(all other pairs) removes the loss scale (saliency shrinks as the model grows confident).",
     ]
     lines += ["", "Checks:", ""]
     lines += [f"- {'✅' if ok else '❌'} {name}" for name, ok in ke["checks"].items()]
-    verdict = "**recovered**" if ke["recovered"] else "**not recovered**"
-    lines += ["", f"Verdict: the planted effect is {verdict} by this sweep."]
+    verdict = "**PASS**: the planted effect is recovered" if ke["recovered"] else "**FAIL**: not recovered"
+    lines += ["", f"Verdict: {verdict} by this sweep."]
     if ke["s_pq_trend"]:
         lines.append(
             f"From no to strong reinforcement, mean S_pq is {ke['s_pq_trend']} and S_pq / S_ww is "
@@ -320,8 +346,17 @@ def write_report(
         s = t.study
         md += [f"## {s.title}", "", table_markdown(t), ""]
         md += [
-            BOOTSTRAP_NOTE.format(a=s.label_a, b=s.label_b, n_boot=opts.n_boot, metric=_metric_text(s.kind)),
-            f"Files: [{s.key}.md]({s.key}.md), [{s.key}.csv]({s.key}.csv).",
+            STATS_NOTE.format(
+                a=s.label_a,
+                b=s.label_b,
+                key=s.key,
+                n_boot=opts.n_boot,
+                n_perm=opts.n_perm,
+                metric=_metric_text(s.kind),
+            ),
+            "Files: "
+            + ", ".join(f"[{f}]({f})" for f in (f"{s.key}.md", f"{s.key}.csv", f"{s.key}_seeds.csv"))
+            + ".",
             "",
         ]
         if any(r.refused for r in t.rows):
@@ -390,7 +425,11 @@ def analyze_sweep(
         (out_dir / f"{study.key}.md").write_text(
             f"# {study.title}\n\n{table_markdown(t)}\n", encoding="utf-8"
         )
-        files += [out_dir / f"{study.key}.md", write_table_csv(t, out_dir / f"{study.key}.csv")]
+        files += [
+            out_dir / f"{study.key}.md",
+            write_table_csv(t, out_dir / f"{study.key}.csv"),
+            write_seeds_csv(t, out_dir / f"{study.key}_seeds.csv"),
+        ]
         if study.key != "table4_kv":
             fig = plot_flow_grid(t, out_dir / f"flow_grid_{study.kind}.png")
             if fig is not None:
@@ -398,6 +437,8 @@ def analyze_sweep(
         ke = known_effect(t)
         if ke is not None:
             known[study.key] = ke
+            verdict = "PASS" if ke["recovered"] else "FAIL"
+            console.print(f"known-answer check ({study.key}): {verdict}", style="bold", markup=False)
         console.print(f"\n{study.title}", style="bold", markup=False)
         console.print(table_markdown(t, link_prefix=None), markup=False, highlight=False, soft_wrap=True)
     report = write_report(sweep_dir, out_dir, runs, missing, tables, figures, known, opts)

@@ -12,10 +12,11 @@ text only vs text + WLI) and Table 4 (few-shot F1: manual verbalizer vs knowledg
 Two runs are paired when their configs are equal except for the compared setting (``with_anchor``,
 or the ``verbalizer`` node) and the keys that do not change the result (``sweep.ignore_keys``: paths,
 loggers, callbacks, device placement). Keys other than the data set that vary between pairs (a model,
-a seed, the synthetic generator's strengths) become extra label columns. Each pair gets a paired
-bootstrap of its F1 difference on the same test ids (``mre.analysis.stats``); two runs with different
-test ids are refused (``MismatchedTestSetError``), or, with ``sweep.on_mismatch=skip``, reported as
-refused in their row.
+the synthetic generator's strengths) become extra label columns; runs that differ only in ``seed`` are
+one row. Each row gets a seed-aware comparison of its F1 difference on the same test ids
+(``mre.stats.compare``: hierarchical bootstrap interval, paired permutation test, Benjamini-Hochberg
+across the table); two runs with different test ids are refused (``MismatchedTestSetError``), or,
+with ``sweep.on_mismatch=skip``, reported as refused in their row.
 """
 
 from __future__ import annotations
@@ -39,12 +40,14 @@ from mre.results import read_jsonl
 from mre.rundir import ANALYSIS, CHECKPOINTS, FLOW, METRICS, OVERRIDES, PREDICTIONS
 from mre.setting import Direction, Setting
 from mre.stats import (
+    Comparison,
     LayerStats,
     MismatchedTestSetError,
-    PairedResult,
+    PairCounts,
+    adjust_bh,
     align_predictions,
-    paired_bootstrap,
-    scores_from_rows,
+    compare,
+    pair_counts,
 )
 
 log = logging.getLogger(__name__)
@@ -253,36 +256,58 @@ STUDIES = [
 
 
 @dataclass
-class Row:
-    labels: dict[str, Any]  # dataset.name and the varying keys
+class SeedPair:
+    """The two runs of one training seed in a comparison (None: missing or unfinished)."""
+
+    seed: Any
     a: Run | None
     b: Run | None
-    paired: PairedResult | None = None
+
+
+@dataclass
+class Row:
+    labels: dict[str, Any]  # dataset.name and the varying keys (never the seed: seeds are pooled)
+    pairs: list[SeedPair]
+    comparison: Comparison | None = None
     note: str = ""
-    s_pq: float | None = None  # mean over layers of the with-anchor (b) run's S_pq
+    s_pq: float | None = None  # mean over layers (and seeds) of the b runs' S_pq
     s_pq_ratio: float | None = None  # that mean over the mean S_ww (the reference level): free of loss scale
     flow_source: str | None = None
     refused: str | None = None  # why the pair was refused (sweep.on_mismatch=skip)
 
     @property
+    def complete(self) -> list[SeedPair]:
+        """The seeds whose two runs both finished."""
+        return [
+            p for p in self.pairs if p.a is not None and p.a.finished and p.b is not None and p.b.finished
+        ]
+
+    def _mean_f1(self, side: str) -> float | None:
+        values = [
+            getattr(p, side).f1
+            for p in self.pairs
+            if getattr(p, side) is not None and getattr(p, side).finished
+        ]
+        return float(np.mean(values)) if values else None
+
+    @property
     def f1_a(self) -> float | None:
-        if self.paired:
-            return self.paired.f1_a
-        return self.a.f1 if self.a and self.a.finished else None
+        return self.comparison.f1_a if self.comparison else self._mean_f1("a")
 
     @property
     def f1_b(self) -> float | None:
-        if self.paired:
-            return self.paired.f1_b
-        return self.b.f1 if self.b and self.b.finished else None
+        return self.comparison.f1_b if self.comparison else self._mean_f1("b")
 
     @property
     def diff(self) -> float | None:
-        if self.paired:
-            return self.paired.diff
+        if self.comparison:
+            return self.comparison.diff
         if self.f1_a is None or self.f1_b is None or self.refused:
             return None
         return self.f1_b - self.f1_a
+
+    def runs(self, side: str) -> list[Run]:
+        return [getattr(p, side) for p in self.pairs if getattr(p, side) is not None]
 
 
 @dataclass
@@ -327,11 +352,41 @@ def _natural(v: Any) -> tuple:
         return (1, 0.0, str(v))
 
 
+def _latest_finished(runs: list[Run]) -> Run | None:
+    fin = [r for r in runs if r.finished]
+    return max(fin, key=lambda r: (r.path / METRICS).stat().st_mtime) if fin else None
+
+
+def _seed_pairs(study: Study, group: list[Run]) -> tuple[list[SeedPair], list[str]]:
+    """The group's runs paired by training seed, and notes on what is missing."""
+    by_seed: dict[Any, dict[str, list[Run]]] = {}
+    for r in group:
+        by_seed.setdefault(r.get("seed"), {"a": [], "b": []})[study.side(r)].append(r)
+    pairs, notes = [], []
+    for seed in sorted(by_seed, key=_natural):
+        sides = by_seed[seed]
+        chosen = {}
+        for s, rs in sides.items():
+            label = study.label_a if s == "a" else study.label_b
+            chosen[s] = _latest_finished(rs)
+            if not rs:
+                notes.append(f"no {label} run (seed {seed})")
+            elif chosen[s] is None:
+                notes.append(f"{label} (seed {seed}): run #{rs[0].index} not finished")
+            elif sum(r.finished for r in rs) > 1:
+                notes.append(
+                    f"{label} (seed {seed}): several finished runs; used #{chosen[s].index} (the latest)"
+                )
+        pairs.append(SeedPair(seed, chosen["a"], chosen["b"]))
+    return pairs, notes
+
+
 def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | None:
+    """The study's rows: runs grouped by every setting but the compared one and the seed."""
     members = [r for r in runs if r.cfg is not None and study.select(r) and study.side(r) is not None]
     if not members:
         return None
-    ignore = [*opts.ignore_keys, *study.compare]
+    ignore = [*opts.ignore_keys, *study.compare, "seed"]
     groups: dict[frozenset, list[Run]] = {}
     for r in members:
         base = frozenset((k, v) for k, v in r.flat.items() if not _ignored(k, ignore))
@@ -340,24 +395,8 @@ def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | No
     rows = []
     for base, group in groups.items():
         d = dict(base)
-        labels = {k: d.get(k) for k in label_keys}
-        sides: dict[str, list[Run]] = {"a": [], "b": []}
-        for r in group:
-            sides[study.side(r)].append(r)
-        notes = []
-        chosen = {}
-        for s, rs in sides.items():
-            fin = [r for r in rs if r.finished]
-            pick = max(fin, key=lambda r: (r.path / METRICS).stat().st_mtime) if fin else None
-            label = study.label_a if s == "a" else study.label_b
-            if pick is None and rs:
-                notes.append(f"{label}: run #{rs[0].index} not finished")
-            elif not rs:
-                notes.append(f"no {label} run")
-            if len(fin) > 1:
-                notes.append(f"{len(fin)} finished runs for one setting; used #{pick.index} (the latest)")
-            chosen[s] = pick
-        rows.append(Row(labels, chosen["a"], chosen["b"], note="; ".join(notes)))
+        pairs, notes = _seed_pairs(study, group)
+        rows.append(Row({k: d.get(k) for k in label_keys}, pairs, note="; ".join(notes)))
     rows.sort(key=lambda row: tuple(_natural(row.labels[k]) for k in label_keys))
     return Table(study, label_keys, rows)
 
@@ -370,39 +409,49 @@ def _wli_format(run: Run) -> WLIFormat:
     )
 
 
+def _pair_counts(table: Table, pair: SeedPair) -> PairCounts:
+    ra, rb = align_predictions(
+        read_jsonl(pair.a.path / PREDICTIONS),
+        read_jsonl(pair.b.path / PREDICTIONS),
+        f"run #{pair.a.index} ({pair.a.name})",
+        f"run #{pair.b.index} ({pair.b.name})",
+    )
+    counts = pair_counts(ra, rb, table.study.kind, _wli_format(pair.a))
+    for run, f in ((pair.a, counts.f1_a()), (pair.b, counts.f1_b())):
+        if run.f1 is not None and abs(run.f1 - f) > 1e-4:
+            log.warning(
+                "run #%d: F1 from predictions.jsonl (%.4f) differs from metrics.json test/f1 (%.4f)",
+                run.index,
+                f,
+                run.f1,
+            )
+    return counts
+
+
 def pair_rows(table: Table, opts: SweepOptions, seed: int) -> None:
-    """Paired bootstrap for every row with both runs finished and predictions present."""
+    """The seed-aware comparison of every row (over its seeds whose two runs finished with
+    predictions), then Benjamini-Hochberg adjusted p-values across the table's rows."""
     for row in table.rows:
-        if row.a is None or row.b is None:
-            continue
-        pa, pb = row.a.path / PREDICTIONS, row.b.path / PREDICTIONS
-        if not (pa.exists() and pb.exists()):
-            row.note = _join(row.note, "no predictions.jsonl: no paired interval")
+        pairs = [
+            p for p in row.complete if (p.a.path / PREDICTIONS).exists() and (p.b.path / PREDICTIONS).exists()
+        ]
+        if len(pairs) < len(row.complete):
+            row.note = _join(row.note, "a run has no predictions.jsonl: left out of the interval")
+        if not pairs:
             continue
         try:
-            ra, rb = align_predictions(
-                read_jsonl(pa),
-                read_jsonl(pb),
-                f"run #{row.a.index} ({row.a.name})",
-                f"run #{row.b.index} ({row.b.name})",
-            )
+            counts = [_pair_counts(table, p) for p in pairs]
+            if len({frozenset(r["id"] for r in read_jsonl(p.a.path / PREDICTIONS)) for p in pairs}) > 1:
+                raise MismatchedTestSetError(
+                    f"the seeds of row {row.labels} were evaluated on different test samples"
+                )
         except MismatchedTestSetError as e:
             if opts.on_mismatch == "skip":
                 row.refused = str(e)
                 continue
             raise
-        fmt = _wli_format(row.a)
-        sa = scores_from_rows(ra, table.study.kind, fmt)
-        sb = scores_from_rows(rb, table.study.kind, fmt)
-        row.paired = paired_bootstrap(sa, sb, n_boot=opts.n_boot, seed=seed)
-        for run, f in ((row.a, row.paired.f1_a), (row.b, row.paired.f1_b)):
-            if run.f1 is not None and abs(run.f1 - f) > 1e-4:
-                log.warning(
-                    "run #%d: F1 from predictions.jsonl (%.4f) differs from metrics.json test/f1 (%.4f)",
-                    run.index,
-                    f,
-                    run.f1,
-                )
+        row.comparison = compare(counts, n_boot=opts.n_boot, n_perm=opts.n_perm, seed=seed)
+    adjust_bh([row.comparison for row in table.rows if row.comparison is not None])
 
 
 def _join(a: str, b: str) -> str:
@@ -435,17 +484,26 @@ def run_flow(run: Run) -> tuple[Path, dict[str, LayerStats]] | None:
 
 
 def attach_flow(table: Table) -> None:
+    """Each row's flow strength: the mean over layers, then over seeds, of the b runs' S_pq (and its
+    ratio to S_ww, free of the loss scale)."""
+    if table.study.key == "table4_kv":
+        return
     for row in table.rows:
-        if row.b is None or table.study.key == "table4_kv":
+        found = [
+            (run, f) for run in row.runs("b") if run.finished and (f := run_flow(run)) and "S_pq" in f[1]
+        ]
+        if not found:
             continue
-        found = run_flow(row.b)
-        if found is None or "S_pq" not in found[1]:
-            continue
-        src, stats = found
-        row.s_pq = float(np.nanmean(stats["S_pq"].mean))
-        row.flow_source = str(src.relative_to(row.b.path))
-        s_ww = float(np.nanmean(stats["S_ww"].mean))
-        row.s_pq_ratio = row.s_pq / s_ww if s_ww > 0 else None
+        s_pq = [float(np.nanmean(stats["S_pq"].mean)) for _, (_, stats) in found]
+        s_ww = [float(np.nanmean(stats["S_ww"].mean)) for _, (_, stats) in found]
+        row.s_pq = float(np.mean(s_pq))
+        row.s_pq_ratio = (
+            float(np.mean([p / w for p, w in zip(s_pq, s_ww, strict=True) if w > 0]))
+            if all(w > 0 for w in s_ww)
+            else None
+        )
+        run, (src, _) = found[0]
+        row.flow_source = str(src.relative_to(run.path))
 
 
 def compute_missing_flow(runs: list[Run], flow_opts, seed: int, cache_dir: str | None) -> None:
@@ -468,22 +526,23 @@ def compute_missing_flow(runs: list[Run], flow_opts, seed: int, cache_dir: str |
 STRENGTH_KEYS = ("dataset.synthetic.wli_helps_tli", "dataset.synthetic.tli_helps_wli")
 
 
-def known_effect(table: Table) -> dict[str, Any] | None:
-    """Per strength level: the gain of with-anchor over without (paired interval) and mean S_pq.
+MIN_SEEDS = 3  # the known-answer check wants training noise measured, not only test-sample noise
 
-    Verdict ("recovered") when (1) there is no positive gain at strength 0 (its interval's lower bound
-    is <= 0: without a planted effect the anchor carries no information; a model trained from scratch
-    may still do worse with the extra tokens, so a negative gain does not fail the check), (2) the
-    interval at the strongest level lies above 0, and (3) the gain grows with the strength: each
-    level's gain is at least the previous level's lower bound. Only for sweeps that vary the
-    synthetic strengths.
+
+def known_effect(table: Table) -> dict[str, Any] | None:
+    """Per strength level: the seed-aware gain of with-anchor over without, and the mean S_pq.
+
+    Passes when (1) every level has at least MIN_SEEDS seeds, (2) the seed-aware interval at strength
+    0 contains 0 (without a planted effect the anchor carries no information), and (3) the gain rises
+    with the strength: the strongest level's interval lies above the gain at strength 0, and no level's
+    gain falls below the previous level's lower bound. Only for sweeps that vary the synthetic strengths.
     """
     keys = [k for k in table.label_keys if k in STRENGTH_KEYS]
     if not keys or table.study.key == "table4_kv":
         return None
     levels = []
     for row in table.rows:
-        if row.paired is None:
+        if row.comparison is None:
             continue
         try:
             level = tuple(float(row.labels[k]) for k in keys)
@@ -493,18 +552,21 @@ def known_effect(table: Table) -> dict[str, Any] | None:
     if len(levels) < 2:
         return None
     levels.sort(key=lambda x: x[0])
-    null = [row for lv, row in levels if all(v == 0 for v in lv)]
-    strongest = levels[-1][1]
+    null = [row.comparison for lv, row in levels if all(v == 0 for v in lv)]
+    strongest = levels[-1][1].comparison
     checks = {
         "null level present": bool(null),
-        "no positive gain at strength 0 (interval's lower bound <= 0)": bool(null) and null[0].paired.lo <= 0,
-        "interval at the strongest level above 0": strongest.paired.lo > 0,
-        "gain grows with the strength (never below the previous level's lower bound)": all(
-            b.paired.diff >= a.paired.lo for (_, a), (_, b) in itertools.pairwise(levels)
+        f"at least {MIN_SEEDS} seeds per level": all(r.comparison.n_seeds >= MIN_SEEDS for _, r in levels),
+        "the interval at strength 0 contains 0": bool(null) and null[0].lo <= 0 <= null[0].hi,
+        "the strongest level's interval lies above the gain at strength 0": bool(null)
+        and strongest.lo > null[0].diff,
+        "the gain never falls below the previous level's lower bound": all(
+            b.comparison.diff >= a.comparison.lo for (_, a), (_, b) in itertools.pairwise(levels)
         ),
     }
     return {
         "keys": keys,
+        "min_seeds": MIN_SEEDS,
         "levels": levels,
         "checks": checks,
         "recovered": all(checks.values()),
