@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mre.data.readers import FORMATS
 from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig
 from mre.rundir import ANALYSIS, CONFIG, RunDirError, resolve_run_dir
-from mre.setting import Direction, StrEnum
+from mre.setting import AnchorKind, Direction, StrEnum
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -130,6 +130,14 @@ class Aggregate(StrEnum):
 class OnMismatch(StrEnum):
     error = "error"
     skip = "skip"
+
+
+class EdgeSet(StrEnum):
+    """Attention edges an attention knockout blocks (`mre.flow.knockout`): `text_anchor`, the anchor
+    positions reading the text; `anchor_q`, q reading the anchor."""
+
+    text_anchor = "text_anchor"
+    anchor_q = "anchor_q"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,6 +361,7 @@ class Config:
     logger: dict[str, Any] = field(default_factory=dict)
     callbacks: dict[str, Any] = field(default_factory=dict)
     with_anchor: bool = True
+    anchor_kind: AnchorKind = AnchorKind.gold  # gold | shuffled | random (controls; mre.data.anchors)
     seed: int = 42
     task: TaskName = TaskName.generative  # type: ignore[valid-type]
     ckpt_path: str | None = None  # a checkpoint to start from, or `last` (the run directory's newest)
@@ -397,6 +406,24 @@ class SweepOptions:
 
 
 @dataclass
+class KnockoutConfig:
+    """`knockout:` of analyze.py: setting `layers` on a run_dir (or model config) runs the attention
+    knockout instead of the flow analysis (`mre.analysis.knockout_run`)."""
+
+    # first:k | last:k | a-b | a list of those or of layer indices, e.g. [first:5,last:5]; null: no knockout
+    layers: Any = None
+    edges: list[EdgeSet] = field(default_factory=lambda: [EdgeSet.text_anchor, EdgeSet.anchor_q])
+    n_samples: int | None = 200  # test samples (a seeded subset; null: all)
+    batch_size: int = 8
+    n_boot: int = 1000  # bootstrap resamples of each interval
+    n_perm: int = 2000  # permutations of each paired F1 test
+    max_new_tokens: int | None = None  # WLI generation budget; null: the run's eval.max_new_tokens
+    device: str = "auto"
+    progress: bool = True
+    restart: bool = False  # discard a partial knockout_samples.csv made with other settings
+
+
+@dataclass
 class AnalyzeConfig:
     """Schema of conf/analyze.yaml."""
 
@@ -411,9 +438,11 @@ class AnalyzeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     with_anchor: bool = True
+    anchor_kind: AnchorKind = AnchorKind.gold
     seed: int = 42  # sample selection and bootstrap seeds (and the base model's init in model mode)
     flow: FlowAnalysisConfig = field(default_factory=FlowAnalysisConfig)
     sweep: SweepOptions = field(default_factory=SweepOptions)
+    knockout: KnockoutConfig = field(default_factory=KnockoutConfig)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,16 +458,20 @@ class RunConfigError(ValueError):
 
 def job_dir_name(num: Any, override_dirname: str) -> str:
     """A sweep job's directory name: `<num>_<overrides>`, path-safe (no `/`, `=` or `,`), a path value
-    shortened to its last part, and at most SLUG_MAX characters after the number (a hash keeps two long
-    override lists apart). The full override list is in `<job dir>/.hydra/overrides.yaml`."""
+    shortened to its last part, and at most SLUG_MAX characters after the number: whole overrides are
+    left out from the end (never half a value: `seed-4` for `seed=42` would mislead) and a hash keeps
+    two long override lists apart. The full list is in `<job dir>/.hydra/overrides.yaml`."""
     parts = []
-    for item in str(override_dirname).split(","):
+    for item in filter(None, str(override_dirname).split(",")):
         key, sep, value = item.partition("=")
-        parts.append(f"{key}-{Path(value).name or value}" if sep and "/" in value else item)
-    slug = re.sub(r"[^A-Za-z0-9._+-]+", "_", ",".join(parts).replace("=", "-")).strip("_")
+        value = Path(value).name or value if sep and "/" in value else value
+        parts.append(re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{key}-{value}" if sep else key).strip("_"))
+    slug = "_".join(parts)
     if len(slug) > SLUG_MAX:
         digest = hashlib.sha1(str(override_dirname).encode("utf-8")).hexdigest()[:8]
-        slug = f"{slug[: SLUG_MAX - 9]}_{digest}"
+        while parts and len("_".join(parts)) > SLUG_MAX - 9:
+            parts.pop()
+        slug = "_".join([*parts, digest])
     return f"{num}_{slug}" if slug else str(num)
 
 

@@ -29,9 +29,14 @@ class Direction(StrEnum):
 
 
 class AnchorKind(StrEnum):
-    """What the anchor holds. `gold`: the record's own other-level information."""
+    """What the anchor holds. `gold`: the record's own other-level information; the controls, which
+    tell "the other level's information helps" from "a longer prompt or the anchor's format helps":
+    `shuffled`, the anchor of another record with a different text label (same format, wrong
+    information); `random`, random words of the gold anchor's token length (`mre.data.anchors`)."""
 
     gold = "gold"
+    shuffled = "shuffled"
+    random = "random"
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,15 @@ class Setting:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Setting:
-        """The setting of a composed config (`direction.name`, `with_anchor`)."""
-        return cls(Direction(str(cfg.direction.name)), bool(cfg.with_anchor))
+        """The setting of a composed config (`direction.name`, `with_anchor`, `anchor_kind`)."""
+        kind = cfg.get("anchor_kind", AnchorKind.gold)  # configs saved before control anchors existed
+        return cls(Direction(str(cfg.direction.name)), bool(cfg.with_anchor), AnchorKind(str(kind)))
 
     @classmethod
     def from_flat(cls, flat: Mapping[str, Any]) -> Setting:
         """The setting of a flattened run config (dotted keys), as the sweep analysis reads it."""
-        return cls(Direction(str(flat["direction.name"])), bool(flat["with_anchor"]))
+        kind = AnchorKind(str(flat.get("anchor_kind", AnchorKind.gold)))
+        return cls(Direction(str(flat["direction.name"])), bool(flat["with_anchor"]), kind)
 
     @property
     def is_tli(self) -> bool:
@@ -72,8 +79,10 @@ class Setting:
         return "WLI" if self.is_tli else "TLI"
 
     def describe(self) -> str:
-        """`text + WLI -> TLI` style, as the paper writes the settings."""
-        source = f"text + {self.anchor_level}" if self.with_anchor else "text"
+        """`text + WLI -> TLI` style, as the paper writes the settings (`text + shuffled WLI -> TLI`
+        for a control anchor)."""
+        control = "" if self.anchor is AnchorKind.gold else f"{self.anchor.value} "
+        source = f"text + {control}{self.anchor_level}" if self.with_anchor else "text"
         return f"{source} -> {self.direction.value.upper()}"
 
     def without_anchor(self) -> Setting:

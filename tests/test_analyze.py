@@ -346,6 +346,56 @@ def test_unfinished_or_fewshot_run_dir_says_what_to_do(sweep, tmp_path):
         analyze(analyze_cfg(f"run_dir={tmp_path}", *FLOW_FAST))
 
 
+KNOCK = [
+    "knockout.layers=[first:1,last:1]",
+    "knockout.n_samples=12",
+    "knockout.batch_size=4",
+    "knockout.n_boot=200",
+    "knockout.n_perm=200",
+    "knockout.progress=false",
+]
+
+
+def test_knockout_of_a_run_writes_effects_and_resumes(sweep, tmp_path):
+    run = _run(sweep, True)
+    out = tmp_path / "ko"
+    res = analyze(analyze_cfg(f"run_dir={run}", f"output_dir={out}", *KNOCK))
+    rows = read_csv(out / "knockout.csv")
+    # 2 layer specs x 2 edge sets: knockout and random vs the baseline, then knockout vs random
+    assert len(rows) == 12 and len(res["effects"]) == 12
+    assert {r["reference"] for r in rows} == {
+        "baseline",
+        *(f"random:{e}@{s}" for e in ("text_anchor", "anchor_q") for s in ("first:1", "last:1")),
+    }
+    assert (out / "knockout.png").stat().st_size > 0 and "| p (BH) |" in (out / "knockout.md").read_text()
+    for r in rows:
+        assert int(r["n"]) == 12 and float(r["d_f1_lo"]) <= float(r["d_f1"]) <= float(r["d_f1_hi"])
+        assert r["layer_ids"] == ("0" if r["layers"] == "first:1" else "1")  # the tiny model: 2 layers
+        assert (r["p_bh"] != "") == (r["reference"] != "baseline")
+    last = next(r for r in rows if r["condition"] == "knockout" and r["edges"] == "text_anchor"
+                and r["layers"] == "last:1" and r["reference"] == "baseline")  # fmt: skip
+    # the anchor reading the text in the last layer cannot reach q: nothing changes, exactly
+    assert float(last["d_logp"]) == 0.0 and float(last["d_f1"]) == 0.0
+    first = next(r for r in rows if r["condition"] == "knockout" and r["edges"] == "anchor_q"
+                 and r["layers"] == "first:1" and r["reference"] == "baseline")  # fmt: skip
+    assert float(first["d_logp"]) != 0.0 and float(first["blocked_per_sample"]) > 0
+
+    # a killed run (a chunk and a torn line left) resumes to the same numbers
+    samples = (out / "knockout_samples.csv").read_text()
+    lines = samples.splitlines(keepends=True)
+    (out / "knockout_samples.csv").write_text("".join(lines[:30]) + lines[30][:9])
+    before = (out / "knockout.csv").read_text()
+    (out / "knockout.csv").unlink()
+    analyze(analyze_cfg(f"run_dir={run}", f"output_dir={out}", *KNOCK))
+    assert (out / "knockout_samples.csv").read_text() == samples
+    assert (out / "knockout.csv").read_text() == before
+
+    with pytest.raises(AnalysisError, match=r"other settings .*conditions.*knockout\.restart=true"):
+        analyze(analyze_cfg(f"run_dir={run}", f"output_dir={out}", *KNOCK, "knockout.edges=[anchor_q]"))
+    with pytest.raises(AnalysisError, match="the run has no anchor"):
+        analyze(analyze_cfg(f"run_dir={_run(sweep, False)}", f"output_dir={tmp_path}/none", *KNOCK))
+
+
 def test_base_model_config_mode(tmp_path):
     out = tmp_path / "base"
     cfg = analyze_cfg(
@@ -440,6 +490,31 @@ def test_known_effect_fails_with_one_seed(tmp_path):
     ke = analyze_sweep(root)["known_effect"]["table3_tli"]
     assert not ke["recovered"] and not ke["checks"]["at least 3 seeds per level"]
     assert "Verdict: **FAIL**" in (root / "analysis" / "report.md").read_text()
+
+
+def test_control_anchor_tables(tmp_path):
+    """Runs without an anchor, with the gold one and with the two controls: the gold table compares
+    gold with none only, and each control gets a table against none and one against gold."""
+    from mre.analysis.report import analyze_sweep
+
+    root = tmp_path / "controls"
+    settings = [(False, "gold", 0.5), (True, "gold", 0.9), (True, "shuffled", 0.55), (True, "random", 0.5)]
+    for k, (anchor, kind, acc) in enumerate(settings):
+        _fake_run(root, k, 1.0, anchor, acc, 300, f"anchor_kind={kind}")
+    res = analyze_sweep(root)
+    tables = res["tables"]
+    main = tables["table3_tli"].rows[0]
+    assert [p.b.get("anchor_kind") for p in main.pairs] == ["gold"] and main.comparison.diff > 0.3
+    vs_none = tables["control_tli_shuffled"]
+    assert vs_none.study.label_b == "Text + shuffled WLI"
+    assert vs_none.rows[0].pairs[0].a.get("with_anchor") is False
+    vs_gold = tables["control_tli_shuffled_vs_gold"].rows[0]
+    assert vs_gold.pairs[0].a.get("anchor_kind") == "shuffled" and vs_gold.comparison.diff > 0.3
+    assert "control_tli_random" in tables and "control_wli_random" not in tables
+    report = (root / "analysis" / "report.md").read_text()
+    assert "Control (TLI F1): Text only vs Text + shuffled WLI" in report
+    assert "anchor=True (shuffled)" in report
+    assert "flow_grid_control_tli_shuffled" in res["figures"]
 
 
 def test_rows_are_labelled_by_the_settings_that_vary(tmp_path):

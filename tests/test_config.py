@@ -145,6 +145,9 @@ def test_sweep_job_directories_are_short_and_path_safe():
     assert job_dir_name(3, long) != job_dir_name(3, long.replace("file_11", "file_12"))  # hash keeps apart
     assert job_dir_name(0, "with_anchor=true") == "0_with_anchor-true" and job_dir_name(7, "") == "7"
     assert job_dir_name(1, "dataset.path=/data/x/snips,seed=2") == "1_dataset.path-snips_seed-2"
+    cut = job_dir_name(2, "dataset.synthetic.wli_helps_tli=0.5,model.tiny.hidden_size=64," + "seed=42," * 9)
+    assert len(cut) <= 2 + SLUG_MAX and "_seed-42_" in cut
+    assert all(p == "seed-42" for p in cut.split("_") if p.startswith("seed"))  # never half a value
 
 
 def test_unknown_group_option_lists_choices():

@@ -1,11 +1,14 @@
 """analyze.py: the flow analysis of one model and the paper's tables and figures of a sweep.
 
-Three modes (conf/analyze.yaml, schema `mre.config.AnalyzeConfig`):
+Four modes (conf/analyze.yaml, schema `mre.config.AnalyzeConfig`):
 
 * `python analyze.py run_dir=<a train.py run>`: the fine-tuned model's flow over N test samples
   -> `<run_dir>/analysis/` (`mre.analysis.flow_run`);
 * `python analyze.py model=tiny_llama dataset=... direction=... with_anchor=...`: the same for an
   untrained base model -> the Hydra run directory (`outputs/analysis/...`);
+* `python analyze.py run_dir=<run> knockout.layers=first:5` (or a model config): the attention
+  knockout of text -> anchor and anchor -> q edges against random edges -> `<run_dir>/analysis/`
+  (`mre.analysis.knockout_run`);
 * `python analyze.py sweep_dir=<a multirun directory>`: Tables 2-4 with seed-aware
   intervals and adjusted p-values, flow grids and
   `report.md` -> `<sweep_dir>/analysis/` (`mre.analysis.report`).
@@ -19,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mre.analysis.flow_run import AnalysisError, analyze_subject, load_base, load_run
+from mre.analysis.knockout_run import analyze_knockout
 from mre.analysis.report import analyze_sweep
 from mre.rundir import ANALYSIS
 
@@ -35,10 +39,14 @@ def analyze(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any
         return analyze_sweep(
             cfg.sweep_dir, out_dir, sweep_opts, flow_opts, seed=cfg.seed, cache_dir=cfg.paths.cache_dir
         )
+    knock = OmegaConf.to_object(cfg.knockout) if cfg.knockout.layers is not None else None
+    device = knock.device if knock else flow_opts.device
     if cfg.run_dir:
-        subject = load_run(cfg.run_dir, cache_dir=cfg.paths.cache_dir, device=flow_opts.device)
+        subject = load_run(cfg.run_dir, cache_dir=cfg.paths.cache_dir, device=device)
         out = Path(out_dir) if out_dir is not None else Path(subject.source) / ANALYSIS
     else:
-        subject = load_base(cfg, device=flow_opts.device)
+        subject = load_base(cfg, device=device)
         out = Path(out_dir) if out_dir is not None else Path(cfg.paths.output_dir)
+    if knock is not None:
+        return analyze_knockout(subject, out, knock, seed=cfg.seed)
     return analyze_subject(subject, out, flow_opts, seed=cfg.seed)

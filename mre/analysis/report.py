@@ -77,7 +77,7 @@ def table_columns(t: Table) -> list[str]:
     s = t.study
     cols = [_label_header(k) for k in t.label_keys]
     cols += [s.label_a, s.label_b, "Δ", "95% CI", "p", "p (BH)", "seeds", "n"]
-    if s.key != "table4_kv":
+    if s.anchored:
         cols.append(f"S_pq ({s.label_b})")
     return [*cols, "runs", "note"]
 
@@ -100,7 +100,7 @@ def _row_cells(t: Table, row: Row, link_prefix: str | None) -> list[str]:
         ]
     else:
         cells += ["—"] * 5
-    if t.study.key != "table4_kv":
+    if t.study.anchored:
         cells.append(_sig(row.s_pq))
     cells.append(_pairs_links(row, link_prefix))
     note = row.note
@@ -268,6 +268,13 @@ def _short(name: str, n: int = 32) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
+def _anchor_text(r: Run) -> str:
+    kind = r.get("anchor_kind", "gold")
+    return f"anchor={r.get('with_anchor')}" + (
+        f" ({kind})" if r.get("with_anchor") and kind != "gold" else ""
+    )
+
+
 def _runs_md(runs: list[Run]) -> str:
     lines = [
         "| # | run | status | data set | direction | setting | model | test/f1 | flow | config |",
@@ -275,11 +282,7 @@ def _runs_md(runs: list[Run]) -> str:
     ]
     for r in runs:
         status = "finished" if r.finished else f"**{_cell(r.problem)}**"
-        setting = (
-            f"verbalizer={r.get('verbalizer.kind')}"
-            if r.get("task") == "fewshot"
-            else f"anchor={r.get('with_anchor')}"
-        )
+        setting = f"verbalizer={r.get('verbalizer.kind')}" if r.get("task") == "fewshot" else _anchor_text(r)
         src = flow_source(r)
         flow = f"[{src.relative_to(r.path)}](<../{r.name}/{src.relative_to(r.path)}>)" if src else "—"
         overrides = " ".join(r.overrides) or "—"
@@ -430,10 +433,10 @@ def analyze_sweep(
             write_table_csv(t, out_dir / f"{study.key}.csv"),
             write_seeds_csv(t, out_dir / f"{study.key}_seeds.csv"),
         ]
-        if study.key != "table4_kv":
-            fig = plot_flow_grid(t, out_dir / f"flow_grid_{study.kind}.png")
+        if study.figure:
+            fig = plot_flow_grid(t, out_dir / f"{study.figure}.png")
             if fig is not None:
-                figures[f"flow_grid_{study.kind}"] = fig
+                figures[study.figure] = fig
         ke = known_effect(t)
         if ke is not None:
             known[study.key] = ke

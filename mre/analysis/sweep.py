@@ -38,7 +38,7 @@ from mre.data.wli_format import WLIFormat
 from mre.flow.files import read_layers
 from mre.results import read_jsonl
 from mre.rundir import ANALYSIS, CHECKPOINTS, FLOW, METRICS, OVERRIDES, PREDICTIONS
-from mre.setting import Direction, Setting
+from mre.setting import AnchorKind, Direction, Setting
 from mre.stats import (
     Comparison,
     LayerStats,
@@ -207,40 +207,93 @@ class Study:
     label_b: str
     select: Callable[[Run], bool]
     side: Callable[[Run], str | None]  # "a" | "b" | None
+    anchored: bool = True  # the b side has an anchor: flow strength, flow grid, known-answer check
+    figure: str | None = None  # the flow grid's file stem (None: no grid)
+    known_answer: bool = False  # gold anchor vs none: the planted-strength check applies
 
 
-def _generative(direction: Direction) -> Callable[[Run], bool]:
-    return lambda r: r.get("task") == "generative" and Setting.from_flat(r.flat).direction is direction
+ANCHOR_KEYS = ("with_anchor", "anchor_kind")
 
 
-def _anchor_side(r: Run) -> str | None:
-    return "b" if Setting.from_flat(r.flat).with_anchor else "a"
+def _generative(direction: Direction, kinds: tuple[AnchorKind | None, ...]) -> Callable[[Run], bool]:
+    """Generative runs of a direction whose anchor is one of `kinds` (None: no anchor)."""
+
+    def select(r: Run) -> bool:
+        if r.get("task") != "generative":
+            return False
+        s = Setting.from_flat(r.flat)
+        return s.direction is direction and (s.anchor if s.with_anchor else None) in kinds
+
+    return select
+
+
+def _anchor_side(b_kind: AnchorKind) -> Callable[[Run], str | None]:
+    """b: the `b_kind` anchor; a: the other side of the study (no anchor, or another kind)."""
+
+    def side(r: Run) -> str:
+        s = Setting.from_flat(r.flat)
+        return "b" if s.with_anchor and s.anchor is b_kind else "a"
+
+    return side
 
 
 def _kv_side(r: Run) -> str | None:
     return {"manual": "a", "knowledgeable": "b"}.get(str(r.get("verbalizer.kind")))
 
 
+def _anchor_label(direction: Direction, kind: AnchorKind | None) -> str:
+    level = Setting(direction, True).anchor_level
+    if kind is None:
+        return "Text only"
+    return f"Text + {level}" if kind is AnchorKind.gold else f"Text + {kind.value} {level}"
+
+
+def _anchor_study(key: str, title: str, direction: Direction, a: AnchorKind | None, b: AnchorKind) -> Study:
+    """F1 of the `direction` output with anchor kind `b` against `a` (None: without an anchor)."""
+    compare = ANCHOR_KEYS if a is None else ("anchor_kind",)
+    main = a is None and b is AnchorKind.gold  # the paper's Table 2 or 3
+    # a grid of the b side's flow; against gold (b) the main table already draws it
+    figure = f"flow_grid_{direction.value}" if main else (f"flow_grid_{key}" if a is None else None)
+    return Study(
+        key, title, direction, compare, _anchor_label(direction, a), _anchor_label(direction, b),
+        _generative(direction, (a, b)), _anchor_side(b), True, figure, known_answer=main,
+    )  # fmt: skip
+
+
+def _control_studies() -> list[Study]:
+    """Per direction and control kind: the control against no anchor (does a longer prompt or the
+    anchor's format help?) and the gold anchor against the control (does the information help?)."""
+    out = []
+    for d in (Direction.wli, Direction.tli):
+        for k in (AnchorKind.shuffled, AnchorKind.random):
+            lk, lg, ln = (_anchor_label(d, x) for x in (k, AnchorKind.gold, None))
+            out.append(
+                _anchor_study(
+                    f"control_{d.value}_{k.value}",
+                    f"Control ({d.value.upper()} F1): {ln} vs {lk}",
+                    d,
+                    None,
+                    k,
+                )
+            )
+            out.append(
+                _anchor_study(
+                    f"control_{d.value}_{k.value}_vs_gold",
+                    f"Control ({d.value.upper()} F1): {lk} vs {lg}",
+                    d,
+                    k,
+                    AnchorKind.gold,
+                )
+            )
+    return out
+
+
 STUDIES = [
-    Study(
-        "table2_wli",
-        "Table 2: WLI F1, text only vs text + TLI",
-        Direction.wli,
-        ("with_anchor",),
-        "Text only",
-        "Text + TLI",
-        _generative(Direction.wli),
-        _anchor_side,
+    _anchor_study(
+        "table2_wli", "Table 2: WLI F1, text only vs text + TLI", Direction.wli, None, AnchorKind.gold
     ),
-    Study(
-        "table3_tli",
-        "Table 3: TLI F1, text only vs text + WLI",
-        Direction.tli,
-        ("with_anchor",),
-        "Text only",
-        "Text + WLI",
-        _generative(Direction.tli),
-        _anchor_side,
+    _anchor_study(
+        "table3_tli", "Table 3: TLI F1, text only vs text + WLI", Direction.tli, None, AnchorKind.gold
     ),
     Study(
         "table4_kv",
@@ -251,7 +304,9 @@ STUDIES = [
         "KV",
         lambda r: r.get("task") == "fewshot",
         _kv_side,
+        anchored=False,
     ),
+    *_control_studies(),
 ]
 
 
@@ -486,7 +541,7 @@ def run_flow(run: Run) -> tuple[Path, dict[str, LayerStats]] | None:
 def attach_flow(table: Table) -> None:
     """Each row's flow strength: the mean over layers, then over seeds, of the b runs' S_pq (and its
     ratio to S_ww, free of the loss scale)."""
-    if table.study.key == "table4_kv":
+    if not table.study.anchored:
         return
     for row in table.rows:
         found = [
@@ -538,7 +593,7 @@ def known_effect(table: Table) -> dict[str, Any] | None:
     gain falls below the previous level's lower bound. Only for sweeps that vary the synthetic strengths.
     """
     keys = [k for k in table.label_keys if k in STRENGTH_KEYS]
-    if not keys or table.study.key == "table4_kv":
+    if not keys or not table.study.known_answer:
         return None
     levels = []
     for row in table.rows:

@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from mre.data.anchors import control_anchors
 from mre.data.dataset import load_splits
 from mre.data.prompts import Encoded, Fields, PromptBuilder, PromptError, has_chat_template
 from mre.data.record import DataFormatError, Record
@@ -23,7 +24,7 @@ from mre.data.splits import Splits
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from mre.data.wli_format import WLIFormat
 from mre.hub import model_folder
-from mre.setting import Setting
+from mre.setting import AnchorKind, Setting
 
 log = logging.getLogger(__name__)
 
@@ -145,15 +146,36 @@ def require_text_labels(splits: Splits, setting: Setting, on_bad_row: str) -> Sp
     return Splits(**keep)
 
 
-def _anchor_only_drops(
+def _controls(setting: Setting, builder: PromptBuilder, splits: dict[str, list[Record]]) -> dict[str, str]:
+    """Record id -> control anchor over the given splits (empty unless a control anchor is on)."""
+    if not setting.with_anchor:
+        return {}
+    return {
+        rid: anchor
+        for name, records in splits.items()
+        for rid, anchor in control_anchors(
+            setting.anchor, records, builder.gold_anchor, builder.tokenizer, name
+        ).items()
+    }
+
+
+def _comparable_drops(
     cfg: Any, setting: Setting, tokenizer, labels, language, test: list[Record]
 ) -> set[int]:
-    """Test samples whose prompt fits without the anchor but not with it: a comparison of the two
-    settings must see the same test ids, so the anchor-less run drops them too."""
-    if setting.with_anchor or (setting.is_wli and any(r.tli is None for r in test)):
-        return set()
-    with_anchor = make_builder(cfg, Setting(setting.direction, True), tokenizer, labels, language)
-    return {i for i, r in enumerate(test) if with_anchor.encode(r, i) is None}
+    """Test samples whose prompt fits in this setting but not with another anchor (none, gold,
+    shuffled, random): every setting of a direction drops them, so any two can be compared on the
+    same test ids."""
+    if setting.is_wli and any(r.tli is None for r in test):
+        return set()  # no anchor is possible: nothing to compare against
+    drops: set[int] = set()
+    for kind in AnchorKind:
+        other = Setting(setting.direction, True, kind)
+        if other == setting:
+            continue
+        builder = make_builder(cfg, other, tokenizer, labels, language)
+        builder.control = _controls(other, builder, {"test": test})
+        drops |= {i for i, r in enumerate(test) if builder.encode(r, i) is None}
+    return drops
 
 
 def build_context(
@@ -166,16 +188,22 @@ def build_context(
     tokenizer = make_tokenizer(cfg, splits, language, tokenizer_path)
     labels = sorted({r.tli for r in splits.train if r.tli is not None})
     builder = make_builder(cfg, setting, tokenizer, labels, language)
+    builder.control = _controls(setting, builder, {name: getattr(splits, name) for name in SPLITS})
     encoded = {name: builder.encode_all(getattr(splits, name), name) for name in SPLITS}
-    drop = _anchor_only_drops(cfg, setting, tokenizer, labels, language, splits.test)
-    if drop:
-        encoded["test"] = [e for e in encoded["test"] if e.index not in drop]
+    drop = _comparable_drops(cfg, setting, tokenizer, labels, language, splits.test)
+    kept = [e for e in encoded["test"] if e.index not in drop]
+    if len(kept) < len(encoded["test"]):
+        builder.dropped["fits only without another anchor (comparability)"] += len(encoded["test"]) - len(
+            kept
+        )
         log.warning(
-            "dropped %d test samples whose prompt with the anchor does not fit prompt.max_length=%d: the "
-            "with-anchor run drops them, so this run does too (both settings see the same test ids)",
-            len(drop),
+            "dropped %d test samples whose prompt with another anchor (gold, shuffled or random) does not "
+            "fit prompt.max_length=%d: that setting drops them, so this run does too (every setting of a "
+            "direction sees the same test ids)",
+            len(encoded["test"]) - len(kept),
             builder.max_length,
         )
+        encoded["test"] = kept
     for name in SPLITS:
         if getattr(splits, name) and not encoded[name] and name != "dev":
             raise PromptError(

@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mre.data.record import Record
 from mre.data.wli_format import WLIFormat
-from mre.setting import Setting
+from mre.setting import AnchorKind, Setting
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ class PromptBuilder:
     chat: bool = False
     dropped: Counter = field(default_factory=Counter)
     truncated: int = 0
+    control: dict[str, str] = field(default_factory=dict)  # record id -> control anchor (not gold)
 
     def __post_init__(self) -> None:
         self.code_scheme = str(self.code_scheme)
@@ -202,6 +203,16 @@ class PromptBuilder:
         return self.codes[self.labels.index(rec.tli)]
 
     def anchor_of(self, rec: Record) -> str:
+        """The anchor a record's prompt shows: its gold anchor, or its control anchor (`control`, set
+        by `mre.data.context` for `anchor_kind=shuffled|random`)."""
+        if self.setting.anchor is AnchorKind.gold:
+            return self.gold_anchor(rec)
+        if rec.id not in self.control:
+            raise PromptError(f"no {self.setting.anchor} anchor was made for record {rec.id!r}")
+        return self.control[rec.id]
+
+    def gold_anchor(self, rec: Record) -> str:
+        """The record's own other-level information: its TLI (wli direction) or serialized WLI."""
         if self.setting.is_wli:
             if rec.tli is None:
                 raise PromptError(

@@ -169,3 +169,26 @@ def plot_token_example(ex: dict[str, Any], path: Path, title: str) -> Path:
             for i, (t, v) in enumerate(zip(toks, vals, strict=True)):
                 w.writerow([part, i, t, repr(float(v))])
     return path
+
+
+def plot_knockout(rows: list[dict[str, Any]], path: str | Path, title: str) -> Path:
+    """Attention knockout: ΔF1 and Δ log p against the baseline, per edge set and layers (`group`),
+    the knockout next to its random control (`kind`), with 95% intervals (`*_lo`, `*_hi`)."""
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    kinds = {"knockout": ("tab:red", -0.2), "random": ("tab:gray", 0.2)}
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.6 * len(groups) + 3), 3.8))
+    for ax, (key, ylabel) in zip(axes, (("d_f1", "Δ F1"), ("d_logp", "Δ log p(gold target)")), strict=True):
+        for kind, (color, shift) in kinds.items():
+            sel = [next((r for r in rows if r["group"] == g and r["kind"] == kind), None) for g in groups]
+            x = [i + shift for i, r in enumerate(sel) if r is not None]
+            y = np.array([r[key] for r in sel if r is not None])
+            err = np.array([[r[key] - r[f"{key}_lo"], r[f"{key}_hi"] - r[key]] for r in sel if r is not None])
+            if len(x):
+                ax.bar(x, y, width=0.38, color=color, label=kind, yerr=err.T, capsize=3)
+        ax.axhline(0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(groups)), groups, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

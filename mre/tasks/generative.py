@@ -19,9 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 
 from mre.data.context import TaskContext, build_context
 from mre.data.datamodule import MREDataModule
+from mre.data.prompts import PromptBuilder
 from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
 from mre.rundir import FLOW, PREDICTIONS
@@ -189,24 +191,43 @@ class GenerativeMRE(MREModule):
         golds = torch.where(gold_ids.any(1), gold_ids.int().argmax(1), len(self.builder.labels))
         return preds, golds
 
-    @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor]) -> list[str]:
-        """Greedy, batched, KV-cached decoding of the left-padded prompts; returns answer strings."""
-        out = self.model.generate(
-            input_ids=batch["prompt_ids"],
-            attention_mask=batch["prompt_mask"],
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            use_cache=True,
-            eos_token_id=self.builder.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
+        return generate_answers(
+            self.model,
+            self.tokenizer,
+            self.builder,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            self.max_new_tokens,
         )
-        new = out[:, batch["prompt_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def _correct(self, gold: str, pred: str) -> bool:
         if self.setting.is_tli:
             return gold == pred
         fmt = self.builder.wli_format
         return sorted(fmt.parse(gold)) == sorted(fmt.parse(pred))
+
+
+@torch.no_grad()
+def generate_answers(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    builder: PromptBuilder,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    max_new_tokens: int,
+) -> list[str]:
+    """Greedy, batched, KV-cached decoding of left-padded prompts; returns answer strings. The one
+    decoding of the project: evaluation and the attention knockout answer alike."""
+    out = model.generate(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        eos_token_id=builder.stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    new = out[:, prompt_ids.shape[1] :]
+    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
