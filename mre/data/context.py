@@ -61,6 +61,15 @@ class TaskContext:
         """Encoded samples of a split; `Encoded.index` points into `records(split)`."""
         return self.encoded[STAGE_SPLIT.get(split, split)]
 
+    @cached_property
+    def _by_index(self) -> dict[str, dict[int, Encoded]]:
+        return {name: {e.index: e for e in items} for name, items in self.encoded.items()}
+
+    def item(self, split: str, index: int) -> Encoded:
+        """The encoded sample of `records(split)[index]`: evaluation reads its gold answer and prompt
+        here, as encoded (a shortened text keeps only the WLI pairs inside it), not from the record."""
+        return self._by_index[STAGE_SPLIT.get(split, split)][index]
+
 
 def tokenizer_corpus(records: list[Record], cfg: Any, lang: str) -> list[str]:
     """Training texts for a tiny tokenizer: every field a prompt of either direction can hold."""

@@ -158,21 +158,21 @@ class GenerativeMRE(MREModule):
         logits, loss = self(batch)
         bs = batch["input_ids"].shape[0]
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
-        records = self.context.records(stage)
+        items = [self.context.item(stage, i) for i in batch["index"].tolist()]
         if self.setting.is_tli:
             preds, golds = self._score_codes(logits, batch)
             self.metrics[stage].update(preds, golds)
-            gold_labels = [records[i].tli for i in batch["index"].tolist()]  # unseen ones too, as they are
+            gold_labels = [e.record.tli for e in items]  # unseen ones too, as they are
             rows = zip(gold_labels, [self.builder.labels[p] for p in preds.tolist()], strict=True)
         else:
             texts = self.generate(batch)
             pred_pairs = [self.builder.wli_format.parse(t) for t in texts]
-            golds = [self.builder.answer_of(records[i]) for i in batch["index"].tolist()]
+            golds = [e.answer for e in items]  # as encoded: the pairs of a shortened text's kept part
             self.metrics[stage].update(pred_pairs, [self.builder.wli_format.parse(g) for g in golds])
             rows = zip(golds, texts, strict=True)
         if stage == "test":
-            for i, (gold, pred) in zip(batch["index"].tolist(), rows, strict=True):
-                rec = records[i]
+            for e, (gold, pred) in zip(items, rows, strict=True):
+                rec = e.record
                 self.add_prediction(
                     rec.id, self.builder.render(rec).prompt, gold, pred, self._correct(gold, pred)
                 )
