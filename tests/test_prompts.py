@@ -180,7 +180,7 @@ def test_serializer_parser_round_trip():
     rng = random.Random(0)
     for _ in range(500):
         pairs = _random_pairs(rng)
-        assert fmt.is_well_formed(pairs)
+        assert fmt.problem(pairs) is None
         assert fmt.parse(fmt.serialize(pairs)) == [(p.type, p.span) for p in pairs]
     other = WLIFormat(pair_sep=" | ", kv_sep="=", empty="-")
     pairs = [WLIPair("person", "Steve Jobs"), WLIPair("company", "Apple: Inc")]
