@@ -277,3 +277,10 @@ def test_chat_template_refusals(setup):
     no_end.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(PromptError, match=r"no special token .*prompt.chat_template=off"):
         chat_builder(no_end, labels, lang, "wli", True)
+
+
+@pytest.mark.parametrize("name", ["pair_sep", "kv_sep", "empty"])
+def test_a_separator_with_a_line_break_is_refused(name):
+    """Answers are one line (generation stops at the first newline)."""
+    with pytest.raises(ValueError, match=rf"prompt.{name}=.*without a line break"):
+        WLIFormat(**{name: "\n"})

@@ -3,8 +3,9 @@
 Training: cross-entropy on the answer tokens only (the builder's labels). Evaluation:
 - TLI: one forward pass; the scores of the one-token label codes at q, arg-max over the codes only
   (no `generate()`): accuracy, macro-F1 (reported as `f1`) and micro-F1.
-- WLI: batched greedy generation with KV cache from the left-padded prompts, stopping at EOS;
-  parsed with the serialization's parser; micro P/R/F1 over (type, span) pairs, exact match and
+- WLI: batched greedy generation with KV cache from the left-padded prompts, stopping at EOS, the
+  chat template's end of turn or a newline (answers are one line; the text is cut at its first
+  newline); parsed with the serialization's parser; micro P/R/F1 over (type, span) pairs, exact match and
   per-type F1 (`mre.metrics.WLIF1`).
 Every evaluated sample becomes a prediction row (id, prompt, gold, prediction, correct), gathered
 from all ranks.
@@ -28,6 +29,8 @@ from mre.rundir import FLOW, PREDICTIONS
 from mre.tasks.base import MREModule, TaskParts, classification_metrics
 
 log = logging.getLogger(__name__)
+
+ANSWER_END = "\n"  # answers are one line: generation stops at the first newline
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -191,7 +194,12 @@ class GenerativeMRE(MREModule):
 
     @torch.no_grad()
     def generate(self, batch: dict[str, torch.Tensor]) -> list[str]:
-        """Greedy, batched, KV-cached decoding of the left-padded prompts; returns answer strings."""
+        """Greedy, batched, KV-cached decoding of the left-padded prompts; returns answer strings.
+
+        An answer is one line (`WLIFormat` refuses line breaks), so a sequence stops at the end of turn
+        or EOS (`stop_ids`) and at a newline: a model that never ends its answer would otherwise write
+        the rest of a prompt into the last span. A stopped sequence's text may still hold the stop
+        string (a token can carry more than the newline), so the text is cut at its first newline."""
         out = self.model.generate(
             input_ids=batch["prompt_ids"],
             attention_mask=batch["prompt_mask"],
@@ -200,10 +208,13 @@ class GenerativeMRE(MREModule):
             num_beams=1,
             use_cache=True,
             eos_token_id=self.builder.stop_ids,
+            stop_strings=[ANSWER_END],
+            tokenizer=self.tokenizer,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         new = out[:, batch["prompt_ids"].shape[1] :]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [t.split(ANSWER_END, 1)[0].strip() for t in texts]
 
     def _correct(self, gold: str, pred: str) -> bool:
         if self.setting.is_tli:
