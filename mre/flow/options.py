@@ -42,7 +42,7 @@ class FlowOptions:
     sources: Sources = Sources.text
     loss: FlowLoss = FlowLoss.full_vocab
     normalize: Normalize = Normalize.none
-    exclude_bos: bool = False  # drop every pair whose source is the first non-pad token
+    exclude_bos: bool = False  # drop every pair whose source is a BOS (the first token, when it is one)
 
     def measurement(self) -> dict[str, Any]:
         """The measurement fields only (no sample counts): equal dicts mean comparable numbers."""
