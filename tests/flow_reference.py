@@ -84,7 +84,7 @@ def reference_flow(
         s_wp.append(mean(c_wp))
         s_pq.append(mean(c_pq))
         s_ww.append(mean(c_ww))
-    if normalize == "per_layer":
+    if normalize == "per_sample":
         for layer in range(len(s_ww)):
             vals = [s_wp[layer], s_pq[layer], s_ww[layer]]
             tot = sum(v for v in vals if not math.isnan(v))

@@ -13,6 +13,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -38,6 +39,7 @@ from mre.data.synthetic import generate
 from mre.data.tokenizer import train_tiny_tokenizer
 from mre.flow.callback import flow_batch
 from mre.flow.engine import FlowEngine, FlowResult
+from mre.flow.files import METRICS, result_values, summarize
 from mre.flow.options import FlowOptions
 from mre.setting import Direction, Setting
 from tests.test_prompts import FIELDS, INSTR, corpus
@@ -266,11 +268,11 @@ def test_other_architectures(arch):
     [
         {"sources": "all_prior"},
         {"loss": "label_restricted"},
-        {"normalize": "per_layer"},
+        {"normalize": "per_sample"},
         {"exclude_bos": True},
-        {"sources": "all_prior", "normalize": "per_layer", "exclude_bos": True},
+        {"sources": "all_prior", "normalize": "per_sample", "exclude_bos": True},
     ],
-    ids=["all_prior", "label_restricted", "per_layer", "exclude_bos", "combined"],
+    ids=["all_prior", "label_restricted", "per_sample", "exclude_bos", "combined"],
 )
 def test_options(opts):
     model = tiny_llama(seed=4)
@@ -282,8 +284,34 @@ def test_options(opts):
             s["target"] = labels[i % len(labels)]
     samples[0]["input_ids"][0] = BOS  # one sample starts with a BOS, the others (most likely) not
     res = check(model, samples, label_token_ids=labels, bos_token_id=BOS, **opts)
-    if opts.get("normalize") == "per_layer":
+    if opts.get("normalize") == "per_sample":
         torch.testing.assert_close(res.s_wp + res.s_pq + res.s_ww, torch.ones_like(res.s_ww))
+
+
+def _by_metric(values: dict[str, np.ndarray]) -> np.ndarray:
+    """[metric, sample, layer] of per-metric [sample, layer] values."""
+    return np.stack([values[m] for m in METRICS])
+
+
+def _means(stats: dict) -> np.ndarray:
+    """[metric, layer] of a summary's means."""
+    return np.stack([stats[m].mean for m in METRICS])
+
+
+def test_of_means_rescales_the_summary_and_per_sample_the_samples():
+    model = tiny_llama(seed=17)
+    batch = collate(make_samples(4, seed=17))
+    raw = result_values([FlowEngine(model).compute(batch)])
+    of_means = result_values([FlowEngine(model, FlowOptions(normalize="of_means")).compute(batch)])
+    per_sample = result_values([FlowEngine(model, FlowOptions(normalize="per_sample")).compute(batch)])
+    r = _by_metric(raw)
+    assert np.array_equal(_by_metric(of_means), r)  # raw per-sample values: the samples file
+    np.testing.assert_allclose(_by_metric(per_sample), r / r.sum(0), rtol=1e-12)
+    mean_of_ratios = _means(summarize(per_sample, 50, 0, "per_sample"))
+    ratio_of_means = _means(summarize(of_means, 50, 0, "of_means"))
+    np.testing.assert_allclose(mean_of_ratios, (r / r.sum(0)).mean(1), rtol=1e-12)
+    np.testing.assert_allclose(ratio_of_means, r.mean(1) / r.mean(1).sum(0), rtol=1e-12)
+    assert np.abs(mean_of_ratios - ratio_of_means).max() > 1e-3
 
 
 def _without_bos(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
@@ -319,7 +347,7 @@ def test_exclude_bos_drops_a_real_bos_only(tmp_path):
 def test_no_anchor_gives_nan_and_zero_counts():
     model = tiny_llama(seed=5)
     samples = make_samples(2, seed=5, anchor=False) + make_samples(1, seed=6)
-    res = check(model, samples, normalize="per_layer")
+    res = check(model, samples, normalize="per_sample")
     assert res.n_wp.tolist()[:2] == [0, 0] and res.n_pq.tolist()[:2] == [0, 0]
     assert torch.isnan(res.s_wp[:2]).all() and torch.isnan(res.s_pq[:2]).all()
     assert not torch.isnan(res.s_ww).any() and not torch.isnan(res.s_wp[2]).any()

@@ -405,7 +405,7 @@ def analyze_subject(
     out_dir = Path(out_dir)
     spath = compute_flow_samples(subject, out_dir, opts, seed)
     _, values = sample_values(read_samples(spath)[0])
-    stats = summarize(values, opts.n_boot, seed)
+    stats = summarize(values, opts.n_boot, seed, opts.normalize)
     fpath = write_layers(stats, out_dir / FLOW_FILE)
     n = int(max(s.n.max() for s in stats.values()))
     png = plot_flow(stats, out_dir / "flow.png", f"information flow, {subject.name} (n={n})")

@@ -121,7 +121,7 @@ class SaliencyFlowCallback(L.Callback):
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         rows = sorted(gather_rows(self._shard_rows(trainer, pl_module)), key=lambda r: r["sample"])
         values = {m: np.stack([r["values"][m] for r in rows]) for m in METRICS}
-        stats = summarize(values, self.options.n_boot, self.seed)
+        stats = summarize(values, self.options.n_boot, self.seed, self.options.normalize)
         self.history[epoch] = {m: s.mean.tolist() for m, s in stats.items()}
         if trainer.is_global_zero:
             self._write(epoch, stats, [line for r in rows for line in r["file"]])

@@ -39,9 +39,12 @@ How it is computed (one forward + one activation-only backward for the whole bat
 Departure options (not the DESIGN.md default, offered because the "Label Words are Anchors" code or its
 plots use them): ``sources="all_prior"`` (S_wp sources are all non-pad positions before p, anchor
 positions included), ``loss="label_restricted"`` (C-way cross-entropy over the labels' first tokens),
-``normalize="per_layer"`` (the three means rescaled to sum to 1 per layer and sample), ``exclude_bos``
-(drop every pair whose source j is a BOS token, an attention sink: the first non-pad token when it is
-the tokenizer's ``bos_token_id``; with a tokenizer that adds none, or has none, nothing is dropped).
+``normalize="of_means"`` (their plots' ratio of means: the three means over samples rescaled to sum to
+1 per layer, done by the summary, ``mre.flow.files.summarize``; the engine returns raw values for it)
+or ``normalize="per_sample"`` (each sample's three means rescaled here, per layer: a mean of ratios once
+averaged), ``exclude_bos`` (drop every pair whose source j is a BOS token, an attention sink: the first
+non-pad token when it is the tokenizer's ``bos_token_id``; with a tokenizer that adds none, or has none,
+nothing is dropped).
 """
 
 from __future__ import annotations
@@ -367,8 +370,9 @@ class FlowEngine:
         options: what is measured (``mre.flow.options.FlowOptions``): ``sources`` "text" (the definition)
             or "all_prior" (every non-pad position before the anchor token, as in the "Label Words are
             Anchors" code); ``loss`` "full_vocab" or "label_restricted" (C-way cross-entropy over
-            ``batch["label_token_ids"]``, the labels' first tokens); ``normalize`` "none" or "per_layer"
-            (the three means rescaled to sum to 1 per layer and sample); ``exclude_bos`` (drop every
+            ``batch["label_token_ids"]``, the labels' first tokens); ``normalize`` "none", "per_sample"
+            (the three means rescaled to sum to 1 per layer and sample) or "of_means" (left to the
+            summary, which rescales the means over samples: raw values here); ``exclude_bos`` (drop every
             pair whose source is a BOS: the first non-pad token when it equals ``bos_token_id``).
         keep_maps: None, "layer" (return the I_l maps, [B, n_layers, L, L]) or "head" (|A * dL/dA| per
             head, [B, n_layers, H, L, L]) for heatmaps; this keeps all layers' maps in memory.
@@ -494,7 +498,7 @@ class FlowEngine:
         sums = torch.stack([state.sums[s] for s in range(n_layers)], dim=1).double().cpu()  # [B, nl, 3]
         n = counts.double()[:, None, :]  # [B, 1, 3]
         means = torch.where(n > 0, sums / n.clamp(min=1), torch.full_like(sums, float("nan")))
-        if self.normalize == "per_layer":
+        if self.normalize == Normalize.per_sample:
             total = means.nan_to_num(0.0).sum(-1, keepdim=True)
             means = torch.where(
                 torch.isnan(means), means, torch.where(total > 0, means / total, torch.zeros_like(means))
