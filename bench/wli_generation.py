@@ -125,7 +125,7 @@ def main() -> None:
     same = [i for i in range(n) if a[i] == b[i]]
     print(f"identical decoded answers batched vs per-sample: {len(same)}/{n} ({len(same) / n:.1%})")
     fmt = module.builder.wli_format
-    gold = [module.builder.answer_of(context.records("test")[int(s["index"][0])]) for s in single]
+    gold = [context.item("test", int(s["index"][0])).answer for s in single]
     for name, preds in (("batched", a), ("per-sample", b)):
         exact = sum(sorted(fmt.parse(p)) == sorted(fmt.parse(g)) for p, g in zip(preds, gold, strict=True))
         print(f"  exact match vs gold ({name}): {exact / n:.3f}")

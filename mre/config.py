@@ -196,8 +196,10 @@ def _default_fields() -> dict[str, FieldsConfig]:
 @dataclass
 class PromptConfig:
     """Line prefixes per language (the instruction comes from the direction group), the TLI code
-    scheme, the WLI serialization `type<kv_sep>span<pair_sep>...` (`empty` when a text has none),
-    the token budget of prompt + answer (longer texts are shortened, never anchor or answer) and
+    scheme, the WLI serialization `type<kv_sep>span<pair_sep>...` (`empty` when a text has none; one
+    line: a read pair with a separator or line break inside a field is a bad row), the token budget
+    of prompt + answer (longer texts are shortened, and the WLI pairs of the cut part leave answer and
+    anchor) and
     whether the tokenizer's chat template renders the prompt (user turn) and answer (assistant turn)."""
 
     fields: dict[str, FieldsConfig] = field(default_factory=_default_fields)

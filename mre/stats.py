@@ -1,4 +1,5 @@
-"""Statistics of analyze.py: per-layer flow intervals, and seed-aware comparisons of two settings.
+"""Statistics of analyze.py: per-layer flow intervals (of means, or of the shares of several means:
+a ratio of means), and seed-aware comparisons of two settings.
 
 Every bootstrap resample is a vector of counts over the n samples (how often each sample is drawn),
 so a statistic of a resample is a weighted statistic of the original samples; resamples come from
@@ -56,37 +57,91 @@ class LayerStats:
     n: np.ndarray
 
 
+class _Columns:
+    """[n_samples, n_layers] values (NaN = undefined for that sample, e.g. no anchor) with their
+    per-layer mean, sample std and n over the defined samples, and the means of weighted resamples."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2:
+            raise ValueError(f"values must be [samples, layers], got shape {values.shape}")
+        ok = ~np.isnan(values)
+        self.n_samples, self.n = values.shape[0], ok.sum(0)
+        self.filled, self.okf = np.where(ok, values, 0.0), ok.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.mean = self.filled.sum(0) / self.n
+            dev = np.where(ok, values - self.mean, 0.0)
+            std = np.sqrt((dev**2).sum(0) / np.maximum(self.n - 1, 1))
+        self.std = np.where(self.n > 1, std, np.where(self.n == 1, 0.0, np.nan))
+
+    def means(self, w: np.ndarray) -> np.ndarray:
+        """[B, n_layers] means of the resamples whose count vectors are the rows of `w`."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (w @ self.filled) / (w @ self.okf)
+
+
+def _interval(boots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per layer, the 2.5th and 97.5th percentiles of the defined [B, n_layers] bootstrap values."""
+    lo = np.full(boots.shape[1], np.nan)
+    hi = np.full(boots.shape[1], np.nan)
+    for layer in range(boots.shape[1]):
+        col = boots[:, layer]
+        col = col[~np.isnan(col)]
+        if col.size:
+            lo[layer], hi[layer] = np.percentile(col, [2.5, 97.5])
+    return lo, hi
+
+
+def _inverse_total(means: np.ndarray) -> np.ndarray:
+    """1 / the sum over axis 0 of the defined quantities (0 where that sum is 0)."""
+    total = np.nansum(means, axis=0)
+    return np.where(total > 0, 1.0 / np.where(total > 0, total, 1.0), 0.0)
+
+
+def _shares(means: np.ndarray) -> np.ndarray:
+    """Quantities stacked on axis 0 rescaled to sum to 1; an undefined (NaN) one counts as 0 and stays
+    NaN, and quantities that are all 0 stay 0."""
+    return np.where(np.isnan(means), np.nan, means * _inverse_total(means))
+
+
 def bootstrap_layer_means(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> LayerStats:
     """``values`` is [n_samples, n_layers] (NaN = undefined for that sample, e.g. no anchor).
 
     Samples are resampled jointly over layers (one resample draws whole samples); a layer's
     bootstrap mean uses that resample's non-NaN values of the layer.
     """
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim != 2:
-        raise ValueError(f"values must be [samples, layers], got shape {values.shape}")
-    ok = ~np.isnan(values)
-    n = ok.sum(0)
-    filled = np.where(ok, values, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = filled.sum(0) / n
-        dev = np.where(ok, values - mean, 0.0)
-        std = np.sqrt((dev**2).sum(0) / np.maximum(n - 1, 1))
-    std = np.where(n > 1, std, np.where(n == 1, 0.0, np.nan))
-    boots = []
-    okf = ok.astype(np.float64)
-    for w in resample_blocks(values.shape[0], n_boot, seed):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            boots.append((w @ filled) / (w @ okf))
-    b = np.concatenate(boots, axis=0)
-    lo = np.full(values.shape[1], np.nan)
-    hi = np.full(values.shape[1], np.nan)
-    for layer in range(values.shape[1]):
-        col = b[:, layer]
-        col = col[~np.isnan(col)]
-        if col.size:
-            lo[layer], hi[layer] = np.percentile(col, [2.5, 97.5])
-    return LayerStats(mean=mean, std=std, lo=lo, hi=hi, n=n)
+    c = _Columns(values)
+    boots = np.concatenate([c.means(w) for w in resample_blocks(c.n_samples, n_boot, seed)])
+    lo, hi = _interval(boots)
+    return LayerStats(mean=c.mean, std=c.std, lo=lo, hi=hi, n=c.n)
+
+
+def bootstrap_layer_shares(
+    values: Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0
+) -> list[LayerStats]:
+    """Ratio of means: per layer, each quantity's mean over samples divided by the sum of the
+    quantities' means (`_shares`), as the "Label Words are Anchors" plots average first and rescale
+    after. `values` holds one [n_samples, n_layers] array per quantity, the same samples in each.
+
+    A resample draws whole samples for every quantity and layer at once and the interval is that of
+    its shares (the same resamples as `bootstrap_layer_means` with this seed). A per-sample value
+    has no share of its own: `std` is the samples' std divided by the layer's sum of means (the
+    spread in the units of the shares); `n` counts the samples where the quantity is defined.
+    """
+    cols = [_Columns(v) for v in values]
+    if len({c.n_samples for c in cols}) != 1:
+        raise ValueError("every quantity needs the same samples")
+    boots = [
+        _shares(np.stack([c.means(w) for c in cols]))
+        for w in resample_blocks(cols[0].n_samples, n_boot, seed)
+    ]
+    means = np.stack([c.mean for c in cols])
+    scale = _inverse_total(means)
+    out = []
+    for k, (c, share) in enumerate(zip(cols, _shares(means), strict=True)):
+        lo, hi = _interval(np.concatenate([b[k] for b in boots]))
+        out.append(LayerStats(mean=share, std=c.std * scale, lo=lo, hi=hi, n=c.n))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

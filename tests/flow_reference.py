@@ -40,8 +40,9 @@ def reference_flow(
     normalize: str = "none",
     exclude_bos: bool = False,
     label_token_ids: list[int] | None = None,
+    bos_token_id: int | None = None,
 ):
-    """Flow metrics of ONE unpadded sample.
+    """Flow metrics of ONE unpadded sample; `exclude_bos` drops position 0 when it is `bos_token_id`.
 
     ``sample``: {"input_ids": list[int], "text": (s, e), "anchor": (s, e), "q": int, "target": int}.
     The model must run eager attention (``output_attentions=True`` needs it).
@@ -66,7 +67,8 @@ def reference_flow(
         loss_v = F.cross_entropy(logits_q[label_token_ids][None], torch.tensor([gold], device=device))
     loss_v.backward()
 
-    c_wp, c_pq, c_ww = pair_sets(n, q, sample["text"], sample["anchor"], sources, exclude_bos)
+    drop_bos = exclude_bos and bos_token_id is not None and sample["input_ids"][0] == bos_token_id
+    c_wp, c_pq, c_ww = pair_sets(n, q, sample["text"], sample["anchor"], sources, drop_bos)
     s_wp, s_pq, s_ww, maps = [], [], [], []
     for a in attentions:
         a64 = a.detach().double()
@@ -82,7 +84,7 @@ def reference_flow(
         s_wp.append(mean(c_wp))
         s_pq.append(mean(c_pq))
         s_ww.append(mean(c_ww))
-    if normalize == "per_layer":
+    if normalize == "per_sample":
         for layer in range(len(s_ww)):
             vals = [s_wp[layer], s_pq[layer], s_ww[layer]]
             tot = sum(v for v in vals if not math.isnan(v))

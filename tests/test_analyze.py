@@ -413,6 +413,35 @@ def test_base_model_config_mode(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------------
+# flow summary
+# --------------------------------------------------------------------------------------------------
+
+
+def test_rescaled_flow_mean_of_ratios_and_ratio_of_means_by_hand():
+    """Two samples, one layer. per_sample: the engine rescales each sample's three means to sum to 1,
+    the summary averages those shares; of_means: the summary rescales the means over samples (the
+    "Label Words are Anchors" plots), and its interval is a bootstrap of that ratio."""
+    raw = {"S_wp": [[1.0], [2.0]], "S_pq": [[0.0], [6.0]], "S_ww": [[1.0], [0.0]]}
+    shares = {"S_wp": [[0.5], [0.25]], "S_pq": [[0.0], [0.75]], "S_ww": [[0.5], [0.0]]}  # per sample
+    per_sample = summarize({m: np.array(v) for m, v in shares.items()}, 200, 0, "per_sample")
+    of_means = summarize({m: np.array(v) for m, v in raw.items()}, 200, 0, "of_means")
+    assert [float(per_sample[m].mean[0]) for m in raw] == pytest.approx([0.375, 0.375, 0.25])
+    assert [float(of_means[m].mean[0]) for m in raw] == pytest.approx([0.3, 0.6, 0.1])  # (1.5, 3, .5) / 5
+    assert float(of_means["S_wp"].std[0]) == pytest.approx(np.std([1.0, 2.0], ddof=1) / 5)
+    # a resample is both samples, the first twice or the second twice: the shares of one of those
+    for m, extremes in (("S_wp", (0.25, 0.5)), ("S_pq", (0.0, 0.75)), ("S_ww", (0.0, 0.5))):
+        s = of_means[m]
+        assert min(extremes) <= s.lo[0] <= s.mean[0] <= s.hi[0] <= max(extremes), m
+        assert list(s.n) == [2]
+    no_anchor = summarize(
+        {"S_wp": np.full((2, 1), np.nan), "S_pq": np.full((2, 1), np.nan), "S_ww": np.array(raw["S_ww"])},
+        50,
+        0,
+        "of_means",
+    )
+    assert np.isnan(no_anchor["S_wp"].mean[0]) and no_anchor["S_ww"].mean[0] == 1.0
+
+
 # the known-answer check on a hand-made sweep (planted gains, no training)
 # --------------------------------------------------------------------------------------------------
 

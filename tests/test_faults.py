@@ -55,6 +55,15 @@ def test_a_row_without_a_text_label_in_a_tli_run_names_its_line_or_is_skipped(tm
     build_context(records_cfg(path, "direction=wli", "with_anchor=false"))  # text -> WLI needs none
 
 
+def test_a_wli_span_holding_the_pair_separator_names_its_line_before_any_work(tmp_path):
+    rows = synthetic_rows()
+    rows[4]["wli"][0] = {"type": "person", "span": "Jobs;Wozniak"}
+    path = records_file(tmp_path, rows)
+    with pytest.raises(DataFormatError, match=rf"{path}, line 5: pair separator in a WLI span: span "):
+        build_context(records_cfg(path, f"paths.cache_dir={tmp_path / 'cache'}"))
+    assert not (tmp_path / "cache").exists()  # refused before the tokenizer is trained
+
+
 def test_skipping_a_row_does_not_redraw_the_others():
     recs = generate(600, n_classes=3, seed=1)
     a = make_splits({"all": recs}, n_train=200, n_test=100, n_dev=50)

@@ -56,6 +56,24 @@ def test_flow_written_for_base_model_and_every_epoch(tmp_path):
     assert any(float(r["S_pq"]) > 0 for r in rows)
 
 
+def test_of_means_layer_file_is_the_ratio_of_the_raw_sample_means(tmp_path):
+    run(small_cfg(tmp_path, *FAST, "trainer.max_epochs=1", "flow.normalize=of_means"))
+    rows = read_csv(tmp_path / "flow" / "epoch_0.csv")
+    samples = read_csv(tmp_path / "flow" / "epoch_0_samples.csv")
+    for layer, r in enumerate(rows):
+        means = {}
+        for m in ("S_wp", "S_pq", "S_ww"):
+            vals = [float(x[m]) for x in samples if int(x["layer"]) == layer]
+            means[m] = sum(vals) / len(vals)
+        total = sum(means.values())
+        for m, mean in means.items():
+            assert float(r[m]) == pytest.approx(mean / total, rel=1e-12)
+            assert 0 <= float(r[f"{m}_lo"]) <= float(r[m]) <= float(r[f"{m}_hi"]) <= 1
+        assert sum(float(r[m]) for m in means) == pytest.approx(1.0)
+    sums = [sum(float(x[m]) for m in ("S_wp", "S_pq", "S_ww")) for x in samples]
+    assert all(abs(t - 1) > 1e-3 for t in sums), "the samples file holds raw values, not shares"
+
+
 def test_no_anchor_setting_skips_flow_without_failing(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         metrics = run(small_cfg(tmp_path, *FAST, "with_anchor=false", "trainer.max_epochs=1"))

@@ -13,8 +13,10 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from transformers import (
     GPT2Config,
@@ -23,6 +25,7 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -30,11 +33,20 @@ from transformers import (
 sys.path.insert(0, str(Path(__file__).parent))
 from flow_reference import reference_flow
 
+from mre.data.batches import Collator
+from mre.data.prompts import PromptBuilder
+from mre.data.synthetic import generate
+from mre.data.tokenizer import train_tiny_tokenizer
+from mre.flow.callback import flow_batch
 from mre.flow.engine import FlowEngine, FlowResult
+from mre.flow.files import METRICS, result_values, summarize
 from mre.flow.options import FlowOptions
+from mre.setting import Direction, Setting
+from tests.test_prompts import FIELDS, INSTR, corpus
 
 VOCAB = 200
 RTOL = 1e-5
+BOS = 1
 U32 = 2.0**-24  # unit roundoff of float32
 
 
@@ -48,7 +60,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def tiny_llama(seed: int = 0, attn: str | None = None) -> LlamaForCausalLM:
+def tiny_llama(seed: int = 0, attn: str | None = None, vocab: int = VOCAB) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         hidden_size=64,
@@ -56,7 +68,7 @@ def tiny_llama(seed: int = 0, attn: str | None = None) -> LlamaForCausalLM:
         num_hidden_layers=3,
         num_attention_heads=4,
         num_key_value_heads=2,
-        vocab_size=VOCAB,
+        vocab_size=vocab,
         max_position_embeddings=128,
     )
     if attn is not None:
@@ -192,12 +204,14 @@ def assert_matches(res: FlowResult, refs, rtol: float = RTOL) -> None:
             assert (want[ok][:-1] > 0).all() and (want[ok] >= 0).all(), f"degenerate reference S_{name}"
 
 
-def check(model, samples, extra_pad: int = 0, rtol: float = RTOL, label_token_ids=None, **opts) -> FlowResult:
+def check(
+    model, samples, extra_pad: int = 0, rtol: float = RTOL, label_token_ids=None, bos_token_id=None, **opts
+) -> FlowResult:
     batch = collate(samples, extra_pad)
     if label_token_ids is not None:
         batch["label_token_ids"] = torch.tensor(label_token_ids)
-    res = FlowEngine(model, FlowOptions(**opts)).compute(batch)
-    refs = reference(model, samples, label_token_ids=label_token_ids, **opts)
+    res = FlowEngine(model, FlowOptions(**opts), bos_token_id=bos_token_id).compute(batch)
+    refs = reference(model, samples, label_token_ids=label_token_ids, bos_token_id=bos_token_id, **opts)
     assert_matches(res, refs, rtol)
     return res
 
@@ -254,11 +268,11 @@ def test_other_architectures(arch):
     [
         {"sources": "all_prior"},
         {"loss": "label_restricted"},
-        {"normalize": "per_layer"},
+        {"normalize": "per_sample"},
         {"exclude_bos": True},
-        {"sources": "all_prior", "normalize": "per_layer", "exclude_bos": True},
+        {"sources": "all_prior", "normalize": "per_sample", "exclude_bos": True},
     ],
-    ids=["all_prior", "label_restricted", "per_layer", "exclude_bos", "combined"],
+    ids=["all_prior", "label_restricted", "per_sample", "exclude_bos", "combined"],
 )
 def test_options(opts):
     model = tiny_llama(seed=4)
@@ -268,15 +282,72 @@ def test_options(opts):
         labels = [7, 19, 33, 101, 150]
         for i, s in enumerate(samples):
             s["target"] = labels[i % len(labels)]
-    res = check(model, samples, label_token_ids=labels, **opts)
-    if opts.get("normalize") == "per_layer":
+    samples[0]["input_ids"][0] = BOS  # one sample starts with a BOS, the others (most likely) not
+    res = check(model, samples, label_token_ids=labels, bos_token_id=BOS, **opts)
+    if opts.get("normalize") == "per_sample":
         torch.testing.assert_close(res.s_wp + res.s_pq + res.s_ww, torch.ones_like(res.s_ww))
+
+
+def _by_metric(values: dict[str, np.ndarray]) -> np.ndarray:
+    """[metric, sample, layer] of per-metric [sample, layer] values."""
+    return np.stack([values[m] for m in METRICS])
+
+
+def _means(stats: dict) -> np.ndarray:
+    """[metric, layer] of a summary's means."""
+    return np.stack([stats[m].mean for m in METRICS])
+
+
+def test_of_means_rescales_the_summary_and_per_sample_the_samples():
+    model = tiny_llama(seed=17)
+    batch = collate(make_samples(4, seed=17))
+    raw = result_values([FlowEngine(model).compute(batch)])
+    of_means = result_values([FlowEngine(model, FlowOptions(normalize="of_means")).compute(batch)])
+    per_sample = result_values([FlowEngine(model, FlowOptions(normalize="per_sample")).compute(batch)])
+    r = _by_metric(raw)
+    assert np.array_equal(_by_metric(of_means), r)  # raw per-sample values: the samples file
+    np.testing.assert_allclose(_by_metric(per_sample), r / r.sum(0), rtol=1e-12)
+    mean_of_ratios = _means(summarize(per_sample, 50, 0, "per_sample"))
+    ratio_of_means = _means(summarize(of_means, 50, 0, "of_means"))
+    np.testing.assert_allclose(mean_of_ratios, (r / r.sum(0)).mean(1), rtol=1e-12)
+    np.testing.assert_allclose(ratio_of_means, r.mean(1) / r.mean(1).sum(0), rtol=1e-12)
+    assert np.abs(mean_of_ratios - ratio_of_means).max() > 1e-3
+
+
+def _without_bos(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """The same vocabulary as a GPT-2 style tokenizer: no BOS token, nothing added to a text."""
+    backend = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    backend.post_processor = None
+    out = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>")
+    out.padding_side = "left"
+    return out
+
+
+def test_exclude_bos_drops_a_real_bos_only(tmp_path):
+    recs = generate(80, n_classes=3, seed=16)
+    with_bos = train_tiny_tokenizer(corpus(recs, "en"), kind="bpe", vocab_size=800, cache_dir=tmp_path)
+    no_bos = _without_bos(with_bos)
+    model = tiny_llama(seed=16, vocab=len(with_bos))
+    labels = sorted({r.tli for r in recs})
+    for tok, has_bos in ((with_bos, True), (no_bos, False)):
+        b = PromptBuilder(tok, Setting(Direction.tli, True), INSTR["tli"], FIELDS["en"], labels)
+        items = [b.encode(r, i) for i, r in enumerate(recs[:3])]
+        assert [e.prompt_ids[0] == tok.bos_token_id for e in items] == [has_bos] * 3
+        batch = flow_batch(Collator(tok.pad_token_id)(items))
+        plain = FlowEngine(model).compute(batch)
+        excluding = FlowEngine(model, FlowOptions(exclude_bos=True), bos_token_id=tok.bos_token_id)
+        without = excluding.compute(batch)
+        # a BOS is the source of one pair per later position up to q, all of them in C_ww
+        dropped = [len(e.prompt_ids) - 1 if has_bos else 0 for e in items]
+        assert (plain.n_ww - without.n_ww).tolist() == dropped
+        assert torch.equal(plain.n_wp, without.n_wp) and torch.equal(plain.n_pq, without.n_pq)
+        assert has_bos or torch.equal(plain.s_ww, without.s_ww)
 
 
 def test_no_anchor_gives_nan_and_zero_counts():
     model = tiny_llama(seed=5)
     samples = make_samples(2, seed=5, anchor=False) + make_samples(1, seed=6)
-    res = check(model, samples, normalize="per_layer")
+    res = check(model, samples, normalize="per_sample")
     assert res.n_wp.tolist()[:2] == [0, 0] and res.n_pq.tolist()[:2] == [0, 0]
     assert torch.isnan(res.s_wp[:2]).all() and torch.isnan(res.s_pq[:2]).all()
     assert not torch.isnan(res.s_ww).any() and not torch.isnan(res.s_wp[2]).any()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import random
 import string
 
@@ -128,6 +129,39 @@ def test_truncation_shortens_text_never_anchor_or_answer(setup):
     assert b.dropped["anchor/answer do not fit in max_length"] == 1
 
 
+def _record_with_a_pair_in_the_tail(recs: list[Record]) -> tuple[Record, list[WLIPair]]:
+    """A long text whose last sentence holds pairs (one without offsets) that a cut removes; returns
+    it and the pairs of its head, which every cut here keeps."""
+    head, tail = recs[0], next(r for r in recs[1:] if r.wli and r.tli != recs[0].tli)
+    filler = " ".join([head.text] * 30)
+    shift = len(filler) + 1
+    moved = [WLIPair(p.type, p.span, p.start + shift, p.end + shift) for p in tail.wli]
+    unlocated = WLIPair(tail.wli[0].type, tail.wli[0].span)  # no offsets: its span occurs in the tail only
+    rec = Record("long", f"{filler} {tail.text}", head.tli, (*head.wli, *moved, unlocated))
+    assert tail.wli[0].span not in filler
+    return rec, list(head.wli)
+
+
+@pytest.mark.parametrize("direction", ["wli", "tli"])
+def test_truncation_drops_the_pairs_of_the_cut_text_from_answer_and_anchor(setup, direction, caplog):
+    tok, recs, labels, lang = setup
+    long, kept = _record_with_a_pair_in_the_tail(recs)
+    b = builder(tok, labels, lang, direction, True, max_length=10_000)
+    full = b.encode(long, 0)
+    b.max_length = len(full.prompt_ids) + len(full.answer_ids) - 30
+    with caplog.at_level(logging.INFO, logger="mre.data.prompts"):
+        (e,) = b.encode_all([long], "test")
+    fmt = WLIFormat()
+    assert len(e.prompt_ids) + len(e.answer_ids) <= b.max_length
+    if direction == "wli":  # the answer is the pairs inside the kept text
+        assert e.answer == fmt.serialize(kept) == tok.decode(e.answer_ids, skip_special_tokens=True).strip()
+    else:  # the anchor is
+        assert tok.decode(e.prompt_ids[slice(*e.anchor_range)]).strip() == fmt.serialize(kept)
+    assert long.text.startswith(e.record.text) and list(e.record.wli) == kept
+    assert b.wli_cut == len(long.wli) - len(kept)
+    assert f"dropped {b.wli_cut} WLI pairs" in caplog.text and "shortened 1 of 1 test texts" in caplog.text
+
+
 def test_no_tli_source_refuses_wli_with_anchor(setup):
     tok, recs, labels, lang = setup
     b = builder(tok, labels, lang, "wli", True)
@@ -146,7 +180,7 @@ def test_serializer_parser_round_trip():
     rng = random.Random(0)
     for _ in range(500):
         pairs = _random_pairs(rng)
-        assert fmt.is_well_formed(pairs)
+        assert fmt.problem(pairs) is None
         assert fmt.parse(fmt.serialize(pairs)) == [(p.type, p.span) for p in pairs]
     other = WLIFormat(pair_sep=" | ", kv_sep="=", empty="-")
     pairs = [WLIPair("person", "Steve Jobs"), WLIPair("company", "Apple: Inc")]
@@ -243,3 +277,10 @@ def test_chat_template_refusals(setup):
     no_end.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(PromptError, match=r"no special token .*prompt.chat_template=off"):
         chat_builder(no_end, labels, lang, "wli", True)
+
+
+@pytest.mark.parametrize("name", ["pair_sep", "kv_sep", "empty"])
+def test_a_separator_with_a_line_break_is_refused(name):
+    """Answers are one line (generation stops at the first newline)."""
+    with pytest.raises(ValueError, match=rf"prompt.{name}=.*without a line break"):
+        WLIFormat(**{name: "\n"})

@@ -12,6 +12,7 @@ import pytest
 
 from mre.data.readers import FORMATS, load_source
 from mre.data.record import DataFormatError, Record, WLIPair
+from mre.data.wli_format import WLIFormat
 
 
 def _shared_data() -> Path:
@@ -380,6 +381,51 @@ def test_bad_row_skip_policy_keeps_good_rows_and_logs(
     log = caplog.text
     assert "skipped 1 bad rows" in log and name in log
     assert problem.split(":")[0] in log  # the reason (the problem up to its first ':')
+
+
+# a WLI field the answer format `type:span;type:span` cannot hold: (pair, named field, skip reason)
+UNSERIALIZABLE = {
+    "pair separator in a span": (
+        {"type": "person", "span": "Jobs;Wozniak"},
+        "span 'Jobs;Wozniak' of pair 2 contains prompt.pair_sep ';'",
+        "pair separator in a WLI span",
+    ),
+    "type/span separator in a type": (
+        {"type": "org:company", "span": "Apple"},
+        "type 'org:company' of pair 2 contains prompt.kv_sep ':'",
+        "type/span separator in a WLI type",
+    ),
+    "line break in a span": (
+        {"type": "person", "span": "Steve\nJobs"},
+        "span 'Steve\\nJobs' of pair 2 contains a line break",
+        "line break in a WLI span",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNSERIALIZABLE))
+def test_a_wli_field_the_answer_format_cannot_hold_is_a_bad_row(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair, named, reason = UNSERIALIZABLE[kind]
+    path = _records_case(tmp_path, {**GOOD, "id": "b", "wli": [GOOD["wli"][0], pair]})
+    with pytest.raises(DataFormatError) as info:
+        load_source("records", path, wli_format=WLIFormat())
+    msg = str(info.value)
+    assert f"records.jsonl, line 2: {reason}: {named}" in msg and "expected" in msg, msg
+    with caplog.at_level(logging.WARNING):
+        assert len(load_source("records", path, on_bad_row="skip", wli_format=WLIFormat())["all"]) == 2
+    assert f"1 x {reason}" in caplog.text
+    other = WLIFormat(pair_sep=" | ", kv_sep="=")  # another format holds ';' and ':'
+    if "line break" not in kind:
+        assert len(load_source("records", path, wli_format=other)["all"]) == 3
+
+
+def test_a_span_with_the_type_span_separator_is_kept(tmp_path: Path) -> None:
+    """Parsing splits a pair at its first ':' only, so a span may hold one (SNIPS: '09:44 am')."""
+    path = _records_case(tmp_path, {**GOOD, "id": "b", "wli": [{"type": "timeRange", "span": "09:44 am"}]})
+    (_, rec, _) = load_source("records", path, wli_format=WLIFormat())["all"]
+    assert WLIFormat().parse(WLIFormat().serialize(rec.wli)) == [("timeRange", "09:44 am")]
 
 
 def test_bio_line_count_mismatch_is_a_file_error_under_both_policies(tmp_path: Path) -> None:

@@ -171,3 +171,33 @@ def test_answer_window_loss_and_scores_match_full_logits(tmp_path):
     assert loss.item() == pytest.approx(full.loss.item(), rel=1e-5)
     assert logits.shape[1] < batch["input_ids"].shape[1]
     assert torch.equal(module._score_codes(logits, batch)[0], module._score_codes(full.logits, batch)[0])
+
+
+def _successor_model(model: torch.nn.Module, successor: dict[int, int]) -> None:
+    """Make the next token a function of the current token alone: attention and MLP outputs zeroed,
+    so the last hidden state is the current token's normalized embedding, which the LM head maps to
+    the logit of its successor (|h|^2 = hidden size against random dot products of a few std)."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb = model.get_input_embeddings().weight
+        h = emb / emb.pow(2).mean(-1, keepdim=True).sqrt()
+        head = torch.zeros_like(model.lm_head.weight)
+        for cur, nxt in successor.items():
+            head[nxt] += h[cur]
+        model.lm_head.weight = torch.nn.Parameter(head)
+
+
+def test_generation_stops_at_the_first_newline(tmp_path):
+    parts = generative.build(small_cfg(tmp_path, "direction=wli"), tmp_path)
+    module, tok = parts.module, parts.module.tokenizer
+    module.configure_model()
+    batch = next(iter(parts.datamodule.test_dataloader()))
+    q = int(batch["prompt_ids"][0, -1])  # every plain prompt ends with the same "Answer:" token
+    assert (batch["prompt_ids"][:, -1] == q).all()
+    word, junk = (tok(w, add_special_tokens=False)["input_ids"][-1] for w in ("location", "person"))
+    newline = tok.convert_tokens_to_ids("\n")
+    _successor_model(module.model, {q: word, word: newline, newline: junk, junk: newline})
+    want = tok.decode([word]).strip()
+    assert module.generate(batch) == [want] * len(batch["prompt_ids"])  # not "location\nperson\nperson..."

@@ -241,7 +241,7 @@ def compute_flow_samples(subject: Subject, out_dir: Path, opts: FlowAnalysisConf
     if done:
         log.info("resuming: %d of %d samples already in %s", len(done), len(chosen), spath)
 
-    engine = FlowEngine(subject.model, opts)
+    engine = FlowEngine(subject.model, opts, bos_token_id=ctx.tokenizer.bos_token_id)
     collate = Collator(ctx.tokenizer.pad_token_id)
     device = next(subject.model.parameters()).device
     chunks = [chosen[i : i + opts.batch_size] for i in range(0, len(chosen), opts.batch_size)]
@@ -336,7 +336,7 @@ def token_flows(subject: Subject, chosen: list[Encoded], opts: FlowAnalysisConfi
     ctx = subject.context
     records = ctx.records("test")
     raw = FlowAnalysisConfig(**{**vars(opts), "normalize": Normalize.none})  # token maps are never rescaled
-    engine = FlowEngine(subject.model, raw, keep_maps="layer")
+    engine = FlowEngine(subject.model, raw, keep_maps="layer", bos_token_id=ctx.tokenizer.bos_token_id)
     collate = Collator(ctx.tokenizer.pad_token_id)
     device = next(subject.model.parameters()).device
     label_ids = _label_ids(subject, opts)
@@ -405,7 +405,7 @@ def analyze_subject(
     out_dir = Path(out_dir)
     spath = compute_flow_samples(subject, out_dir, opts, seed)
     _, values = sample_values(read_samples(spath)[0])
-    stats = summarize(values, opts.n_boot, seed)
+    stats = summarize(values, opts.n_boot, seed, opts.normalize)
     fpath = write_layers(stats, out_dir / FLOW_FILE)
     n = int(max(s.n.max() for s in stats.values()))
     png = plot_flow(stats, out_dir / "flow.png", f"information flow, {subject.name} (n={n})")

@@ -62,12 +62,26 @@ class TaskContext:
         """Encoded samples of a split; `Encoded.index` points into `records(split)`."""
         return self.encoded[STAGE_SPLIT.get(split, split)]
 
+    @cached_property
+    def _by_index(self) -> dict[str, dict[int, Encoded]]:
+        return {name: {e.index: e for e in items} for name, items in self.encoded.items()}
+
+    def item(self, split: str, index: int) -> Encoded:
+        """The encoded sample of `records(split)[index]`: evaluation reads its gold answer and prompt
+        here, as encoded (a shortened text keeps only the WLI pairs inside it), not from the record."""
+        return self._by_index[STAGE_SPLIT.get(split, split)][index]
+
+
+def wli_format_of(cfg: Any) -> WLIFormat:
+    """The WLI serialization of `prompt.pair_sep`, `kv_sep` and `empty`."""
+    p = cfg.prompt
+    return WLIFormat(p.pair_sep, p.kv_sep, p.empty)
+
 
 def tokenizer_corpus(records: list[Record], cfg: Any, lang: str) -> list[str]:
     """Training texts for a tiny tokenizer: every field a prompt of either direction can hold."""
-    prompt = cfg.prompt
-    f = prompt.fields[lang]
-    fmt = WLIFormat(prompt.pair_sep, prompt.kv_sep, prompt.empty)
+    f = cfg.prompt.fields[lang]
+    fmt = wli_format_of(cfg)
     lines = [str(v) for v in cfg.direction.instruction.values()] + [f.text, f.tli, f.wli, f.answer]
     for i, r in enumerate(records):
         code = chr(ord("A") + i % 26)
@@ -119,7 +133,7 @@ def make_builder(
         instruction=cfg.direction.instruction[language],
         fields=Fields(f.text, f.tli, f.wli, f.answer),
         labels=labels,
-        wli_format=WLIFormat(p.pair_sep, p.kv_sep, p.empty),
+        wli_format=wli_format_of(cfg),
         code_scheme=str(p.code_scheme),
         max_length=p.max_length,
         chat=use_chat_template(cfg, tokenizer),
@@ -184,7 +198,8 @@ def build_context(
     """The context of a composed config (its own setting unless `setting` is given)."""
     setting = setting or Setting.from_config(cfg)
     language = str(cfg.dataset.language)
-    splits = require_text_labels(load_splits(cfg.dataset), setting, str(cfg.dataset.on_bad_row))
+    splits = load_splits(cfg.dataset, wli_format_of(cfg))  # pairs the answer format cannot hold: bad rows
+    splits = require_text_labels(splits, setting, str(cfg.dataset.on_bad_row))
     tokenizer = make_tokenizer(cfg, splits, language, tokenizer_path)
     labels = sorted({r.tli for r in splits.train if r.tli is not None})
     builder = make_builder(cfg, setting, tokenizer, labels, language)

@@ -9,6 +9,7 @@ from mre.data.readers import load_source
 from mre.data.record import Record
 from mre.data.splits import Splits, make_splits
 from mre.data.synthetic import generate
+from mre.data.wli_format import WLIFormat
 
 
 def _value(x: Any) -> Any:
@@ -16,8 +17,9 @@ def _value(x: Any) -> Any:
     return getattr(x, "value", x)
 
 
-def load_sources(ds: Any) -> dict[str, list[Record]]:
-    """Records of a dataset config by named split; a missing path says what file is expected."""
+def load_sources(ds: Any, wli_format: WLIFormat | None = None) -> dict[str, list[Record]]:
+    """Records of a dataset config by named split; a missing path says what file is expected. With
+    `wli_format`, a read WLI pair that format cannot serialize is a bad row."""
     source = _value(ds.source)
     if source == "synthetic":
         s = ds.synthetic
@@ -37,10 +39,15 @@ def load_sources(ds: Any) -> dict[str, list[Record]]:
             f"give it with dataset.path=/path/to/it"
         )
     return load_source(
-        source, ds.path, on_bad_row=_value(ds.on_bad_row), sort_multi_labels=ds.sort_multi_labels
+        source,
+        ds.path,
+        on_bad_row=_value(ds.on_bad_row),
+        sort_multi_labels=ds.sort_multi_labels,
+        wli_format=wli_format,
     )
 
 
-def load_splits(ds: Any) -> Splits:
-    """The seeded train/dev/test splits of a dataset config (`dataset.n_train`, ...)."""
-    return make_splits(load_sources(ds), ds.n_train, ds.n_test, ds.n_dev, ds.split_seed)
+def load_splits(ds: Any, wli_format: WLIFormat | None = None) -> Splits:
+    """The seeded train/dev/test splits of a dataset config (`dataset.n_train`, ...); `wli_format`:
+    as in `load_sources`."""
+    return make_splits(load_sources(ds, wli_format), ds.n_train, ds.n_test, ds.n_dev, ds.split_seed)

@@ -19,6 +19,10 @@ by the tokenizer's own `apply_chat_template`. q is the last token of the generat
 (`<|im_end|>`, `</s>`), and generation stops there (`stop_ids`). The text must appear in the rendered
 prompt exactly as given, or the spans could not be found: a template that rewrites it is refused.
 
+A prompt longer than `max_length` gets its text cut (never the instruction); the cut record keeps only
+the WLI pairs inside the kept text, in the answer and in a WLI anchor alike (`shorten`), and
+`truncated` / `wli_cut` count the shortened texts and the pairs left out.
+
 TLI answers are one-token codes listed in the instruction, as in the paper, which numbers its
 classes: `digits` (`1`..`9`) where the tokenizer makes each a single token in answer position and
 there are at most nine labels, letters (`A`, `B`, ...) otherwise (`code_scheme: auto`). The builder
@@ -30,7 +34,7 @@ from __future__ import annotations
 import logging
 import string
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from transformers import PreTrainedTokenizerBase
 
@@ -64,7 +68,10 @@ class Fields:
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenized sample. Ranges are [start, end) in `prompt_ids`; q = len(prompt_ids) - 1."""
+    """One tokenized sample. Ranges are [start, end) in `prompt_ids`; q = len(prompt_ids) - 1.
+
+    `record` is the record as encoded: when its text was shortened to fit, the shortened text and only
+    the WLI pairs inside it, so that evaluation scores against the `answer` the model could see."""
 
     index: int
     prompt_ids: list[int]
@@ -72,6 +79,7 @@ class Encoded:
     text_range: tuple[int, int]
     anchor_range: tuple[int, int]
     answer: str
+    record: Record
 
     @property
     def q(self) -> int:
@@ -112,7 +120,8 @@ class PromptBuilder:
     max_length: int = 256
     chat: bool = False
     dropped: Counter = field(default_factory=Counter)
-    truncated: int = 0
+    truncated: int = 0  # texts shortened to fit max_length
+    wli_cut: int = 0  # WLI pairs left out because a shortened text no longer holds them
     control: dict[str, str] = field(default_factory=dict)  # record id -> control anchor (not gold)
 
     def __post_init__(self) -> None:
@@ -222,10 +231,10 @@ class PromptBuilder:
             return rec.tli
         return self.wli_format.serialize(rec.wli)
 
-    def render(self, rec: Record, text: str | None = None) -> Rendered:
-        """Prompt string for a record (optionally with a shortened text) and the char ranges."""
+    def render(self, rec: Record) -> Rendered:
+        """Prompt string for a record and the char ranges."""
         anchor = self.anchor_of(rec) if self.setting.with_anchor else ""
-        return self._render_parts(rec.text if text is None else text, anchor, self.answer_of(rec))
+        return self._render_parts(rec.text, anchor, self.answer_of(rec))
 
     def _render_parts(self, text: str, anchor: str, answer: str) -> Rendered:
         instruction = (
@@ -324,27 +333,33 @@ class PromptBuilder:
         return ids[:n_prompt], answer_ids, text_range, anchor_range
 
     def encode(self, rec: Record, index: int) -> Encoded | None:
-        """Tokenize one record; shorten the text (never the anchor or answer) to fit `max_length`.
+        """Tokenize one record; shorten the text (never the instruction) to fit `max_length`.
 
-        Returns None (and counts the reason in `dropped`) when even an empty text does not fit.
+        A shortened text keeps only the WLI pairs inside it (`shorten`), in the answer and in the anchor
+        alike: the model is never asked for, or shown, an entity of a part it cannot see. Fewer pairs
+        make a WLI anchor or answer shorter, so every cut is rendered and measured again (a cut may
+        thus leave some room). Returns None (and counts the reason in `dropped`) when even a
+        one-token text does not fit.
         """
-        text = rec.text
+        cut = rec
         while True:
-            r = self.render(rec, text)
+            r = self.render(cut)
             prompt_ids, answer_ids, tr, ar = self._tokenize(r)
             excess = len(prompt_ids) + len(answer_ids) - self.max_length
             if excess <= 0:
                 if tr[1] <= tr[0]:
                     self.dropped["no text tokens"] += 1
                     return None
-                return Encoded(index, prompt_ids, answer_ids, tr, ar, self.answer_of(rec))
-            n_text = tr[1] - tr[0]
-            if text == rec.text:
+                self.wli_cut += len(rec.wli) - len(cut.wli)
+                return Encoded(index, prompt_ids, answer_ids, tr, ar, self.answer_of(cut), cut)
+            if cut is rec:
                 self.truncated += 1
-            if n_text - excess < 1:
+            n_text = tr[1] - tr[0]
+            shorter = shorten(cut, self._cut_text(cut.text, r, tr, max(1, n_text - excess)))
+            if shorter == cut or (n_text - excess < 1 and shorter.wli == cut.wli):
                 self.dropped["anchor/answer do not fit in max_length"] += 1
                 return None
-            text = self._cut_text(text, r, tr, n_text - excess)
+            cut = shorter
 
     def _cut_text(self, text: str, r: Rendered, tr: tuple[int, int], keep: int) -> str:
         """Keep the first `keep` text tokens' characters (at least one character shorter)."""
@@ -355,10 +370,28 @@ class PromptBuilder:
 
     def encode_all(self, records: list[Record], split: str = "") -> list[Encoded]:
         """Encode a split, logging how many of its samples were dropped and why."""
-        before = Counter(self.dropped)
+        before, truncated, wli_cut = Counter(self.dropped), self.truncated, self.wli_cut
         out = [e for i, rec in enumerate(records) if (e := self.encode(rec, i)) is not None]
         now = self.dropped - before
+        where = f"{split} " if split else ""
+        if self.truncated > truncated:
+            log.info(
+                "shortened %d of %d %stexts to fit prompt.max_length=%d; dropped %d WLI pairs that lay in "
+                "the cut part",
+                self.truncated - truncated,
+                len(records),
+                where,
+                self.max_length,
+                self.wli_cut - wli_cut,
+            )
         if now:
-            where = f"{split} " if split else ""
             log.warning("dropped %d of %d %ssamples: %s", sum(now.values()), len(records), where, dict(now))
         return out
+
+
+def shorten(rec: Record, text: str) -> Record:
+    """The record with its text cut to the prefix `text` and only the WLI pairs still inside it: a
+    pair with offsets when it ends within the prefix, a pair without offsets when its span occurs in
+    the prefix (one whose span never occurred verbatim is dropped by any cut)."""
+    inside = [p for p in rec.wli if (p.span in text if p.end is None else p.end <= len(text))]
+    return replace(rec, text=text, wli=tuple(inside))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from mre.data.record import DataFormatError, OnBadRow, Record, RowIssues, WLIPair
+from mre.data.wli_format import WLIFormat
 
 log = logging.getLogger(__name__)
 
@@ -611,10 +612,15 @@ def _file_sources(path: Path, fmt: str) -> dict[str, Path]:
 
 
 def load_source(
-    fmt: str, path: str | Path, on_bad_row: OnBadRow = "error", sort_multi_labels: bool = False
+    fmt: str,
+    path: str | Path,
+    on_bad_row: OnBadRow = "error",
+    sort_multi_labels: bool = False,
+    wli_format: WLIFormat | None = None,
 ) -> dict[str, list[Record]]:
     """Named splits found at `path`: {"train", "dev", "test"} (those present) for folder sources
     with split sub-folders/files, else {"all": [...]}. `sort_multi_labels` (BIO only): `b#a` = `a#b`.
+    With `wli_format`, a WLI pair it cannot serialize (`WLIFormat.problem`) is a bad row.
 
     Each file gets its own `RowIssues`, so error messages and skip counts name the exact file.
     """
@@ -628,7 +634,7 @@ def load_source(
     sources = _bio_sources(path) if fmt == "bio" else _file_sources(path, fmt)
     out: dict[str, list[Record]] = {}
     for split, src in sources.items():
-        issues = RowIssues(src, on_bad_row)
+        issues = RowIssues(src, on_bad_row, wli_format.problem if wli_format else None)
         if fmt == "bio":
             out[split] = read_bio_split(src, issues, sort_multi_labels)
         else:

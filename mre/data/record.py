@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -84,14 +85,22 @@ def check_record(rec: Record) -> str | None:
     return None
 
 
-class RowIssues:
-    """Applies the bad-row policy for one file and keeps the skip counts per reason."""
+PairsCheck = Callable[[tuple[WLIPair, ...]], str | None]
 
-    def __init__(self, path: str | Path, on_bad_row: OnBadRow = "error") -> None:
+
+class RowIssues:
+    """Applies the bad-row policy for one file and keeps the skip counts per reason. `wli_check` is
+    the answer format's check of a record's pairs (`WLIFormat.problem`): a pair it cannot serialize
+    is a bad row like any other, named where it was read instead of cut silently later."""
+
+    def __init__(
+        self, path: str | Path, on_bad_row: OnBadRow = "error", wli_check: PairsCheck | None = None
+    ) -> None:
         if on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         self.path = str(path)
         self.on_bad_row = on_bad_row
+        self.wli_check = wli_check
         self.skipped: Counter[str] = Counter()
 
     def bad(self, line: int, problem: str) -> None:
@@ -104,7 +113,7 @@ class RowIssues:
 
     def accept(self, line: int, rec: Record) -> Record | None:
         """Validate a parsed record; return it, or None when it was skipped."""
-        problem = check_record(rec)
+        problem = check_record(rec) or (self.wli_check and self.wli_check(rec.wli))
         if problem is None:
             return rec
         self.bad(line, problem)

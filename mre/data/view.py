@@ -89,7 +89,10 @@ def show(ctx: TaskContext, console: Console | None = None, n_examples: int = 3) 
     console.print(counts_table("WLI types, train", pairs, sum(pairs.values())))
     builder = ctx.builder
     if builder.truncated:
-        console.print(f"texts shortened to fit prompt.max_length={builder.max_length}: {builder.truncated}")
+        console.print(
+            f"texts shortened to fit prompt.max_length={builder.max_length}: {builder.truncated} (WLI pairs "
+            f"left out with the cut part: {builder.wli_cut})"
+        )
     if builder.dropped:
         console.print(f"dropped while encoding: {dict(builder.dropped)}")
     console.print(f"tokenizer: {type(ctx.tokenizer).__name__}, {len(ctx.tokenizer)} tokens")

@@ -80,6 +80,7 @@ class SaliencyFlowCallback(L.Callback):
         self.items = [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
         self.ids = [context.records("test")[e.index].id for e in self.items]
         self.collate = Collator(context.tokenizer.pad_token_id)
+        self.bos_token_id = context.tokenizer.bos_token_id  # `exclude_bos` drops it where it leads a prompt
         self.options, self.seed, self.output_dir = options, seed, Path(output_dir)
         self.history: dict[int, dict[str, list[float]]] = {}
 
@@ -98,7 +99,7 @@ class SaliencyFlowCallback(L.Callback):
 
     def _shard_rows(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[dict]:
         """This rank's samples as rows `{"id", "sample", "values": {metric: [layers]}, "file": [...]}`."""
-        engine = FlowEngine(pl_module.model, self.options)
+        engine = FlowEngine(pl_module.model, self.options, bos_token_id=self.bos_token_id)
         positions = list(range(trainer.global_rank, len(self.items), trainer.world_size))
         rows = []
         for start in range(0, len(positions), self.options.batch_size):
@@ -120,7 +121,7 @@ class SaliencyFlowCallback(L.Callback):
     def _evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         rows = sorted(gather_rows(self._shard_rows(trainer, pl_module)), key=lambda r: r["sample"])
         values = {m: np.stack([r["values"][m] for r in rows]) for m in METRICS}
-        stats = summarize(values, self.options.n_boot, self.seed)
+        stats = summarize(values, self.options.n_boot, self.seed, self.options.normalize)
         self.history[epoch] = {m: s.mean.tolist() for m, s in stats.items()}
         if trainer.is_global_zero:
             self._write(epoch, stats, [line for r in rows for line in r["file"]])

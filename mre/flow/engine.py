@@ -39,14 +39,19 @@ How it is computed (one forward + one activation-only backward for the whole bat
 Departure options (not the DESIGN.md default, offered because the "Label Words are Anchors" code or its
 plots use them): ``sources="all_prior"`` (S_wp sources are all non-pad positions before p, anchor
 positions included), ``loss="label_restricted"`` (C-way cross-entropy over the labels' first tokens),
-``normalize="per_layer"`` (the three means rescaled to sum to 1 per layer and sample), ``exclude_bos``
-(drop every pair whose source j is the first non-pad token, an attention sink).
+``normalize="of_means"`` (their plots' ratio of means: the three means over samples rescaled to sum to
+1 per layer, done by the summary, ``mre.flow.files.summarize``; the engine returns raw values for it)
+or ``normalize="per_sample"`` (each sample's three means rescaled here, per layer: a mean of ratios once
+averaged), ``exclude_bos`` (drop every pair whose source j is a BOS token, an attention sink: the first
+non-pad token when it is the tokenizer's ``bos_token_id``; with a tokenizer that adds none, or has none,
+nothing is dropped).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import sys
 import threading
 from collections.abc import Iterator
@@ -60,6 +65,8 @@ from torch import Tensor, nn
 from mre.flow.options import FlowLoss, FlowOptions, Normalize, Sources
 
 __all__ = ["FLOW_ATTN_IMPLEMENTATION", "FlowEngine", "FlowResult"]
+
+log = logging.getLogger(__name__)
 
 FLOW_ATTN_IMPLEMENTATION = "mre_flow"
 
@@ -363,20 +370,33 @@ class FlowEngine:
         options: what is measured (``mre.flow.options.FlowOptions``): ``sources`` "text" (the definition)
             or "all_prior" (every non-pad position before the anchor token, as in the "Label Words are
             Anchors" code); ``loss`` "full_vocab" or "label_restricted" (C-way cross-entropy over
-            ``batch["label_token_ids"]``, the labels' first tokens); ``normalize`` "none" or "per_layer"
-            (the three means rescaled to sum to 1 per layer and sample); ``exclude_bos`` (drop every
-            pair whose source is the first non-pad token).
+            ``batch["label_token_ids"]``, the labels' first tokens); ``normalize`` "none", "per_sample"
+            (the three means rescaled to sum to 1 per layer and sample) or "of_means" (left to the
+            summary, which rescales the means over samples: raw values here); ``exclude_bos`` (drop every
+            pair whose source is a BOS: the first non-pad token when it equals ``bos_token_id``).
         keep_maps: None, "layer" (return the I_l maps, [B, n_layers, L, L]) or "head" (|A * dL/dA| per
             head, [B, n_layers, H, L, L]) for heatmaps; this keeps all layers' maps in memory.
+        bos_token_id: the tokenizer's BOS id, which ``exclude_bos`` needs: a prompt whose first token is
+            not a BOS (a GPT-2 style tokenizer adds none; a chat template may start otherwise) starts
+            with an instruction token, which is measured like any other. None: nothing is dropped.
     """
 
-    def __init__(self, model: nn.Module, options: FlowOptions | None = None, keep_maps: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        options: FlowOptions | None = None,
+        keep_maps: str | None = None,
+        bos_token_id: int | None = None,
+    ):
         options = options or FlowOptions()
         self.model = model
         self.sources = _choice("sources", options.sources, Sources)
         self.loss = _choice("loss", options.loss, FlowLoss)
         self.normalize = _choice("normalize", options.normalize, Normalize)
         self.exclude_bos = bool(options.exclude_bos)
+        self.bos_token_id = bos_token_id
+        if self.exclude_bos and bos_token_id is None:
+            log.warning("flow.exclude_bos: the tokenizer has no BOS token, so no pair is excluded")
         if keep_maps not in _KEEP_MAPS:
             raise ValueError(f"FlowEngine: keep_maps={keep_maps!r} is not one of {_KEEP_MAPS}")
         self.keep_maps = keep_maps
@@ -418,7 +438,8 @@ class FlowEngine:
         device = emb_layer.weight.device
         input_ids, mask_d = input_ids.to(device), mask.to(device)
         q_d, gold_d = q.to(device), gold.to(device)
-        masks, counts = self._pair_masks(mask_d, q_d, text_range.to(device), anchor_range.to(device))
+        sink = self._bos_position(input_ids, mask_d)
+        masks, counts = self._pair_masks(mask_d, q_d, text_range.to(device), anchor_range.to(device), sink)
         counts = counts.cpu()
         for b in range(bsz):
             a0, a1 = anchor_range[b].tolist()
@@ -477,7 +498,7 @@ class FlowEngine:
         sums = torch.stack([state.sums[s] for s in range(n_layers)], dim=1).double().cpu()  # [B, nl, 3]
         n = counts.double()[:, None, :]  # [B, 1, 3]
         means = torch.where(n > 0, sums / n.clamp(min=1), torch.full_like(sums, float("nan")))
-        if self.normalize == "per_layer":
+        if self.normalize == Normalize.per_sample:
             total = means.nan_to_num(0.0).sum(-1, keepdim=True)
             means = torch.where(
                 torch.isnan(means), means, torch.where(total > 0, means / total, torch.zeros_like(means))
@@ -571,10 +592,20 @@ class FlowEngine:
             if a0 < t1 and t0 < a1:
                 raise ValueError(f"FlowEngine: sample {b}: text [{t0}, {t1}) and anchor [{a0}, {a1}) overlap")
 
+    def _bos_position(self, input_ids: Tensor, mask: Tensor) -> Tensor:
+        """[B] the position whose pairs `exclude_bos` drops: the first non-pad token where it is the BOS,
+        else -1 (none), so an instruction token is never mistaken for an attention sink."""
+        first = mask.long().argmax(dim=1)
+        if not self.exclude_bos or self.bos_token_id is None:
+            return torch.full_like(first, -1)
+        is_bos = input_ids.gather(1, first.view(-1, 1)).view(-1) == self.bos_token_id
+        return torch.where(is_bos, first, torch.full_like(first, -1))
+
     def _pair_masks(
-        self, mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor
+        self, mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor, sink: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Boolean pair masks [B, 3, L, L] (wp, pq, ww; i = target row, j = source column), counts [B, 3]."""
+        """Boolean pair masks [B, 3, L, L] (wp, pq, ww; i = target row, j = source column), counts [B, 3];
+        no pair has its source at `sink` ([B] positions, -1: none)."""
         bsz, seq = mask.shape
         pos = torch.arange(seq, device=mask.device)
         i = pos.view(1, seq, 1)
@@ -587,9 +618,7 @@ class FlowEngine:
         valid_j = mask.view(bsz, 1, seq)
         qv = q.view(bsz, 1, 1)
         causal = (j < i) & (i <= qv) & valid_i & valid_j  # every pair j < i <= q, off-diagonal, non-pad
-        if self.exclude_bos:
-            first = mask.long().argmax(dim=1).view(bsz, 1, 1)
-            causal &= j != first
+        causal &= j != sink.view(bsz, 1, 1)
         in_p_i = inside(anchor_range, i)
         src_j = inside(text_range, j) if self.sources == "text" else valid_j
         wp = causal & in_p_i & src_j

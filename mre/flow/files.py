@@ -4,11 +4,14 @@ training callback (`<run>/flow/epoch_<k>.csv`) and the analysis (`<run>/analysis
 * samples file (`flow_samples.csv`, `flow/epoch_<k>_samples.csv`): one row per (sample, layer):
   `sample` (index in the test split), `id`, `layer`, `S_wp`, `S_pq`, `S_ww` and the pair counts
   `n_wp`, `n_pq`, `n_ww`. Floats are written with `repr` (exact round trip); a torn last line (a
-  killed writer) is detected and dropped on reading.
+  killed writer) is detected and dropped on reading. With `normalize=per_sample` the values are each
+  sample's shares; with `none` and `of_means` they are the raw means.
 * layer file (`flow.csv`, `flow/epoch_<k>.csv`): one row per layer; for each metric m: `m` (mean over
   samples), `m_std`, `m_lo` / `m_hi` (95% percentile bootstrap interval of the mean, samples
   resampled jointly over layers, seeded; never below 0 for these non-negative quantities) and `m_n`
-  (samples where m is defined).
+  (samples where m is defined). With `normalize=of_means`: `m` is m's mean divided by the sum of the
+  three means (a ratio of means), `m_std` the samples' std divided by that sum, and the interval a
+  bootstrap of the ratio (the three shares of each resample sum to 1).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from mre.flow.engine import FlowResult
-from mre.stats import LayerStats, bootstrap_layer_means
+from mre.flow.options import Normalize
+from mre.stats import LayerStats, bootstrap_layer_means, bootstrap_layer_shares
 
 METRICS = ("S_wp", "S_pq", "S_ww")
 SAMPLE_COLUMNS = ["sample", "id", "layer", *METRICS, "n_wp", "n_pq", "n_ww"]
@@ -144,8 +148,17 @@ def result_values(results: list[FlowResult]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------------------------------
 
 
-def summarize(values: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, LayerStats]:
-    """Per metric and layer: mean, std, 95% bootstrap interval and n (see the module docstring)."""
+def summarize(
+    values: dict[str, np.ndarray], n_boot: int, seed: int, normalize: Normalize | str = Normalize.none
+) -> dict[str, LayerStats]:
+    """Per metric and layer: mean, std, 95% bootstrap interval and n (see the module docstring).
+
+    `normalize=of_means` rescales after averaging, so it happens here and not per sample: the three
+    means are divided by their sum (a ratio of means, `bootstrap_layer_shares`). `per_sample` values
+    come rescaled from the engine and are averaged like raw ones."""
+    if str(normalize) == Normalize.of_means:
+        shares = bootstrap_layer_shares([values[m] for m in METRICS], n_boot=n_boot, seed=seed)
+        return dict(zip(METRICS, shares, strict=True))
     return {m: bootstrap_layer_means(values[m], n_boot=n_boot, seed=seed) for m in METRICS}
 
 

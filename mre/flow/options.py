@@ -29,10 +29,13 @@ class FlowLoss(StrEnum):
 
 
 class Normalize(StrEnum):
-    """`per_layer`: the three means rescaled to sum to 1 per layer and sample."""
+    """Rescaling of the three metrics to sum to 1 per layer: `per_sample`, each sample's three means
+    before averaging over samples (a mean of ratios); `of_means`, the three means over samples after
+    averaging (a ratio of means: the "Label Words are Anchors" plots). See docs/design.md."""
 
     none = "none"
-    per_layer = "per_layer"
+    per_sample = "per_sample"  # by the engine: the per-sample values are shares
+    of_means = "of_means"  # by the summary (`mre.flow.files.summarize`): per-sample values stay raw
 
 
 @dataclass
@@ -42,7 +45,7 @@ class FlowOptions:
     sources: Sources = Sources.text
     loss: FlowLoss = FlowLoss.full_vocab
     normalize: Normalize = Normalize.none
-    exclude_bos: bool = False  # drop every pair whose source is the first non-pad token
+    exclude_bos: bool = False  # drop every pair whose source is a BOS (the first token, when it is one)
 
     def measurement(self) -> dict[str, Any]:
         """The measurement fields only (no sample counts): equal dicts mean comparable numbers."""

@@ -3,8 +3,9 @@
 Training: cross-entropy on the answer tokens only (the builder's labels). Evaluation:
 - TLI: one forward pass; the scores of the one-token label codes at q, arg-max over the codes only
   (no `generate()`): accuracy, macro-F1 (reported as `f1`) and micro-F1.
-- WLI: batched greedy generation with KV cache from the left-padded prompts, stopping at EOS;
-  parsed with the serialization's parser; micro P/R/F1 over (type, span) pairs, exact match and
+- WLI: batched greedy generation with KV cache from the left-padded prompts, stopping at EOS, the
+  chat template's end of turn or a newline (answers are one line; the text is cut at its first
+  newline); parsed with the serialization's parser; micro P/R/F1 over (type, span) pairs, exact match and
   per-type F1 (`mre.metrics.WLIF1`).
 Every evaluated sample becomes a prediction row (id, prompt, gold, prediction, correct), gathered
 from all ranks.
@@ -30,6 +31,8 @@ from mre.rundir import FLOW, PREDICTIONS
 from mre.tasks.base import MREModule, TaskParts, classification_metrics
 
 log = logging.getLogger(__name__)
+
+ANSWER_END = "\n"  # answers are one line: generation stops at the first newline
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -160,21 +163,21 @@ class GenerativeMRE(MREModule):
         logits, loss = self(batch)
         bs = batch["input_ids"].shape[0]
         self.log(f"{stage}/loss", loss, batch_size=bs, sync_dist=True)
-        records = self.context.records(stage)
+        items = [self.context.item(stage, i) for i in batch["index"].tolist()]
         if self.setting.is_tli:
             preds, golds = self._score_codes(logits, batch)
             self.metrics[stage].update(preds, golds)
-            gold_labels = [records[i].tli for i in batch["index"].tolist()]  # unseen ones too, as they are
+            gold_labels = [e.record.tli for e in items]  # unseen ones too, as they are
             rows = zip(gold_labels, [self.builder.labels[p] for p in preds.tolist()], strict=True)
         else:
             texts = self.generate(batch)
             pred_pairs = [self.builder.wli_format.parse(t) for t in texts]
-            golds = [self.builder.answer_of(records[i]) for i in batch["index"].tolist()]
+            golds = [e.answer for e in items]  # as encoded: the pairs of a shortened text's kept part
             self.metrics[stage].update(pred_pairs, [self.builder.wli_format.parse(g) for g in golds])
             rows = zip(golds, texts, strict=True)
         if stage == "test":
-            for i, (gold, pred) in zip(batch["index"].tolist(), rows, strict=True):
-                rec = records[i]
+            for e, (gold, pred) in zip(items, rows, strict=True):
+                rec = e.record
                 self.add_prediction(
                     rec.id, self.builder.render(rec).prompt, gold, pred, self._correct(gold, pred)
                 )
@@ -218,7 +221,12 @@ def generate_answers(
     max_new_tokens: int,
 ) -> list[str]:
     """Greedy, batched, KV-cached decoding of left-padded prompts; returns answer strings. The one
-    decoding of the project: evaluation and the attention knockout answer alike."""
+    decoding of the project: evaluation and the attention knockout answer alike.
+
+    An answer is one line (`WLIFormat` refuses line breaks), so a sequence stops at the end of turn or
+    EOS (`stop_ids`) and at a newline: a model that never ends its answer would otherwise write the
+    rest of a prompt into the last span. A stopped sequence's text may still hold the stop string (a
+    token can carry more than the newline), so the text is cut at its first newline."""
     out = model.generate(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
@@ -227,7 +235,10 @@ def generate_answers(
         num_beams=1,
         use_cache=True,
         eos_token_id=builder.stop_ids,
+        stop_strings=[ANSWER_END],
+        tokenizer=tokenizer,
         pad_token_id=tokenizer.pad_token_id,
     )
     new = out[:, prompt_ids.shape[1] :]
-    return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+    return [t.split(ANSWER_END, 1)[0].strip() for t in texts]
