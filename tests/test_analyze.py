@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from scipy.stats import spearmanr
 
 from mre.analysis import AnalysisError, analyze
 from mre.config import compose
@@ -442,6 +443,7 @@ def test_rescaled_flow_mean_of_ratios_and_ratio_of_means_by_hand():
     assert np.isnan(no_anchor["S_wp"].mean[0]) and no_anchor["S_ww"].mean[0] == 1.0
 
 
+# --------------------------------------------------------------------------------------------------
 # the known-answer check on a hand-made sweep (planted gains, no training)
 # --------------------------------------------------------------------------------------------------
 
@@ -508,6 +510,19 @@ def test_known_effect_passes_with_three_seeds(tmp_path):
     seeds = read_csv(root / "analysis" / "table3_tli_seeds.csv")
     assert len(seeds) == 9 and {r["seed"] for r in seeds} == {"42", "1", "2"}
     assert read_csv(root / "analysis" / "table3_tli.csv")[0]["n_seeds"] == "3"
+    # flow against gain: 9 points (3 levels x 3 seeds); S_pq / S_ww = 0.2 (1 + level) by construction
+    fg = res["flow_gain"]
+    points = read_csv(root / "analysis" / "flow_gain.csv")
+    assert len(points) == 9 and (root / "analysis" / "flow_gain.png").exists()
+    for p in points:
+        level = float(p["setting"].split("wli_helps_tli=")[1].rstrip(")"))
+        assert float(p["strength"]) == pytest.approx(0.2 * (1 + level))
+    by_seed = {(r["seed"], r["run_b"]): float(r["diff"]) for r in seeds}
+    assert sorted(float(p["gain"]) for p in points) == pytest.approx(sorted(by_seed.values()), abs=1e-4)
+    (c,) = fg["correlations"]
+    want = spearmanr([float(p["strength"]) for p in points], [float(p["gain"]) for p in points])
+    assert c.n == 9 and c.rho == pytest.approx(want.statistic) and c.rho > 0.7
+    assert c.lo <= c.rho <= c.hi and "## Flow and gain across settings" in report
 
 
 def test_known_effect_fails_with_one_seed(tmp_path):
@@ -518,6 +533,8 @@ def test_known_effect_fails_with_one_seed(tmp_path):
     _known_effect_sweep(root, (42,))
     ke = analyze_sweep(root)["known_effect"]["table3_tli"]
     assert not ke["recovered"] and not ke["checks"]["at least 3 seeds per level"]
+    (c,) = analyze_sweep(root)["flow_gain"]["correlations"]
+    assert c.n == 3 and c.rho in (-1.0, -0.5, 0.5, 1.0)  # three points: a coarse rho
     assert "Verdict: **FAIL**" in (root / "analysis" / "report.md").read_text()
 
 

@@ -43,6 +43,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from mre.analysis.flow_groups import GROUPS_FILE, analyze_groups
+from mre.analysis.flow_groups import markdown as groups_markdown
 from mre.config import RunConfigError, load_run_config
 from mre.data.batches import Collator
 from mre.data.context import TaskContext, build_context
@@ -196,7 +198,7 @@ def _check_meta(out_dir: Path, meta: dict[str, Any], restart: bool) -> int | Non
     """n_layers of a compatible partial analysis (None when starting fresh)."""
     mpath, spath = out_dir / META_FILE, out_dir / SAMPLES_FILE
     if restart or not mpath.exists() or not spath.exists():
-        for p in (mpath, spath):
+        for p in (mpath, spath, out_dir / GROUPS_FILE):  # the groups follow the samples' settings
             p.unlink(missing_ok=True)
         return None
     old = json.loads(mpath.read_text())
@@ -216,16 +218,23 @@ def _label_ids(subject: Subject, opts: FlowAnalysisConfig) -> list[int] | None:
     return label_token_ids(subject.context, opts.loss)
 
 
+def chosen_samples(subject: Subject, opts: FlowAnalysisConfig, seed: int) -> list[Encoded]:
+    """The test samples the analysis measures: a seeded subset of those the loss is defined for."""
+    ctx = subject.context
+    items = measurable(ctx.items("test"), _label_ids(subject, opts))
+    chosen = [items[i] for i in select_samples(len(items), opts.n_samples, seed)]
+    if not chosen:
+        raise AnalysisError(f"{ctx.dataset_name}: the test split has no encoded samples")
+    return chosen
+
+
 def compute_flow_samples(subject: Subject, out_dir: Path, opts: FlowAnalysisConfig, seed: int) -> Path:
     """Stream the flow of the selected test samples into `flow_samples.csv` (resumable)."""
     ctx = subject.context
     out_dir.mkdir(parents=True, exist_ok=True)
     label_ids = _label_ids(subject, opts)
-    items = measurable(ctx.items("test"), label_ids)
     records = ctx.records("test")
-    chosen = [items[i] for i in select_samples(len(items), opts.n_samples, seed)]
-    if not chosen:
-        raise AnalysisError(f"{ctx.dataset_name}: the test split has no encoded samples")
+    chosen = chosen_samples(subject, opts, seed)
     ids = [records[e.index].id for e in chosen]
     if not ctx.setting.with_anchor:
         log.warning("the setting has no anchor: S_wp and S_pq are undefined (NaN); only S_ww is measured")
@@ -415,8 +424,16 @@ def analyze_subject(
         examples = _examples(subject, out_dir, opts, seed)
     elif not with_anchor:
         log.info("no anchor in this setting: no token-level example pictures")
+    groups: dict[str, Any] = {}
+    if opts.by_group and with_anchor:
+        groups = analyze_groups(subject, chosen_samples(subject, opts, seed), out_dir, opts, seed)
+    elif opts.by_group:
+        log.info("no anchor in this setting: no flow by group")
     _print_summary(stats, subject.name, out_dir)
+    if groups:
+        _print_groups(groups["groups"])
     return {
+        **groups,
         "flow_samples": spath,
         "flow_csv": fpath,
         "flow_png": png,
@@ -455,3 +472,9 @@ def _print_summary(stats: dict[str, LayerStats], title: str, out_dir: Path) -> N
     console = Console()
     console.print(t)
     console.print(f"analysis directory: {out_dir}", markup=False, soft_wrap=True)
+
+
+def _print_groups(items: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+
+    Console().print("\nflow by group (flow_groups_summary.csv)\n" + groups_markdown(items), markup=False)

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mre.analysis.flow_gain import flow_gain
 from mre.analysis.sweep import (
     STUDIES,
     Row,
@@ -325,6 +326,7 @@ def write_report(
     figures: dict[str, Path],
     known: dict[str, dict[str, Any]],
     opts: SweepOptions,
+    flow_gain: dict[str, Any] | None = None,
 ) -> Path:
     finished = [r for r in runs if r.finished]
     unfinished = [r for r in runs if not r.finished]
@@ -366,6 +368,9 @@ def write_report(
             md += ["Rows marked **refused** compared runs evaluated on different test samples.", ""]
         if s.key in known:
             md += [_known_effect_md(known[s.key], t), ""]
+    if flow_gain is not None:
+        md += ["## Flow and gain across settings", "", flow_gain["markdown"], ""]
+        md += [f"![flow and gain]({flow_gain['png'].name})", ""]
     flow_figs = {k: v for k, v in figures.items() if v is not None}
     if flow_figs:
         md += ["## Information flow", ""]
@@ -444,7 +449,12 @@ def analyze_sweep(
             console.print(f"known-answer check ({study.key}): {verdict}", style="bold", markup=False)
         console.print(f"\n{study.title}", style="bold", markup=False)
         console.print(table_markdown(t, link_prefix=None), markup=False, highlight=False, soft_wrap=True)
-    report = write_report(sweep_dir, out_dir, runs, missing, tables, figures, known, opts)
+    fg = flow_gain(tables, out_dir, opts.n_boot, seed)
+    if fg is not None:
+        files += [fg["csv"], fg["png"]]
+        console.print("\nFlow and gain across settings", style="bold", markup=False)
+        console.print(fg["markdown"], markup=False, highlight=False, soft_wrap=True)
+    report = write_report(sweep_dir, out_dir, runs, missing, tables, figures, known, opts, fg)
     console.print(f"\nreport: {report}", markup=False)
     return {
         "runs": runs,
@@ -453,6 +463,7 @@ def analyze_sweep(
         "tables": {t.study.key: t for t in tables},
         "figures": figures,
         "known_effect": known,
+        "flow_gain": fg,
         "files": [*files, report],
         "report": report,
     }

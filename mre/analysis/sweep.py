@@ -26,7 +26,7 @@ import json
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,7 @@ class Row:
     s_pq_ratio: float | None = None  # that mean over the mean S_ww (the reference level): free of loss scale
     flow_source: str | None = None
     refused: str | None = None  # why the pair was refused (sweep.on_mismatch=skip)
+    compared: list[SeedPair] = field(default_factory=list)  # the seeds of `comparison.per_seed`, in order
 
     @property
     def complete(self) -> list[SeedPair]:
@@ -506,6 +507,7 @@ def pair_rows(table: Table, opts: SweepOptions, seed: int) -> None:
                 continue
             raise
         row.comparison = compare(counts, n_boot=opts.n_boot, n_perm=opts.n_perm, seed=seed)
+        row.compared = pairs
     adjust_bh([row.comparison for row in table.rows if row.comparison is not None])
 
 

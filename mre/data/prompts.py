@@ -332,6 +332,27 @@ class PromptBuilder:
             raise PromptError("text and anchor share a token: put a line break between them in the template")
         return ids[:n_prompt], answer_ids, text_range, anchor_range
 
+    def anchor_pairs(self, rec: Record) -> list[tuple[str, str, tuple[int, int]]]:
+        """(type, span, token range in the prompt) of each WLI pair the anchor of `rec` shows (the TLI
+        direction; the record as encoded, `Encoded.record`): the flow split per WLI type and entity
+        (`mre.analysis.flow_groups`). A token across two pairs (a merged separator) counts in both."""
+        if not (self.setting.with_anchor and self.setting.is_tli):
+            return []
+        r = self.render(rec)
+        enc = self.tokenizer(
+            r.prompt + r.answer, return_offsets_mapping=True, add_special_tokens=not self.chat
+        )
+        offsets = [o for o in enc["offset_mapping"] if o[0] < len(r.prompt)]
+        anchor = r.prompt[r.anchor_chars[0] : r.anchor_chars[1]]
+        out, start = [], r.anchor_chars[0]
+        for piece in anchor.split(self.wli_format.pair_sep):
+            kind, sep, span = piece.partition(self.wli_format.kv_sep)
+            if sep and kind.strip() and span.strip():
+                tokens = self._token_range(offsets, (start, start + len(piece)))
+                out.append((kind.strip(), span.strip(), tokens))
+            start += len(piece) + len(self.wli_format.pair_sep)
+        return out
+
     def encode(self, rec: Record, index: int) -> Encoded | None:
         """Tokenize one record; shorten the text (never the instruction) to fit `max_length`.
 

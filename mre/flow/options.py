@@ -73,6 +73,7 @@ class FlowAnalysisConfig(FlowOptions):
     n_examples: int = 3  # token-level pictures of the first selected samples ...
     example_ids: list[str] = field(default_factory=list)  # ... or of these test ids
     example_layer: int | None = None  # null: saliency summed over layers
+    by_group: bool = False  # also S_wp / S_pq per WLI type and anchor entity (mre.analysis.flow_groups)
     restart: bool = False  # discard a partial analysis made with other settings
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     progress: bool = True

@@ -192,3 +192,45 @@ def plot_knockout(rows: list[dict[str, Any]], path: str | Path, title: str) -> P
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_flow_gain(panels: list[tuple[str, list[tuple[float, float, str]]]], path: str | Path) -> Path:
+    """One scatter per (data set, direction): flow strength (S_pq / S_ww) against the anchor's F1 gain,
+    one point per with-anchor run, coloured by setting."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    settings = list(dict.fromkeys(s for _, pts in panels for _, _, s in pts))
+    colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(settings)}
+    for ax, (title, pts) in zip(axes.flat, panels, strict=False):
+        for s in settings:
+            xy = [(x, y) for x, y, label in pts if label == s]
+            if xy:
+                ax.scatter(*zip(*xy, strict=True), color=colors[s], label=s, s=28)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.set_xlabel("flow strength: mean S_pq / mean S_ww")
+        ax.set_ylabel("F1 gain from the anchor")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_group_curves(curves: list[tuple[str, LayerStats]], path: str | Path, title: str) -> Path:
+    """One metric per layer for several groups (e.g. S_pq per WLI type), each with its 95% band."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    use_cjk_font([label for label, _ in curves])
+    for label, s in curves:
+        x = np.arange(len(s.mean))
+        (line,) = ax.plot(x, s.mean, label=label, linewidth=1.4)
+        ax.fill_between(x, s.lo, s.hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("S_pq")
+    ax.set_title(title, fontsize=10)
+    if curves:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
