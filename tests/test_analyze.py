@@ -500,6 +500,7 @@ def test_known_effect_passes_with_three_seeds(tmp_path):
         "dataset.synthetic.wli_helps_tli",
     ]  # seeds are pooled, not a column
     assert len(t.rows) == 3 and all(r.comparison.n_seeds == 3 for r in t.rows)
+    assert set(res["tables"]) == {"table3_tli"}  # no control-anchor run: no control tables
     assert all(r.comparison.p_adj >= r.comparison.p for r in t.rows)
     ke = res["known_effect"]["table3_tli"]
     assert [lv for lv, _ in ke["levels"]] == [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]

@@ -215,7 +215,9 @@ STATS_NOTE = (
     "resampled, then each drawn seed's test samples (the same resample scores both settings), percentile "
     "interval; with one seed it covers test-sample noise only, which is often smaller than the "
     "seed-to-seed spread (`{key}_seeds.csv`). p: two-sided paired permutation test, {n_perm} random "
-    "swaps of the two settings' predictions within each (seed, test sample). p (BH): Benjamini–Hochberg "
+    "swaps of the two settings' predictions within each (seed, test sample): it asks whether these "
+    "trained runs differ, so with few seeds it can be small while the CI, which also covers training "
+    "noise, contains 0; read the CI for the effect of the setting. p (BH): Benjamini–Hochberg "
     "adjusted across this table's rows. F1 is recomputed from each run's `predictions.jsonl` ({metric})."
 )
 

@@ -210,6 +210,7 @@ class Study:
     anchored: bool = True  # the b side has an anchor: flow strength, flow grid, known-answer check
     figure: str | None = None  # the flow grid's file stem (None: no grid)
     known_answer: bool = False  # gold anchor vs none: the planted-strength check applies
+    control: AnchorKind | None = None  # a control-anchor study: shown only when such runs exist
 
 
 ANCHOR_KEYS = ("with_anchor", "anchor_kind")
@@ -254,9 +255,10 @@ def _anchor_study(key: str, title: str, direction: Direction, a: AnchorKind | No
     main = a is None and b is AnchorKind.gold  # the paper's Table 2 or 3
     # a grid of the b side's flow; against gold (b) the main table already draws it
     figure = f"flow_grid_{direction.value}" if main else (f"flow_grid_{key}" if a is None else None)
+    control = next((k for k in (a, b) if k not in (None, AnchorKind.gold)), None)
     return Study(
         key, title, direction, compare, _anchor_label(direction, a), _anchor_label(direction, b),
-        _generative(direction, (a, b)), _anchor_side(b), True, figure, known_answer=main,
+        _generative(direction, (a, b)), _anchor_side(b), True, figure, known_answer=main, control=control,
     )  # fmt: skip
 
 
@@ -437,10 +439,15 @@ def _seed_pairs(study: Study, group: list[Run]) -> tuple[list[SeedPair], list[st
     return pairs, notes
 
 
+def _has_anchor(run: Run, kind: AnchorKind) -> bool:
+    s = Setting.from_flat(run.flat)
+    return s.with_anchor and s.anchor is kind
+
+
 def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | None:
     """The study's rows: runs grouped by every setting but the compared one and the seed."""
     members = [r for r in runs if r.cfg is not None and study.select(r) and study.side(r) is not None]
-    if not members:
+    if not members or (study.control and not any(_has_anchor(r, study.control) for r in members)):
         return None
     ignore = [*opts.ignore_keys, *study.compare, "seed"]
     groups: dict[frozenset, list[Run]] = {}
