@@ -139,13 +139,13 @@ def predict_mb(sizes: dict, series: str, seq: int, block: int) -> float:
     if series == "eager":
         act = mlp_norms + e * 3 * d  # q, and k, v repeated to every query head
         saved_a = 4 + e * half  # per probability: the float32 softmax output (+ its half-precision copy)
-        transient = heads * (e + 4) + 16 + e  # one layer's dL/dA and A * dL/dA; I_l, pair masks, 4D mask
+        transient = heads * (e + 4) + 16 + e  # one layer's dL/dA, A * dL/dA; I_l and its prefix sums; 4D mask
         return (seq * n * act + seq * seq * (n * heads * saved_a + transient)) / 2**20
     act = mlp_norms + e * (d + 2 * kv)  # q, k, v as the attention function got them
     # gradient checkpointing: every layer's input and one layer's activations at a time
     linear = seq * (n * e * d + act) if series.endswith("+ckpt") else seq * n * act
     layer_grads = seq * e * (3 * inter + 4 * d)  # the backward of one layer's MLP
-    block_work = block * seq * (16 * heads + e + 15)  # a block's scores, A, dL/dA, A * dL/dA; masks
+    block_work = block * seq * (16 * heads + e + 16)  # a block's scores, A, dL/dA, A * dL/dA; mask, sums
     return (linear + max(layer_grads, block_work)) / 2**20
 
 

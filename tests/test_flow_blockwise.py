@@ -27,7 +27,7 @@ from mre.config import compose
 from mre.flow.blockwise import BlockwiseAttention, BlockwiseLayer, RowMask, mask_rows
 from mre.flow.engine import FlowEngine, FlowResult
 from mre.flow.options import Backend, FlowOptions, Normalize
-from mre.flow.pairs import PairSets, pair_sums, saliency
+from mre.flow.pairs import PairSets, saliency
 from tests.flow_models import (
     BOS,
     U32,
@@ -149,7 +149,7 @@ def test_attention_gradients_and_sums_equal_autograd_through_eager(arch, block_s
     probs.retain_grad()
     out.backward(d_out)
     _, sal = saliency(probs.detach(), probs.grad)
-    want_sums = pair_sums(sal, pairs.rows(0, seq).to(sal.dtype).view(bsz, 3, -1))
+    want_sums = masked_sums(pairs, sal, 0)
 
     stored: list[Tensor] = []
     rows = mask_rows(RowMask(mask_kwargs))
@@ -166,6 +166,38 @@ def test_attention_gradients_and_sums_equal_autograd_through_eager(arch, block_s
     assert len(stored) == 1  # one store per layer backward
     torch.testing.assert_close(stored[0], want_sums, rtol=RTOL, atol=scale * float(want_sums.abs().max()))
     assert (want_sums[:, 0] > 0).all() and (want_sums[:, 2] > 0).all()  # not degenerate
+
+
+def masked_sums(pairs: PairSets, sal: Tensor, start: int) -> Tensor:
+    """[B, 3] sums of saliency rows start.. over the pair masks: the definition `PairSets.sums` computes
+    by prefix sums."""
+    masks = pairs.rows(start, start + sal.shape[1]).double()
+    return (masks * sal.double().unsqueeze(1)).sum((-2, -1))
+
+
+@pytest.mark.parametrize("all_prior", [False, True])
+def test_pair_sums_by_prefix_sums_equal_the_masked_sums(all_prior):
+    """Any block of rows, any window of columns (saliency outside it is 0, as for masked keys), left
+    padding, a sink, a sample without anchor, q before the end."""
+    gen = torch.Generator().manual_seed(22)
+    bsz, seq = 3, 17
+    valid = torch.ones(bsz, seq, dtype=torch.bool)
+    valid[1, :4] = False
+    pairs = PairSets(
+        valid=valid,
+        q=torch.tensor([16, 16, 13]),
+        text=torch.tensor([[1, 6], [4, 9], [0, 5]]),
+        anchor=torch.tensor([[7, 11], [10, 14], [0, 0]]),
+        sink=torch.tensor([0, 4, -1]),
+        all_prior=all_prior,
+    )
+    sal = torch.rand(bsz, seq, seq, dtype=torch.float64, generator=gen)
+    for start, stop, col0, col1 in [(0, seq, 0, seq), (5, 12, 2, 12), (12, 17, 9, 17), (16, 17, 0, 17)]:
+        window = torch.zeros_like(sal)
+        window[:, start:stop, col0:col1] = sal[:, start:stop, col0:col1]
+        got = pairs.sums(sal[:, start:stop, col0:col1], start, col0)
+        want = masked_sums(pairs, window[:, start:stop], start)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_row_mask_rows_are_the_rows_of_the_full_mask():

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mre.flow.pairs import PairSets, accumulation_dtype, pair_sums, saliency
+from mre.flow.pairs import PairSets, saliency
 
 __all__ = ["BlockwiseAttention", "BlockwiseLayer", "RowMask", "mask_rows"]
 
@@ -121,39 +121,61 @@ class BlockwiseLayer:
     def blocks(self, seq: int) -> list[tuple[int, int]]:
         return [(s, min(s + self.block_size, seq)) for s in range(0, seq, self.block_size)]
 
-    def _attend(self, query: Tensor, key: Tensor, value: Tensor, start: int, stop: int):
-        out, probs = self.eager(self.module, query, key, value, self.mask(start, stop), **self.kwargs)
-        if out.shape[1] != stop - start:
+    def _block_mask(self, start: int, stop: int, seq: int) -> tuple[Tensor | None, int, int]:
+        """The mask of query rows start..stop-1 cut to the key columns [a, z) any of them may attend to,
+        and a, z. The columns outside are masked with the dtype's minimum: probability exactly 0, A *
+        dL/dA exactly 0, no share of dK and dV, so leaving them out changes no number and skips the
+        causal upper triangle (and what a sliding window hides). A block with a row that may attend to
+        nothing (its softmax spreads over every column) keeps every column."""
+        mask = self.mask(start, stop)
+        if mask is None or mask.shape[-1] != seq:
+            return mask, 0, seq
+        allowed = (mask > torch.finfo(mask.dtype).min).flatten(0, -2)  # [B * heads * rows, L]
+        cols = allowed.any(0).nonzero()
+        if cols.numel() == 0 or not bool(allowed.any(-1).all()):
+            return mask, 0, seq
+        a, z = int(cols[0]), int(cols[-1]) + 1
+        return mask[..., a:z], a, z
+
+    def _attend(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None):
+        """(output rows, probabilities) of the block's query rows over its keys and values."""
+        out, probs = self.eager(self.module, query, key, value, mask, **self.kwargs)
+        if out.shape[1] != query.shape[2]:
             raise RuntimeError(
                 f"{type(self.module).__name__}: its eager attention returned an output of shape "
-                f"{tuple(out.shape)} for {stop - start} query rows (expected [batch, rows, heads, "
+                f"{tuple(out.shape)} for {query.shape[2]} query rows (expected [batch, rows, heads, "
                 f"head_dim]); the blockwise flow backend cannot split it by rows; {USE_EAGER}."
             )
         return out, probs
 
     def output(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
         """The attention output [B, L, H, D], block by block, no graph kept."""
-        blocks = self.blocks(query.shape[2])
+        seq = key.shape[2]
+        parts = []
         with torch.no_grad():
-            parts = [self._attend(query[:, :, s:e], key, value, s, e)[0] for s, e in blocks]
+            for s, e in self.blocks(query.shape[2]):
+                mask, a, z = self._block_mask(s, e, seq)
+                parts.append(self._attend(query[:, :, s:e], key[:, :, a:z], value[:, :, a:z], mask)[0])
         return torch.cat(parts, dim=1)
 
     def gradients(self, query: Tensor, key: Tensor, value: Tensor, grad_out: Tensor) -> tuple[Tensor, ...]:
         """(dQ, dK, dV) given dL/d(output); the saliency rows of each block are reduced on the way."""
-        seq = query.shape[2]
-        if key.shape[2] != self.pairs.seq:
+        seq = key.shape[2]
+        if seq != self.pairs.seq:
             raise RuntimeError(
-                f"flow engine: keys of length {key.shape[2]} do not match the prompt length {self.pairs.seq} "
+                f"flow engine: keys of length {seq} do not match the prompt length {self.pairs.seq} "
                 "(a cache or prefix must not be used)"
             )
         d_query = torch.empty_like(query)
         d_key, d_value = torch.zeros_like(key), torch.zeros_like(value)
-        k, v = key.detach().requires_grad_(True), value.detach().requires_grad_(True)
         sums = []
-        for s, e in self.blocks(seq):
+        for s, e in self.blocks(query.shape[2]):
+            mask, a, z = self._block_mask(s, e, seq)
             q = query[:, :, s:e].detach().requires_grad_(True)
+            k = key[:, :, a:z].detach().requires_grad_(True)
+            v = value[:, :, a:z].detach().requires_grad_(True)
             with torch.enable_grad():
-                out, probs = self._attend(q, k, v, s, e)
+                out, probs = self._attend(q, k, v, mask)
                 if probs is None:
                     raise RuntimeError(
                         f"{type(self.module).__name__}: its eager attention returned no probabilities; "
@@ -161,16 +183,12 @@ class BlockwiseLayer:
                     )
                 dq, dk, dv, d_probs = torch.autograd.grad(out, (q, k, v, probs), grad_out[:, s:e])
             d_query[:, :, s:e] = dq
-            d_key += dk
-            d_value += dv
-            sums.append(self._reduce(probs.detach(), d_probs, s, e))
+            d_key[:, :, a:z] += dk
+            d_value[:, :, a:z] += dv
+            _, sal = saliency(probs.detach(), d_probs)
+            sums.append(self.pairs.sums(sal, s, a))
         self.store(torch.stack(sums).sum(0))
         return d_query, d_key, d_value
-
-    def _reduce(self, probs: Tensor, d_probs: Tensor, start: int, stop: int) -> Tensor:
-        _, sal = saliency(probs, d_probs)
-        masks = self.pairs.rows(start, stop).to(accumulation_dtype(probs.dtype))
-        return pair_sums(sal, masks.view(masks.shape[0], 3, -1))
 
 
 class BlockwiseAttention(torch.autograd.Function):

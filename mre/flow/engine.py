@@ -19,16 +19,17 @@ How it is computed (one forward + one activation-only backward for the whole bat
   default scaling stay exact), hooks the returned probabilities ``A`` (``register_hook`` gives dL/dA when
   the backward reaches that layer) and fetches ``A`` itself through a tiny autograd function saved with
   ``save_for_backward``, so that gradient checkpointing may drop and recompute it. The hook reduces
-  ``A * dL/dA`` -> sum over heads -> abs -> three masked sums per sample (one ``bmm`` against
-  precomputed pair masks) into that layer's slot; the L x L map is then dropped. Only O(layers) numbers
-  per sample survive (unless ``keep_maps``).
+  ``A * dL/dA`` -> sum over heads -> abs -> three pair sums per sample (``mre.flow.pairs``: one float64
+  prefix sum per row, each pair set being an interval of columns per row) into that layer's slot; the
+  L x L map is then dropped. Only O(layers) numbers per sample survive (unless ``keep_maps``).
 * ``backend="blockwise"`` (``FlowOptions.backend``; ``"eager"`` above is the default) registers
   ``"mre_flow_blockwise"`` instead: an autograd function (``mre.flow.blockwise``) that keeps only q, k, v
   and, in its backward, reruns the module's own eager attention on ``block_size`` query rows at a time
   to get that block's dQ, dK, dV, dL/dA and saliency sums, with a lazy mask that makes only those
-  rows. Nothing L x L is kept (memory linear in L per layer); the numbers are the eager backend's up to
-  summation order. ``keep_maps`` needs the maps, so it needs the eager backend. Both backends share the
-  pair masks and the reduction (``mre.flow.pairs``).
+  rows, over only the key columns they may attend to (the causal triangle is skipped). Nothing L x L is
+  kept (memory linear in L per layer); the numbers are the eager backend's up to summation order.
+  ``keep_maps`` needs the maps, so it needs the eager backend. Both backends share the pair sets and
+  the reduction (``mre.flow.pairs``).
 * The model is switched to the backend's implementation with ``set_attn_implementation`` and always
   switched back (also on exceptions), together with its ``training`` flags and every parameter's
   ``requires_grad``. Weights are frozen during the pass, so no weight gradient is ever allocated; the
@@ -72,7 +73,7 @@ from torch import Tensor, nn
 
 from mre.flow.blockwise import BlockwiseAttention, BlockwiseLayer, mask_rows, row_mask
 from mre.flow.options import Backend, FlowLoss, FlowOptions, Normalize, Sources
-from mre.flow.pairs import PairSets, pair_sums, saliency
+from mre.flow.pairs import PairSets, saliency
 
 __all__ = ["BLOCKWISE_ATTN_IMPLEMENTATION", "FLOW_ATTN_IMPLEMENTATION", "FlowEngine", "FlowResult"]
 
@@ -226,9 +227,6 @@ class _FlowState:
         self.pairs = pairs
         self.seq = pairs.seq
         self.block_size = block_size  # query rows per block (blockwise backend)
-        # [B, 3, L, L] bool: wp, pq, ww (eager backend only; dropped once converted)
-        self.masks: Tensor | None = None
-        self._masks_as: dict[torch.dtype, Tensor] = {}
         self.keep_maps = keep_maps
         self.slots: dict[int, int] = {}  # id(attention module) -> layer slot (order of first call)
         self.modules: list[nn.Module] = []
@@ -257,18 +255,6 @@ class _FlowState:
             )
         return slot
 
-    def _float_masks(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """[B, 3, L*L] in the accumulation dtype (made once per pass; the bool copy is then dropped)."""
-        m = self._masks_as.get(dtype)
-        if m is None:
-            if self.masks is None:
-                self.masks = self.pairs.rows(0, self.seq)
-            b = self.masks.shape[0]
-            m = self.masks.to(device=device, dtype=dtype).view(b, 3, -1)
-            self._masks_as[dtype] = m
-            self.masks = None
-        return m
-
     def make_hook(self, slot: int, box: dict):
         def hook(grad: Tensor) -> None:
             probs = box.pop("probs", None)
@@ -295,7 +281,7 @@ class _FlowState:
                 f"{self.seq} (a cache or prefix must not be used)"
             )
         per_head, sal = saliency(probs, grad)  # [B, H, L, L], [B, L, L]
-        self.store(slot, pair_sums(sal, self._float_masks(sal.dtype, sal.device)))
+        self.store(slot, self.pairs.sums(sal, 0))
         if self.keep_maps == "layer":
             self.maps[slot] = sal
         elif self.keep_maps == "head":

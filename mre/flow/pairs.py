@@ -1,9 +1,10 @@
-"""The three pair sets of the flow metrics as masks, and one layer's saliency reduced onto them.
+"""The three pair sets of the flow metrics, and one layer's saliency reduced onto them.
 
-Shared by both backends of the engine (`mre.flow.engine`): the eager one builds the masks of all
-target rows at once ([B, 3, L, L]) and reduces a layer's whole map; the blockwise one builds them a
-block of target rows at a time and reduces that block, so that nothing L x L is ever held. Rows are
-target positions i, columns source positions j (docs/design.md, "Saliency and the three flow metrics").
+Shared by both backends of the engine (`mre.flow.engine`): the eager one reduces a layer's whole map,
+the blockwise one a block of target rows (and only the key columns it attends to) at a time, so that
+nothing L x L is ever held. Rows are target positions i, columns source positions j (docs/design.md,
+"Saliency and the three flow metrics"). The masks of `PairSets.rows` count the pairs (and are what
+`PairSets.sums` is tested against).
 """
 
 from __future__ import annotations
@@ -51,6 +52,39 @@ class PairSets:
         ww = causal & ~wp & ~pq
         return torch.stack([wp, pq, ww], dim=1)
 
+    def sums(self, sal: Tensor, start: int, col0: int = 0) -> Tensor:
+        """[B, 3] float64 sums of saliency rows start.. over the pairs of C_wp, C_pq, C_ww.
+
+        `sal` [B, rows, cols] holds I[i, j] for target rows i = start.. and source columns j = col0..
+        (columns outside it hold no saliency: masked keys, whose probability is 0). Each pair set meets a
+        row in one interval of columns (C_ww: the row's causal pairs less the other two), so one float64
+        prefix sum per row gives every sum by differences, with no [rows, L] mask at all.
+        """
+        bsz, rows, cols = sal.shape
+        dev = sal.device
+        j = torch.arange(col0, col0 + cols, device=dev).view(1, 1, cols)
+        keep_j = self.valid[:, col0 : col0 + cols].view(bsz, 1, cols) & (j != self.sink.view(bsz, 1, 1))
+        prefix = torch.nn.functional.pad(torch.where(keep_j, sal.double(), 0.0).cumsum(-1), (1, 0))
+        i = torch.arange(start, start + rows, device=dev).view(1, rows)
+
+        def before(x: Tensor) -> Tensor:
+            """[B, rows] sum over the kept columns j < x of each row (x: [B, rows] or [B, 1])."""
+            k = (x - col0).clamp(0, cols).expand(bsz, rows)
+            return prefix.gather(-1, k.unsqueeze(-1)).squeeze(-1)
+
+        def within(r: Tensor) -> Tensor:
+            """[B, rows] sum over the kept columns of [r0, r1) before the row's own position."""
+            lo, hi = r[:, :1], torch.minimum(r[:, 1:2], i)
+            return torch.where(hi > lo, before(hi) - before(lo), 0.0)
+
+        causal = before(i)  # j < i
+        in_anchor = (i >= self.anchor[:, :1]) & (i < self.anchor[:, 1:2])
+        wp = torch.where(in_anchor, causal if self.all_prior else within(self.text), 0.0)
+        q = self.q.view(bsz, 1)
+        pq = torch.where(i == q, within(self.anchor), 0.0)
+        rows_ok = (self.valid[:, start : start + rows] & (i <= q)).double()
+        return torch.stack([wp, pq, causal - wp - pq], dim=1).mul_(rows_ok.unsqueeze(1)).sum(-1)
+
     def counts(self, block: int) -> Tensor:
         """[B, 3] pair counts, built `block` rows at a time (the blockwise backend never holds L x L)."""
         return sum(
@@ -70,10 +104,3 @@ def saliency(probs: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
     per_head = probs.to(acc) * grad.to(acc)
     sal = per_head.sum(dim=1).abs_()
     return per_head, sal
-
-
-def pair_sums(sal: Tensor, masks: Tensor) -> Tensor:
-    """[B, 3] sums of the saliency rows `sal` [B, rows, L] over the pairs of `masks` [B, 3, rows * L]
-    (the same rows, as floats in `sal`'s dtype): one batched matrix-vector product."""
-    b = sal.shape[0]
-    return torch.bmm(masks, sal.reshape(b, -1, 1)).squeeze(-1)
