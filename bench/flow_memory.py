@@ -1,6 +1,6 @@
 """Peak memory and time per sample of the two flow backends against the prompt length (run by hand).
 
-    nice python bench/flow_memory.py            # L = 256 ... 8192 on the CPU, ~20 minutes on 2 cores
+    nice python bench/flow_memory.py            # L = 256 ... 8192 on the CPU, ~12 minutes, 1 thread
     python bench/flow_memory.py --smoke         # toy sizes, seconds: a rot check, numbers mean nothing
     python bench/flow_memory.py --device cuda   # a ~1.1B LLaMA in bf16, L up to the longest that fits
 
