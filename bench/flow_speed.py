@@ -52,6 +52,8 @@ import sys
 import time
 from pathlib import Path
 
+from _memory import PeakMemory, check_device, sync
+
 # the measured sizes; --smoke replaces them with SMOKE_SIZES (see `_configure`)
 SIZES = {
     "n_samples": 32,
@@ -137,54 +139,12 @@ def _configure(smoke: bool, model: str | None = None, device: str = "cpu") -> No
     N_SAMPLES, SEQ, BATCH_SIZES = SIZES["n_samples"], SIZES["seq"], SIZES["batch_sizes"]
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _check_device(device: str) -> str:
-    """`cpu` or a CUDA device (`cuda`, `cuda:1`); a CUDA device must exist (fails with a clear message)."""
-    if device == "cpu":
-        return device
-    if not (device == "cuda" or device.startswith("cuda:")):
-        raise SystemExit(f"flow_speed: --device must be cpu or cuda[:N], got {device!r}")
-    import torch
-
-    if not torch.cuda.is_available():
-        raise SystemExit(
-            f"flow_speed: --device {device}: no CUDA device (torch.cuda.is_available() is False)"
-        )
-    return device
-
-
 def _cuda() -> bool:
     return DEVICE != "cpu"
 
 
 def _sync() -> None:
-    """Wait for the GPU's queued work (timings on CUDA would otherwise measure only the launches)."""
-    if _cuda():
-        import torch
-
-        torch.cuda.synchronize(DEVICE)
-
-
-def _reset_peak() -> bool:
-    if _cuda():
-        import torch
-
-        _sync()
-        torch.cuda.reset_peak_memory_stats(DEVICE)
-        return True
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
+    sync(DEVICE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -335,12 +295,8 @@ def worker(method: str, bs: int) -> dict:
     else:
         raise ValueError(method)
 
-    if _cuda():
-        reset = _reset_peak()
-        base_kb = torch.cuda.memory_allocated(DEVICE) / 1024
-    else:
-        base_kb = _status_kb("VmRSS")
-        reset = _reset_peak()
+    memory = PeakMemory(DEVICE)
+    memory.start()
     run(0, bs)  # warm-up (counts for memory, not for time)
     _sync()
     elapsed = cpu = float("inf")
@@ -352,14 +308,13 @@ def worker(method: str, bs: int) -> dict:
         _sync()
         elapsed = min(elapsed, time.perf_counter() - t0)
         cpu = min(cpu, time.process_time() - c0)
-    peak_kb = torch.cuda.max_memory_allocated(DEVICE) / 1024 if _cuda() else _status_kb("VmHWM")
     return {
         "method": method,
         "bs": bs,
         "seconds": elapsed,
         "cpu_seconds": cpu,
         "samples_per_s": N_SAMPLES / elapsed,
-        "peak_mb": (peak_kb - base_kb) / 1024 if reset else float("nan"),
+        "peak_mb": memory.peak_mb(),
         "means": results,
     }
 
@@ -482,7 +437,7 @@ if __name__ == "__main__":
     ap.add_argument("--model", help="a conf/model name (e.g. smollm2_135m_lora) instead of the tiny LLaMA")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where every method runs")
     args = ap.parse_args()
-    _configure(args.smoke, args.model, _check_device(args.device))
+    _configure(args.smoke, args.model, check_device(args.device, "flow_speed"))
     if args.worker:
         print(json.dumps(worker(args.worker, args.bs)))
     else:

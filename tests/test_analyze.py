@@ -413,6 +413,29 @@ def test_base_model_config_mode(tmp_path):
     assert res["n"] == 24
 
 
+def test_blockwise_backend_gives_the_same_analysis_and_may_resume_an_eager_one(tmp_path):
+    """flow.backend is how, not what: the same per-sample values (exactness: test_flow_blockwise.py),
+    examples still drawn (their maps come from the eager backend), and an analysis started with one
+    backend is resumed by the other without complaint."""
+    base = [
+        *[o for o in SMALL if not o.startswith(("eval.", "callbacks."))],
+        "direction=tli",
+        "with_anchor=true",
+        f"paths.cache_dir={tmp_path}/c",
+        *FLOW_FAST,
+    ]
+    blockwise = [*base, "flow.backend=blockwise", "flow.block_size=16"]
+    analyze(analyze_cfg(*blockwise, f"output_dir={tmp_path}/b"))
+    analyze(analyze_cfg(*base, f"output_dir={tmp_path}/e"))
+    assert len(list((tmp_path / "b" / "examples").glob("*.png"))) == 2
+    got, want = (read_csv(tmp_path / d / "flow_samples.csv") for d in ("b", "e"))
+    assert [(r["id"], r["layer"]) for r in got] == [(r["id"], r["layer"]) for r in want]
+    for m in ("S_wp", "S_pq", "S_ww"):
+        g, w = (np.array([float(r[m]) for r in rows]) for rows in (got, want))
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * np.abs(w).max())  # float32 model
+    analyze(analyze_cfg(*base, f"output_dir={tmp_path}/b"))  # eager resumes the blockwise analysis
+
+
 # --------------------------------------------------------------------------------------------------
 # flow summary
 # --------------------------------------------------------------------------------------------------

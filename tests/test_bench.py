@@ -15,6 +15,7 @@ from tests.conftest import REPO
 SCRIPTS = sorted(p.name for p in (REPO / "bench").glob("*.py") if not p.name.startswith("_"))
 
 NUM = r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?"
+NUM_OR_NAN = rf"(?:{NUM}|nan)"  # a ratio over a toy pass that added no page
 # per script: lines that only appear when the measurement ran to the end (ratios with their targets,
 # the per-method rows, the agreement checks); a new script only needs the smoke header and the total
 EXPECTED: dict[str, list[str]] = {
@@ -29,6 +30,17 @@ EXPECTED: dict[str, list[str]] = {
         rf"peak memory\s+engine/reference:\s+{NUM}\s+\(target <= 1\)",
         rf"CPU time per sample\s+engine/floor:\s+{NUM}",
         rf"agreement\s+max rel\. diff engine vs reference metrics: {NUM}",
+    ],
+    "flow_memory.py": [
+        rf"eager\s+L=\d+\s+peak \+\s*{NUM} MB",
+        rf"blockwise\s+L=\d+\s+peak \+\s*{NUM} MB",
+        rf"blockwise\+ckpt\s+L=\d+\s+peak \+\s*{NUM} MB",
+        r"memory slope blockwise\s+\(log-log fit of the peak",
+        rf"target: blockwise memory slope {NUM_OR_NAN} <= 1\.2: (PASS|FAIL)",
+        rf"target: blockwise peak at L=\d+ / eager's {NUM_OR_NAN} <= 0\.1: (PASS|FAIL)",
+        rf"target: blockwise\+ckpt peak at L=\d+ / eager's {NUM_OR_NAN} <= 0\.1: (PASS|FAIL)",
+        rf"target: blockwise time per sample at L=\d+ / eager's {NUM} <= 1\.2: (PASS|FAIL)",
+        r"target: blockwise time per sample / eager's < 1 at L >= \d+ \(.*\): (PASS|FAIL)",
     ],
     "lightning_overhead.py": [
         rf"plain\s+{NUM} s wall .* ms/step",
@@ -60,7 +72,13 @@ EXPECTED: dict[str, list[str]] = {
 
 
 def test_bench_scripts_found():
-    assert {"flow_speed.py", "lightning_overhead.py", "tli_scoring.py", "wli_generation.py"} <= set(SCRIPTS)
+    assert {
+        "flow_memory.py",
+        "flow_speed.py",
+        "lightning_overhead.py",
+        "tli_scoring.py",
+        "wli_generation.py",
+    } <= set(SCRIPTS)
 
 
 @pytest.mark.slow
@@ -86,15 +104,16 @@ def test_bench_smoke(script: str) -> None:
     assert not missing, f"bench/{script} --smoke printed no line matching {missing}:\n{out.stdout}"
 
 
-def test_flow_speed_device_cuda_without_cuda_says_so() -> None:
-    """`bench/flow_speed.py --device cuda` on a machine without CUDA stops at once, saying why (on a GPU
-    machine scripts/gpu_check.py runs it for real)."""
+@pytest.mark.parametrize("script", ["flow_speed.py", "flow_memory.py"])
+def test_flow_bench_device_cuda_without_cuda_says_so(script: str) -> None:
+    """`--device cuda` on a machine without CUDA stops at once, saying why (on a GPU machine
+    scripts/gpu_check.py runs flow_speed.py for real; flow_memory.py is run by hand)."""
     import torch
 
     if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present: scripts/gpu_check.py runs the benchmark on it")
+        pytest.skip("a CUDA device is present: the benchmark runs on it")
     out = subprocess.run(
-        [sys.executable, "bench/flow_speed.py", "--device", "cuda", "--smoke"],
+        [sys.executable, f"bench/{script}", "--device", "cuda", "--smoke"],
         cwd=REPO,
         capture_output=True,
         text=True,

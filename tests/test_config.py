@@ -120,6 +120,7 @@ def test_group_files_do_not_restate_schema_defaults(group):
         ("prompt.chat_template=yes", "auto, on, off"),
         ("flow.sources=everything", "text, all_prior"),
         ("flow.loss=ce", "full_vocab, label_restricted"),
+        ("flow.backend=flash", "eager, blockwise"),
         ("verbalizer.aggregate=vote", "mean_logprob, sum_prob"),
     ],
 )

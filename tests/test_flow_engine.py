@@ -8,7 +8,6 @@ models' eager softmax adds whatever the model dtype (see `map_tolerance`).
 from __future__ import annotations
 
 import math
-import random
 import sys
 import types
 from pathlib import Path
@@ -18,17 +17,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 from torch import nn
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    PreTrainedTokenizerFast,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).parent))
 from flow_reference import reference_flow
@@ -42,127 +31,22 @@ from mre.flow.engine import FlowEngine, FlowResult
 from mre.flow.files import METRICS, result_values, summarize
 from mre.flow.options import FlowOptions
 from mre.setting import Direction, Setting
+from tests.flow_models import (
+    BOS,
+    U32,
+    collate,
+    hf_of,
+    make_samples,
+    map_tolerance,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_mistral,
+    tiny_qwen2,
+)
 from tests.test_prompts import FIELDS, INSTR, corpus
 
-VOCAB = 200
 RTOL = 1e-5
-BOS = 1
-U32 = 2.0**-24  # unit roundoff of float32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP's spinning
-    threads slow these small ops down by an order of magnitude."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_llama(seed: int = 0, attn: str | None = None, vocab: int = VOCAB) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=vocab,
-        max_position_embeddings=128,
-    )
-    if attn is not None:
-        cfg._attn_implementation = attn
-    return LlamaForCausalLM(cfg).double()
-
-
-def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=128,
-    )
-    return Qwen2ForCausalLM(cfg).double()
-
-
-def tiny_mistral(seed: int = 0) -> MistralForCausalLM:
-    """With a sliding window shorter than the prompts, so the sliding-window mask path is exercised."""
-    torch.manual_seed(seed)
-    cfg = MistralConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=128,
-        sliding_window=8,
-    )
-    return MistralForCausalLM(cfg).double()
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    cfg = GPT2Config(n_embd=64, n_layer=3, n_head=4, vocab_size=VOCAB, n_positions=128)
-    return GPT2LMHeadModel(cfg).double()
-
-
-def make_samples(n: int, seed: int, anchor: bool = True, min_len: int = 10, max_len: int = 22) -> list[dict]:
-    """Unpadded samples: [prefix][text][sep][anchor][suffix], q = last token."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        length = rng.randint(min_len, max_len)
-        ids = [rng.randrange(1, VOCAB) for _ in range(length)]
-        t0 = rng.randint(0, 2)
-        t1 = rng.randint(t0 + 2, length - 6)
-        if anchor:
-            a0 = rng.randint(t1, t1 + 1)
-            a1 = rng.randint(a0 + 1, length - 2)
-        else:
-            a0 = a1 = 0
-        out.append(
-            {
-                "input_ids": ids,
-                "text": (t0, t1),
-                "anchor": (a0, a1),
-                "q": length - 1,
-                "target": rng.randrange(VOCAB),
-            }
-        )
-    return out
-
-
-def collate(samples: list[dict], extra_pad: int = 0) -> dict[str, torch.Tensor]:
-    """Left-pad to the longest sample (+ extra_pad), spans shifted to padded coordinates."""
-    width = max(len(s["input_ids"]) for s in samples) + extra_pad
-    ids, mask, text, anchor, q, target = [], [], [], [], [], []
-    for s in samples:
-        pad = width - len(s["input_ids"])
-        ids.append([0] * pad + s["input_ids"])
-        mask.append([0] * pad + [1] * len(s["input_ids"]))
-        text.append([s["text"][0] + pad, s["text"][1] + pad])
-        a = s["anchor"]
-        anchor.append([a[0] + pad, a[1] + pad] if a[1] > a[0] else [0, 0])
-        q.append(s["q"] + pad)
-        target.append(s["target"])
-    return {
-        "input_ids": torch.tensor(ids),
-        "attention_mask": torch.tensor(mask),
-        "text_range": torch.tensor(text),
-        "anchor_range": torch.tensor(anchor),
-        "q": torch.tensor(q),
-        "target": torch.tensor(target),
-    }
-
-
-def hf_of(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def reference(model, samples, **opts):
@@ -174,15 +58,6 @@ def reference(model, samples, **opts):
         return [reference_flow(model, s, **opts) for s in samples]
     finally:
         hf.set_attn_implementation(before)
-
-
-def map_tolerance(maps: torch.Tensor) -> torch.Tensor:
-    """[layers] absolute tolerance of a mean over one sample's map: the softmax runs in float32, so
-    each probability carries a relative error up to (L + 1) u32 (a row sum of L terms, exp and
-    division), which reaches every element of I_l at the scale of the layer's largest element (the
-    padded batch and the unpadded reference round differently)."""
-    n = maps.shape[-1]
-    return (n + 1) * U32 * maps.flatten(1).amax(1)
 
 
 def assert_matches(res: FlowResult, refs, rtol: float = RTOL) -> None:

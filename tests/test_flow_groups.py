@@ -115,3 +115,5 @@ def test_tli_groups_by_type_and_entity_and_resume(tmp_path):
     # a restarted flow analysis (other settings) starts the groups over as well
     analyze(_cfg(tmp_path, "tli", "flow.sources=all_prior", "flow.restart=true"))
     assert (out / "flow_groups.csv").read_text() == full  # groups always use text sources
+    analyze(_cfg(tmp_path, "tli", "flow.backend=blockwise", "flow.restart=true"))  # maps: from eager
+    assert (out / "flow_groups.csv").read_text() == full

@@ -32,8 +32,9 @@ from mre.flow.engine import FlowEngine
 from mre.results import read_jsonl
 from mre.runner import run
 from mre.tasks import generative
+from tests.flow_models import collate, make_samples, tiny_llama
 from tests.test_flow_callback import FAST, read_csv
-from tests.test_flow_engine import collate, make_samples, reference, tiny_llama
+from tests.test_flow_engine import reference
 from tests.test_train import small_cfg
 
 CUDA = torch.cuda.is_available()
@@ -69,7 +70,7 @@ def cuda_tolerance(maps: torch.Tensor, u: float, width: int) -> torch.Tensor:
     the probabilistic bound (Higham & Mary, "A new approach to probabilistic rounding error analysis",
     2019) is lambda sqrt(N) u with a small lambda; lambda = 2 here. The errors are relative to the terms of
     the sums, not to the (possibly cancelling: heads, residuals) results, so they are taken at the scale of
-    the layer's largest element, as `tests.test_flow_engine.map_tolerance` does. The float64 reference
+    the layer's largest element, as `tests.flow_models.map_tolerance` does. The float64 reference
     itself runs LLaMA's eager softmax in float32 (`map_tolerance`): (width + 1) u32 on the same scale.
 
     For 3 layers (N = 90): 19 u + (width + 1) u32, times max(I_l). Measured on the CPU (6 seeds, 4 samples,

@@ -9,7 +9,7 @@ import torch
 
 from mre.config import EdgeSet
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
-from tests.test_flow_engine import collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
+from tests.flow_models import collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -33,7 +33,7 @@ from mre.data.batches import Collator
 from mre.data.prompts import Encoded
 from mre.flow.callback import flow_batch, label_token_ids
 from mre.flow.engine import FlowEngine
-from mre.flow.options import FlowAnalysisConfig, Normalize, Sources
+from mre.flow.options import Backend, FlowAnalysisConfig, Normalize, Sources
 from mre.flow.plots import plot_group_curves
 from mre.stats import bootstrap_layer_means
 
@@ -111,7 +111,10 @@ def compute_groups(subject, chosen: list[Encoded], out_dir: Path, opts: FlowAnal
         if s in groups and n_layers and len(rows) == n_layers * len(groups[s])
     }
     _write(path, [r for s in sorted(done) for r in done[s]], "w")
-    raw = FlowAnalysisConfig(**{**vars(opts), "normalize": Normalize.none, "sources": Sources.text})
+    # the maps need the eager backend (blockwise never holds them), whatever the flow pass used
+    raw = FlowAnalysisConfig(
+        **{**vars(opts), "normalize": Normalize.none, "sources": Sources.text, "backend": Backend.eager}
+    )
     engine = FlowEngine(subject.model, raw, keep_maps="layer", bos_token_id=ctx.tokenizer.bos_token_id)
     collate = Collator(ctx.tokenizer.pad_token_id)
     label_ids = label_token_ids(ctx, opts.loss)  # the loss the flow is taken on, as in the flow pass

@@ -61,7 +61,7 @@ from mre.flow.files import (
     write_layers,
     write_samples,
 )
-from mre.flow.options import FlowAnalysisConfig, FlowLoss, Normalize
+from mre.flow.options import Backend, FlowAnalysisConfig, FlowLoss, Normalize
 from mre.flow.plots import plot_flow, plot_token_example
 from mre.rundir import ANALYSIS, MODEL, RunDirError, resolve_run_dir
 from mre.stats import LayerStats
@@ -344,7 +344,9 @@ def token_flows(subject: Subject, chosen: list[Encoded], opts: FlowAnalysisConfi
     """Per example: text tokens with their flow into the anchor, anchor tokens with their flow into q."""
     ctx = subject.context
     records = ctx.records("test")
-    raw = FlowAnalysisConfig(**{**vars(opts), "normalize": Normalize.none})  # token maps are never rescaled
+    # token maps are never rescaled, and they are L x L maps, which only the eager backend keeps (one
+    # sample at a time; the backends' numbers agree)
+    raw = FlowAnalysisConfig(**{**vars(opts), "normalize": Normalize.none, "backend": Backend.eager})
     engine = FlowEngine(subject.model, raw, keep_maps="layer", bos_token_id=ctx.tokenizer.bos_token_id)
     collate = Collator(ctx.tokenizer.pad_token_id)
     device = next(subject.model.parameters()).device

@@ -19,13 +19,21 @@ How it is computed (one forward + one activation-only backward for the whole bat
   default scaling stay exact), hooks the returned probabilities ``A`` (``register_hook`` gives dL/dA when
   the backward reaches that layer) and fetches ``A`` itself through a tiny autograd function saved with
   ``save_for_backward``, so that gradient checkpointing may drop and recompute it. The hook reduces
-  ``A * dL/dA`` -> sum over heads -> abs -> three masked sums per sample (one ``bmm`` against
-  precomputed pair masks) into that layer's slot; the L x L map is then dropped. Only O(layers) numbers
-  per sample survive (unless ``keep_maps``).
-* The model is switched to ``"mre_flow"`` with ``set_attn_implementation`` and always switched back
-  (also on exceptions), together with its ``training`` flags and every parameter's ``requires_grad``.
-  Weights are frozen during the pass, so no weight gradient is ever allocated; the only leaf that
-  requires grad is a detached copy of the input embeddings.
+  ``A * dL/dA`` -> sum over heads -> abs -> three pair sums per sample (``mre.flow.pairs``: one float64
+  prefix sum per row, each pair set being an interval of columns per row) into that layer's slot; the
+  L x L map is then dropped. Only O(layers) numbers per sample survive (unless ``keep_maps``).
+* ``backend="blockwise"`` (``FlowOptions.backend``; ``"eager"`` above is the default) registers
+  ``"mre_flow_blockwise"`` instead: an autograd function (``mre.flow.blockwise``) that keeps only q, k, v
+  and, in its backward, reruns the module's own eager attention on ``block_size`` query rows at a time
+  to get that block's dQ, dK, dV, dL/dA and saliency sums, with a lazy mask that makes only those
+  rows, over only the key columns they may attend to (the causal triangle is skipped). Nothing L x L is
+  kept (memory linear in L per layer); the numbers are the eager backend's up to summation order.
+  ``keep_maps`` needs the maps, so it needs the eager backend. Both backends share the pair sets and
+  the reduction (``mre.flow.pairs``).
+* The model is switched to the backend's implementation with ``set_attn_implementation`` and always
+  switched back (also on exceptions), together with its ``training`` flags and every parameter's
+  ``requires_grad``. Weights are frozen during the pass, so no weight gradient is ever allocated; the
+  only leaf that requires grad is a detached copy of the input embeddings.
 * The batch loss is the SUM over samples of each sample's cross-entropy at its own q, so each sample's
   gradient equals its single-sample gradient (samples do not interact in attention). Left padding is
   handled with ``position_ids = cumsum(attention_mask) - 1`` so a padded sample sees the same positions
@@ -50,6 +58,7 @@ nothing is dropped).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import logging
 import sys
@@ -62,13 +71,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mre.flow.options import FlowLoss, FlowOptions, Normalize, Sources
+from mre.flow.blockwise import BlockwiseAttention, BlockwiseLayer, mask_rows, row_mask
+from mre.flow.options import Backend, FlowLoss, FlowOptions, Normalize, Sources
+from mre.flow.pairs import PairSets, saliency
 
-__all__ = ["FLOW_ATTN_IMPLEMENTATION", "FlowEngine", "FlowResult"]
+__all__ = ["BLOCKWISE_ATTN_IMPLEMENTATION", "FLOW_ATTN_IMPLEMENTATION", "FlowEngine", "FlowResult"]
 
 log = logging.getLogger(__name__)
 
-FLOW_ATTN_IMPLEMENTATION = "mre_flow"
+FLOW_ATTN_IMPLEMENTATION = "mre_flow"  # the eager backend
+BLOCKWISE_ATTN_IMPLEMENTATION = "mre_flow_blockwise"
+_IMPLEMENTATIONS = {Backend.eager: FLOW_ATTN_IMPLEMENTATION, Backend.blockwise: BLOCKWISE_ATTN_IMPLEMENTATION}
 
 _KEEP_MAPS = (None, "layer", "head")
 
@@ -158,19 +171,37 @@ def _flow_attention(module, query, key, value, attention_mask, **kwargs):
     return _FetchProbs.apply(out, probs, box), probs
 
 
-def _flow_mask(*args, **kwargs):
+def _blockwise_attention(module, query, key, value, attention_mask, **kwargs):
+    """The blockwise backend's attention function (`mre.flow.blockwise`): no probabilities returned or
+    kept."""
+    kwargs["dropout"] = 0.0  # probabilities before dropout, as the eager backend
+    state = _ACTIVE
+    if state is None:
+        raise RuntimeError(f"{BLOCKWISE_ATTN_IMPLEMENTATION!r} attention runs only inside FlowEngine.compute")
+    slot = state.slot_of(module)
+    layer = BlockwiseLayer(
+        eager=_eager_for(module),
+        module=module,
+        mask=mask_rows(attention_mask),
+        kwargs=kwargs,
+        block_size=state.block_size,
+        pairs=state.pairs,
+        store=functools.partial(state.store, slot),
+    )
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))):
+        # e.g. the no-grad first forward of reentrant checkpointing: the recomputation reduces
+        return layer.output(query, key, value), None
+    return BlockwiseAttention.apply(query, key, value, layer), None
+
+
+def _flow_mask(**kwargs: Any) -> Tensor | None:
     """The eager 4D float mask, with every position allowed to attend to itself.
 
     Real rows are unchanged (the causal diagonal is always allowed); a left-padding row would otherwise be
     fully masked, and with a float64 model the eager softmax (computed in float32) turns the float64
     minimum into -inf and the row into NaN, which then leaks into real rows through 0 * NaN in A @ V.
     """
-    from transformers.masking_utils import eager_mask
-
-    mask = eager_mask(*args, **kwargs)
-    if isinstance(mask, Tensor) and mask.ndim == 4 and mask.shape[-1] == mask.shape[-2]:
-        mask.diagonal(dim1=-2, dim2=-1).zero_()
-    return mask
+    return row_mask(**kwargs).full()
 
 
 def _register() -> None:
@@ -179,6 +210,8 @@ def _register() -> None:
 
     AttentionInterface.register(FLOW_ATTN_IMPLEMENTATION, _flow_attention)
     AttentionMaskInterface.register(FLOW_ATTN_IMPLEMENTATION, _flow_mask)
+    AttentionInterface.register(BLOCKWISE_ATTN_IMPLEMENTATION, _blockwise_attention)
+    AttentionMaskInterface.register(BLOCKWISE_ATTN_IMPLEMENTATION, row_mask)
 
 
 _register()
@@ -190,10 +223,10 @@ _register()
 
 
 class _FlowState:
-    def __init__(self, masks: Tensor, keep_maps: str | None):
-        self.masks: Tensor | None = masks  # [B, 3, L, L] bool: wp, pq, ww (dropped once converted)
-        self.seq = masks.shape[-1]
-        self._masks_as: dict[torch.dtype, Tensor] = {}
+    def __init__(self, pairs: PairSets, keep_maps: str | None, block_size: int):
+        self.pairs = pairs
+        self.seq = pairs.seq
+        self.block_size = block_size  # query rows per block (blockwise backend)
         self.keep_maps = keep_maps
         self.slots: dict[int, int] = {}  # id(attention module) -> layer slot (order of first call)
         self.modules: list[nn.Module] = []
@@ -222,18 +255,6 @@ class _FlowState:
             )
         return slot
 
-    def _float_masks(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """[B, 3, L*L] in the accumulation dtype (made once per pass; the bool copy is then dropped)."""
-        m = self._masks_as.get(dtype)
-        if m is None:
-            if self.masks is None:  # another dtype already took it: rebuild from that one
-                self.masks = next(iter(self._masks_as.values())).bool().view(-1, 3, self.seq, self.seq)
-            b = self.masks.shape[0]
-            m = self.masks.to(device=device, dtype=dtype).view(b, 3, -1)
-            self._masks_as[dtype] = m
-            self.masks = None
-        return m
-
     def make_hook(self, slot: int, box: dict):
         def hook(grad: Tensor) -> None:
             probs = box.pop("probs", None)
@@ -243,23 +264,24 @@ class _FlowState:
 
         return hook
 
-    @torch.no_grad()
-    def _reduce(self, slot: int, probs: Tensor, grad: Tensor) -> None:
+    def store(self, slot: int, sums: Tensor) -> None:
+        """A layer's [B, 3] pair sums, exactly once per backward."""
         if slot in self.sums:
             self.fills[slot] += 1
             raise RuntimeError(f"flow engine: saliency of layer slot {slot} filled twice in one backward")
-        b, _, lq, lk = probs.shape
+        self.sums[slot] = sums
+        self.fills[slot] = 1
+
+    @torch.no_grad()
+    def _reduce(self, slot: int, probs: Tensor, grad: Tensor) -> None:
+        _, _, lq, lk = probs.shape
         if lq != lk or lq != self.seq:
             raise RuntimeError(
                 f"flow engine: attention map of shape {tuple(probs.shape)} does not match the prompt length "
                 f"{self.seq} (a cache or prefix must not be used)"
             )
-        acc = torch.promote_types(probs.dtype, torch.float32)  # float32 accumulation (float64 stays)
-        per_head = probs.to(acc) * grad.to(acc)  # [B, H, L, L]
-        sal = per_head.sum(dim=1).abs_()  # [B, L, L]
-        masks = self._float_masks(acc, sal.device)
-        self.sums[slot] = torch.bmm(masks, sal.view(b, -1, 1)).squeeze(-1)  # [B, 3]
-        self.fills[slot] = 1
+        per_head, sal = saliency(probs, grad)  # [B, H, L, L], [B, L, L]
+        self.store(slot, self.pairs.sums(sal, 0))
         if self.keep_maps == "layer":
             self.maps[slot] = sal
         elif self.keep_maps == "head":
@@ -297,8 +319,9 @@ def _all_configs(model: nn.Module) -> list:
 
 
 @contextlib.contextmanager
-def _flow_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode, frozen weights, "mre_flow" attention; everything restored exactly afterwards."""
+def _flow_mode(model: nn.Module, implementation: str) -> Iterator[None]:
+    """Eval mode, frozen weights, the flow's attention `implementation`; everything restored exactly
+    afterwards."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
     hf = _hf_model(model)
@@ -317,10 +340,10 @@ def _flow_mode(model: nn.Module) -> Iterator[None]:
         for p, _ in grads_before:
             p.requires_grad_(False)
         try:
-            hf.set_attn_implementation(FLOW_ATTN_IMPLEMENTATION)
+            hf.set_attn_implementation(implementation)
         except (ValueError, ImportError, KeyError, AttributeError) as e:
             raise RuntimeError(f"{_EAGER_HELP}; switching {type(hf).__name__} failed: {e}") from e
-        if hf.config._attn_implementation != FLOW_ATTN_IMPLEMENTATION:
+        if hf.config._attn_implementation != implementation:
             raise RuntimeError(
                 f"{_EAGER_HELP}, but {type(hf).__name__} does not let its attention implementation be "
                 f"switched (it stays {hf.config._attn_implementation!r}); load a model whose attention "
@@ -400,6 +423,17 @@ class FlowEngine:
         if keep_maps not in _KEEP_MAPS:
             raise ValueError(f"FlowEngine: keep_maps={keep_maps!r} is not one of {_KEEP_MAPS}")
         self.keep_maps = keep_maps
+        self.backend = _choice("backend", options.backend, Backend)
+        if self.backend == Backend.blockwise and keep_maps is not None:
+            raise ValueError(
+                f"FlowEngine: keep_maps={keep_maps!r} returns the L x L saliency maps, which the blockwise "
+                "backend never holds; use flow.backend=eager for maps"
+            )
+        self.block_size = int(options.block_size)
+        if self.block_size < 1:
+            raise ValueError(
+                f"FlowEngine: flow.block_size must be a positive number of query rows, got {self.block_size}"
+            )
         self.last_stats: dict[str, Any] = {}  # diagnostics of the last pass (tests, debugging)
 
     # ---------------------------------------------------------------------------------------------
@@ -438,9 +472,15 @@ class FlowEngine:
         device = emb_layer.weight.device
         input_ids, mask_d = input_ids.to(device), mask.to(device)
         q_d, gold_d = q.to(device), gold.to(device)
-        sink = self._bos_position(input_ids, mask_d)
-        masks, counts = self._pair_masks(mask_d, q_d, text_range.to(device), anchor_range.to(device), sink)
-        counts = counts.cpu()
+        pairs = PairSets(
+            valid=mask_d,
+            q=q_d,
+            text=text_range.to(device),
+            anchor=anchor_range.to(device),
+            sink=self._bos_position(input_ids, mask_d),
+            all_prior=self.sources == Sources.all_prior,
+        )
+        counts = pairs.counts(self.block_size if self.backend == Backend.blockwise else seq).cpu()
         for b in range(bsz):
             a0, a1 = anchor_range[b].tolist()
             if a1 > a0 and counts[b, 0] == 0:
@@ -451,10 +491,9 @@ class FlowEngine:
                 )
 
         position_ids = (mask_d.long().cumsum(-1) - 1).clamp_(min=0)
-        state = _FlowState(masks, self.keep_maps)
-        del masks
+        state = _FlowState(pairs, self.keep_maps, self.block_size)
 
-        with _flow_mode(model):
+        with _flow_mode(model, _IMPLEMENTATIONS[self.backend]):
             _ACTIVE = state
             try:
                 embeds = emb_layer(input_ids).detach().requires_grad_(True)
@@ -600,30 +639,3 @@ class FlowEngine:
             return torch.full_like(first, -1)
         is_bos = input_ids.gather(1, first.view(-1, 1)).view(-1) == self.bos_token_id
         return torch.where(is_bos, first, torch.full_like(first, -1))
-
-    def _pair_masks(
-        self, mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor, sink: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """Boolean pair masks [B, 3, L, L] (wp, pq, ww; i = target row, j = source column), counts [B, 3];
-        no pair has its source at `sink` ([B] positions, -1: none)."""
-        bsz, seq = mask.shape
-        pos = torch.arange(seq, device=mask.device)
-        i = pos.view(1, seq, 1)
-        j = pos.view(1, 1, seq)
-
-        def inside(r: Tensor, x: Tensor) -> Tensor:
-            return (x >= r[:, 0].view(-1, 1, 1)) & (x < r[:, 1].view(-1, 1, 1))
-
-        valid_i = mask.view(bsz, seq, 1)
-        valid_j = mask.view(bsz, 1, seq)
-        qv = q.view(bsz, 1, 1)
-        causal = (j < i) & (i <= qv) & valid_i & valid_j  # every pair j < i <= q, off-diagonal, non-pad
-        causal &= j != sink.view(bsz, 1, 1)
-        in_p_i = inside(anchor_range, i)
-        src_j = inside(text_range, j) if self.sources == "text" else valid_j
-        wp = causal & in_p_i & src_j
-        pq = causal & (i == qv) & inside(anchor_range, j)
-        ww = causal & ~wp & ~pq
-        masks = torch.stack([wp, pq, ww], dim=1)
-        counts = masks.flatten(2).sum(-1)
-        return masks, counts

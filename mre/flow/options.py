@@ -1,9 +1,10 @@
 """The flow options, owned here and nowhere else.
 
-`FlowOptions` says *what* is measured (the engine reads exactly these fields); the training callback
-(`flow:` in conf/config.yaml) and `analyze.py` (`flow:` in conf/analyze.yaml) extend it with *how
-many* samples and where, so a new measurement option is one field here and reaches the engine, the
-callback, the analysis, its resume check and both configs at once.
+`FlowOptions` says *what* is measured (the engine reads exactly these fields) and *how* it is
+computed (`backend`, `block_size`: the same numbers by either route, so not part of `measurement()`);
+the training callback (`flow:` in conf/config.yaml) and `analyze.py` (`flow:` in conf/analyze.yaml)
+extend it with *how many* samples and where, so a new measurement option is one field here and
+reaches the engine, the callback, the analysis, its resume check and both configs at once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ class Normalize(StrEnum):
     of_means = "of_means"  # by the summary (`mre.flow.files.summarize`): per-sample values stay raw
 
 
+class Backend(StrEnum):
+    """How the engine gets A * dL/dA: `eager` keeps every layer's L x L attention probabilities for the
+    backward pass (memory layers x heads x L^2, and the only route to `keep_maps`); `blockwise` keeps
+    q, k, v only and recomputes the probabilities a block of query rows at a time in the backward pass
+    (memory linear in L per layer). Both give the same numbers (docs/design.md)."""
+
+    eager = "eager"
+    blockwise = "blockwise"
+
+
+# a field with this metadata says how the metrics are computed, not what they are: results agree across
+# its values, so `measurement()` (the identity of a result, e.g. the analysis resume check) leaves it out
+_HOW = {"measurement": False}
+
+
 @dataclass
 class FlowOptions:
     """What the engine measures (docs/design.md, "Saliency and the three flow metrics")."""
@@ -46,10 +62,16 @@ class FlowOptions:
     loss: FlowLoss = FlowLoss.full_vocab
     normalize: Normalize = Normalize.none
     exclude_bos: bool = False  # drop every pair whose source is a BOS (the first token, when it is one)
+    backend: Backend = field(default=Backend.eager, metadata=_HOW)
+    block_size: int = field(default=128, metadata=_HOW)  # query rows per block of the blockwise backend
 
     def measurement(self) -> dict[str, Any]:
-        """The measurement fields only (no sample counts): equal dicts mean comparable numbers."""
-        return {f.name: str(getattr(self, f.name)) for f in fields(FlowOptions)}
+        """The measurement fields only (no sample counts, no backend): equal dicts mean comparable numbers."""
+        return {
+            f.name: str(getattr(self, f.name))
+            for f in fields(FlowOptions)
+            if f.metadata.get("measurement", True)
+        }
 
 
 @dataclass
