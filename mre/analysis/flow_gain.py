@@ -29,6 +29,8 @@ from mre.flow.plots import plot_flow_gain
 from mre.setting import Setting
 
 MIN_POINTS = 3
+MIN_INFORMATIVE = 6  # below, a resample holds so few distinct points that its rho is nearly always ±1
+FEW_POINTS = "too few points: the interval says little (a resample of n points holds at most n distinct)"
 
 
 @dataclass(frozen=True)
@@ -138,13 +140,14 @@ def markdown(corrs: list[Correlation]) -> str:
         f"interval (points resampled) once a group has {MIN_POINTS} points; few points make ρ coarse "
         "(3 points: ρ ∈ {−1, −0.5, 0.5, 1}). Points: [flow_gain.csv](flow_gain.csv).",
         "",
-        "| data set | direction | points | Spearman ρ | 95% CI | resamples left out (constant ranks) |",
-        "|---|---|---|---|---|---|",
+        "| data set | direction | points | Spearman ρ | 95% CI | resamples left out (ties) | note |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in corrs:
         ci = "—" if c.lo is None else f"[{c.lo:+.2f}, {c.hi:+.2f}]"
         left = "" if c.rho is None and c.lo is None else f"{c.degenerate} of {c.n_boot}"
-        lines.append(f"| {c.dataset} | {c.direction} | {c.n} | {_fmt(c.rho)} | {ci} | {left} |")
+        note = FEW_POINTS if MIN_POINTS <= c.n < MIN_INFORMATIVE else ""
+        lines.append(f"| {c.dataset} | {c.direction} | {c.n} | {_fmt(c.rho)} | {ci} | {left} | {note} |")
     return "\n".join(lines)
 
 
