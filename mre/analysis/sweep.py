@@ -25,6 +25,7 @@ import itertools
 import json
 import logging
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,13 +142,20 @@ def _read_run(path: Path, root: Path) -> Run:
     return Run(path, name, cfg, flat, overrides, metrics, problem)
 
 
+def _natural_path(path: Path) -> list[tuple[int, int | str]]:
+    """Sort key of a path with numbers compared as numbers (`2_a` < `10_a`)."""
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", str(path)) if t]
+
+
 def discover_runs(sweep_dir: str | Path) -> list[Run]:
-    """Every run below sweep_dir (``.hydra/config.yaml``), in path order; analysis dirs skipped."""
+    """Every run below sweep_dir (``.hydra/config.yaml``), in natural path order (job `2_...` before
+    `10_...`, so a single sweep's run #k is its job k); analysis dirs skipped."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"sweep_dir {root} is not a directory")
     runs = []
-    for cfg_path in sorted(root.rglob(".hydra/config.yaml")):
+    found = sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural_path(p.relative_to(root)))
+    for cfg_path in found:
         run_dir = cfg_path.parent.parent
         rel = run_dir.relative_to(root).parts
         if "analysis" in rel:  # this tool's own output (it has a .hydra/ too)
