@@ -156,3 +156,14 @@ def map_tolerance(maps: torch.Tensor) -> torch.Tensor:
     padded batch and the unpadded reference round differently)."""
     n = maps.shape[-1]
     return (n + 1) * U32 * maps.flatten(1).amax(1)
+
+
+# every departure option of the flow, alone and combined: the cases the backends are checked on
+OPTION_CASES = [
+    {"sources": "all_prior"},
+    {"loss": "label_restricted"},
+    {"normalize": "per_sample"},
+    {"exclude_bos": True},
+    {"sources": "all_prior", "normalize": "per_sample", "exclude_bos": True},
+]
+OPTION_IDS = ["all_prior", "label_restricted", "per_sample", "exclude_bos", "combined"]

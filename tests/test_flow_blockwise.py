@@ -30,6 +30,8 @@ from mre.flow.options import Backend, FlowOptions, Normalize
 from mre.flow.pairs import PairSets, saliency
 from tests.flow_models import (
     BOS,
+    OPTION_CASES,
+    OPTION_IDS,
     U32,
     collate,
     make_samples,
@@ -250,17 +252,7 @@ def test_block_sizes(block_size):
     assert_same(tiny_llama(seed=4), collate(make_samples(3, seed=4), extra_pad=1), block_size=block_size)
 
 
-@pytest.mark.parametrize(
-    "opts",
-    [
-        {"sources": "all_prior"},
-        {"loss": "label_restricted"},
-        {"normalize": "per_sample"},
-        {"exclude_bos": True},
-        {"sources": "all_prior", "normalize": "per_sample", "exclude_bos": True},
-    ],
-    ids=["all_prior", "label_restricted", "per_sample", "exclude_bos", "combined"],
-)
+@pytest.mark.parametrize("opts", OPTION_CASES, ids=OPTION_IDS)
 def test_options(opts):
     samples = make_samples(3, seed=5)
     batch = collate(samples, extra_pad=1)

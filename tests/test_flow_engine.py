@@ -33,6 +33,8 @@ from mre.flow.options import FlowOptions
 from mre.setting import Direction, Setting
 from tests.flow_models import (
     BOS,
+    OPTION_CASES,
+    OPTION_IDS,
     U32,
     collate,
     hf_of,
@@ -138,17 +140,7 @@ def test_other_architectures(arch):
     check(model, make_samples(3, seed=3), extra_pad=1)
 
 
-@pytest.mark.parametrize(
-    "opts",
-    [
-        {"sources": "all_prior"},
-        {"loss": "label_restricted"},
-        {"normalize": "per_sample"},
-        {"exclude_bos": True},
-        {"sources": "all_prior", "normalize": "per_sample", "exclude_bos": True},
-    ],
-    ids=["all_prior", "label_restricted", "per_sample", "exclude_bos", "combined"],
-)
+@pytest.mark.parametrize("opts", OPTION_CASES, ids=OPTION_IDS)
 def test_options(opts):
     model = tiny_llama(seed=4)
     samples = make_samples(3, seed=4)

@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 
 import pytest
-import torch
 
 from mre.analysis import analyze
 from mre.config import compose
@@ -25,12 +24,7 @@ FAST = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path: Path, direction: str, *extra: str):

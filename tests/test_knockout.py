@@ -11,13 +11,7 @@ from mre.config import EdgeSet
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
 from tests.flow_models import collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(seed: int = 3) -> dict[str, torch.Tensor]:
