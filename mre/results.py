@@ -3,6 +3,8 @@ the gathering of per-sample rows from every rank."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -52,3 +54,27 @@ def print_metrics(metrics: dict[str, float], title: str, output_dir: Path) -> No
     console = Console()
     console.print(table)
     console.print(f"run directory: {output_dir}", soft_wrap=True)
+
+
+def read_stream_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a CSV file appended chunk by chunk (`append_stream_csv`), without a torn last line
+    (a writer killed mid-line); [] when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    text = text[: text.rfind("\n") + 1]
+    return list(csv.DictReader(io.StringIO(text, newline="")))  # fields may hold line breaks
+
+
+def append_stream_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]], new: bool) -> None:
+    """Write (`new`: header first, replacing the file) or append rows in one flushed write, every field
+    quoted: generated answers may hold a carriage return, which csv only quotes when asked to."""
+    with open(path, "w" if new else "a", newline="", encoding="utf-8") as f:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, columns, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        if new:
+            w.writeheader()
+        w.writerows(rows)
+        f.write(buf.getvalue())  # one write per chunk: a kill tears at most this chunk
+        f.flush()

@@ -22,7 +22,6 @@ over layers of the per-layer means with a 95% bootstrap interval over samples) a
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from mre.flow.callback import flow_batch, label_token_ids
 from mre.flow.engine import FlowEngine
 from mre.flow.options import Backend, FlowAnalysisConfig, Normalize, Sources
 from mre.flow.plots import plot_group_curves
+from mre.results import append_stream_csv, read_stream_csv
 from mre.stats import bootstrap_layer_means
 
 GROUPS_FILE = "flow_groups.csv"
@@ -77,30 +77,13 @@ def _rows(maps: torch.Tensor, e: Encoded, record_id: str, groups: dict, pad: int
     return rows
 
 
-def _read(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    text = text[: text.rfind("\n") + 1]  # a torn last line (a killed writer) is dropped
-    return list(csv.DictReader(io.StringIO(text, newline="")))
-
-
-def _write(path: Path, rows: list[dict[str, Any]], mode: str) -> None:
-    with open(path, mode, newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, COLUMNS, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
-        if mode == "w":
-            w.writeheader()
-        w.writerows(rows)
-        f.flush()
-
-
 def compute_groups(subject, chosen: list[Encoded], out_dir: Path, opts: FlowAnalysisConfig) -> Path:
     """Stream the group rows of the chosen samples into flow_groups.csv (resumable)."""
     ctx = subject.context
     records = ctx.records("test")
     groups = {e.index: sample_groups(ctx.builder, e) for e in chosen}
     path = out_dir / GROUPS_FILE
-    old = _read(path)
+    old = read_stream_csv(path)
     n_layers = len({r["layer"] for r in old}) or None
     per_sample: dict[int, list[dict[str, str]]] = {}
     for r in old:
@@ -110,7 +93,7 @@ def compute_groups(subject, chosen: list[Encoded], out_dir: Path, opts: FlowAnal
         for s, rows in per_sample.items()
         if s in groups and n_layers and len(rows) == n_layers * len(groups[s])
     }
-    _write(path, [r for s in sorted(done) for r in done[s]], "w")
+    append_stream_csv(path, COLUMNS, [r for s in sorted(done) for r in done[s]], new=True)
     # the maps need the eager backend (blockwise never holds them), whatever the flow pass used
     raw = FlowAnalysisConfig(
         **{**vars(opts), "normalize": Normalize.none, "sources": Sources.text, "backend": Backend.eager}
@@ -131,10 +114,10 @@ def compute_groups(subject, chosen: list[Encoded], out_dir: Path, opts: FlowAnal
             if e.index not in done:
                 pad = width - len(e.prompt_ids)
                 rows += _rows(maps[b], e, records[e.index].id, groups[e.index], pad)
-        _write(path, rows, "a")  # one write per chunk: a kill tears at most this chunk
-    final = _read(path)
+        append_stream_csv(path, COLUMNS, rows, new=False)
+    final = read_stream_csv(path)
     final.sort(key=lambda r: (int(r["sample"]), r["kind"], r["group"], int(r["layer"])))
-    _write(path, final, "w")
+    append_stream_csv(path, COLUMNS, final, new=True)
     return path
 
 
@@ -142,7 +125,7 @@ def summarize_groups(path: Path, n_boot: int, seed: int) -> list[dict[str, Any]]
     """Per (kind, group) seen in at least MIN_SAMPLES samples: n and per metric the mean over layers
     with a bootstrap interval (samples resampled), sorted by kind, then S_pq (largest first)."""
     by_group: dict[tuple[str, str], dict[int, dict[int, dict[str, float]]]] = {}
-    for r in _read(path):
+    for r in read_stream_csv(path):
         cell = by_group.setdefault((r["kind"], r["group"]), {}).setdefault(int(r["sample"]), {})
         cell[int(r["layer"])] = {m: float(r[m]) for m in METRICS}
     out = []

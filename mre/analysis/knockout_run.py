@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from mre.data.batches import Collator
 from mre.flow.engine import _hf_model
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
 from mre.flow.plots import plot_knockout
+from mre.results import append_stream_csv, read_stream_csv
 from mre.stats import Comparison, adjust_bh, bootstrap_layer_means, compare, pair_counts
 from mre.tasks.generative import generate_answers
 
@@ -149,25 +149,6 @@ def _golds(subject: Subject, indices: list[int]) -> list[str]:
     return [ctx.builder.answer_of(records[i]) for i in indices]
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of knockout_samples.csv, without a torn last line."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text, newline="")))  # answers may hold line breaks
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]], header: bool) -> None:
-    with open(path, "w" if header else "a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, SAMPLE_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_ALL)  # answers hold \r
-        if header:
-            w.writeheader()
-        w.writerows(rows)
-        f.flush()
-
-
 def _check_meta(out_dir: Path, meta: dict[str, Any], restart: bool) -> None:
     mpath = out_dir / META_FILE
     if not restart and mpath.exists():
@@ -211,12 +192,12 @@ def compute_samples(subject: Subject, out_dir: Path, opts: KnockoutConfig, seed:
     }
     _check_meta(out_dir, meta, opts.restart)
     spath = out_dir / SAMPLES_FILE
-    rows = _read_rows(spath)
+    rows = read_stream_csv(spath)
     per_id: dict[str, int] = {}
     for r in rows:
         per_id[r["id"]] = per_id.get(r["id"], 0) + 1
     done = {i for i, n in per_id.items() if n == len(conds)}
-    _write_rows(spath, [r for r in rows if r["id"] in done], header=True)
+    append_stream_csv(spath, SAMPLE_COLUMNS, [r for r in rows if r["id"] in done], new=True)
     collate = Collator(ctx.tokenizer.pad_token_id)
     device = next(subject.model.parameters()).device
     chunks = [chosen[i : i + opts.batch_size] for i in range(0, len(chosen), opts.batch_size)]
@@ -238,7 +219,7 @@ def compute_samples(subject: Subject, out_dir: Path, opts: KnockoutConfig, seed:
                     for i, g, p, lp, n in values
                     if i not in done
                 ]
-            _write_rows(spath, new, header=False)
+            append_stream_csv(spath, SAMPLE_COLUMNS, new, new=False)
             advance(sum(i not in done for i in chunk_ids))
     return conds
 
@@ -286,7 +267,7 @@ def effects(
     subject: Subject, conds: list[Condition], out_dir: Path, opts: KnockoutConfig, seed: int
 ) -> list[Effect]:
     """Every condition against the baseline, then every knockout against its random control."""
-    rows = _by_condition(_read_rows(out_dir / SAMPLES_FILE))
+    rows = _by_condition(read_stream_csv(out_dir / SAMPLES_FILE))
     vs_base = [_effect(c, "baseline", rows, subject, opts, seed) for c in conds if c.edges is not None]
     vs_random = [
         _effect(c, Condition(c.edges, c.spec, c.layers, True).name, rows, subject, opts, seed)
