@@ -22,16 +22,20 @@ from transformers import (
 VOCAB = 200
 BOS = 1
 U32 = 2.0**-24  # unit roundoff of float32
+# the size every tiny decoder shares: 3 layers, 4 query heads over 2 key-value heads (grouped-query)
+DECODER = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 def tiny_llama(seed: int = 0, attn: str | None = None, vocab: int = VOCAB) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **DECODER,
         vocab_size=vocab,
         max_position_embeddings=128,
     )
@@ -43,11 +47,7 @@ def tiny_llama(seed: int = 0, attn: str | None = None, vocab: int = VOCAB) -> Ll
 def tiny_qwen2(seed: int = 0) -> Qwen2ForCausalLM:
     torch.manual_seed(seed)
     cfg = Qwen2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **DECODER,
         vocab_size=VOCAB,
         max_position_embeddings=128,
     )
@@ -58,11 +58,7 @@ def tiny_mistral(seed: int = 0) -> MistralForCausalLM:
     """With a sliding window shorter than the prompts, so the sliding-window mask path is exercised."""
     torch.manual_seed(seed)
     cfg = MistralConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **DECODER,
         vocab_size=VOCAB,
         max_position_embeddings=128,
         sliding_window=8,
@@ -81,11 +77,7 @@ def tiny_gemma2(seed: int = 0) -> Gemma2ForCausalLM:
     """Attention-logit softcapping, its own query scaling and alternating sliding-window layers."""
     torch.manual_seed(seed)
     cfg = Gemma2Config(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        **DECODER,
         head_dim=16,
         vocab_size=VOCAB,
         max_position_embeddings=128,
