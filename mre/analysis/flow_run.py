@@ -202,14 +202,20 @@ def _check_meta(out_dir: Path, meta: dict[str, Any], restart: bool) -> int | Non
             p.unlink(missing_ok=True)
         return None
     old = json.loads(mpath.read_text())
-    diff = [k for k in meta if k not in ("subject",) and old.get(k) != meta[k]]
+    refuse_other_settings(spath, old, meta, "flow.restart=true")
+    return old.get("n_layers")
+
+
+def refuse_other_settings(samples: Path, old: dict[str, Any], meta: dict[str, Any], restart: str) -> None:
+    """A partial samples file made with other settings (`old`, from its meta file) is never resumed:
+    the error names each differing setting and the `restart` override that starts over."""
+    diff = [k for k in meta if k != "subject" and old.get(k) != meta[k]]
     if diff:
         detail = "; ".join(f"{k}: {old.get(k)!r} then, {meta[k]!r} now" for k in diff)
         raise AnalysisError(
-            f"{spath} was made with other settings ({detail}). Resuming would mix two analyses: "
-            "rerun with the same settings, or with flow.restart=true to start over."
+            f"{samples} was made with other settings ({detail}). Resuming would mix two analyses: "
+            f"rerun with the same settings, or with {restart} to start over."
         )
-    return old.get("n_layers")
 
 
 def _label_ids(subject: Subject, opts: FlowAnalysisConfig) -> list[int] | None:

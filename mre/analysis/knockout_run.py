@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mre.analysis.flow_run import AnalysisError, Subject, _progress, select_samples
+from mre.analysis.flow_run import AnalysisError, Subject, _progress, refuse_other_settings, select_samples
 from mre.config import EdgeSet, EvalConfig, KnockoutConfig
 from mre.data.batches import Collator
 from mre.flow.engine import _hf_model
@@ -152,14 +152,9 @@ def _golds(subject: Subject, indices: list[int]) -> list[str]:
 def _check_meta(out_dir: Path, meta: dict[str, Any], restart: bool) -> None:
     mpath = out_dir / META_FILE
     if not restart and mpath.exists():
-        old = json.loads(mpath.read_text())
-        diff = [k for k in meta if k != "subject" and old.get(k) != meta[k]]
-        if diff:
-            detail = "; ".join(f"{k}: {old.get(k)!r} then, {meta[k]!r} now" for k in diff)
-            raise AnalysisError(
-                f"{out_dir / SAMPLES_FILE} was made with other settings ({detail}): rerun with the same "
-                "settings, or with knockout.restart=true to start over"
-            )
+        refuse_other_settings(
+            out_dir / SAMPLES_FILE, json.loads(mpath.read_text()), meta, "knockout.restart=true"
+        )
     elif (out_dir / SAMPLES_FILE).exists():
         (out_dir / SAMPLES_FILE).unlink()
     mpath.write_text(json.dumps(meta, indent=2))
