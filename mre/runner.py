@@ -26,6 +26,7 @@ from mre.loggers import truncate_after
 from mre.models import check_model_config
 from mre.results import print_metrics, write_metrics
 from mre.rundir import CHECKPOINTS, CONFIG, CSV_METRICS, METRICS, MODEL, RunDirError, resolve_run_dir
+from mre.strategies import EndProcessGroup
 from mre.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def _plugins(cfg: DictConfig) -> list[Any]:
 
 
 def _callbacks(cfg: DictConfig, task_callbacks: list[L.Callback]) -> list[L.Callback]:
-    callbacks = [*instantiate_all(cfg.callbacks), *task_callbacks, RandomState()]
+    callbacks = [*instantiate_all(cfg.callbacks), *task_callbacks, RandomState(), EndProcessGroup()]
     if not cfg.trainer.get("enable_progress_bar", True):  # a progress bar callback would contradict it
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return callbacks

@@ -15,6 +15,7 @@ import torch
 from mre.config import compose
 from mre.results import read_jsonl
 from mre.runner import run
+from mre.strategies import EndProcessGroup
 from mre.tasks import generative
 from tests.conftest import REPO
 
@@ -108,6 +109,31 @@ def test_ddp_two_processes_match_one(tmp_path):
     p1 = read_jsonl(tmp_path / "eval1" / "predictions.jsonl")
     p2 = read_jsonl(tmp_path / "eval2" / "predictions.jsonl")
     assert p1 == p2 and len(p1) == 64
+
+
+def test_process_group_ends_after_the_last_stage(tmp_path):
+    """Lightning leaves a gloo group to interpreter shutdown, where its destructor can abort a
+    finished DDP worker; EndProcessGroup ends it after `test` (or after a spawned worker's stage)."""
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    trainer = L.Trainer(
+        strategy="ddp",
+        accelerator="cpu",
+        devices=1,
+        max_steps=2,
+        limit_val_batches=0,
+        limit_test_batches=2,
+        callbacks=[EndProcessGroup()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    model = BoringModel()
+    trainer.fit(model)
+    assert torch.distributed.is_initialized(), "fit is not the last stage: the group stays for test"
+    trainer.test(model)
+    assert not torch.distributed.is_initialized()
 
 
 def test_qlora_runs_and_saves_adapters_only(tmp_path):
