@@ -45,8 +45,9 @@ class EndProcessGroup(L.Callback):
 
     Lightning destroys only NCCL groups (at exit) and leaves a gloo group to interpreter shutdown.
     In `ddp_spawn` a rank other than 0 exits as soon as its stage ends, while rank 0 still sends its
-    results back; its group's C++ destructor can then abort it ("terminate called without an
-    active exception", SIGABRT) and fail a run whose work was done. A spawned worker runs one stage;
+    results back; gloo's worker threads, torn down during interpreter finalization, can then abort
+    it ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489) and fail
+    a run whose work was done. A spawned worker runs one stage;
     any other process runs `fit` and then `test`, so its last stage is `test`."""
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
