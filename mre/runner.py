@@ -26,7 +26,7 @@ from mre.loggers import truncate_after
 from mre.models import check_model_config
 from mre.results import print_metrics, write_metrics
 from mre.rundir import CHECKPOINTS, CONFIG, CSV_METRICS, METRICS, MODEL, RunDirError, resolve_run_dir
-from mre.strategies import EndProcessGroup
+from mre.strategies import EndSpawnedProcessGroup, end_process_group
 from mre.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def _plugins(cfg: DictConfig) -> list[Any]:
 
 
 def _callbacks(cfg: DictConfig, task_callbacks: list[L.Callback]) -> list[L.Callback]:
-    callbacks = [*instantiate_all(cfg.callbacks), *task_callbacks, RandomState(), EndProcessGroup()]
+    callbacks = [*instantiate_all(cfg.callbacks), *task_callbacks, RandomState(), EndSpawnedProcessGroup()]
     if not cfg.trainer.get("enable_progress_bar", True):  # a progress bar callback would contradict it
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return callbacks
@@ -200,4 +200,5 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if module.model is not None:  # None in the parent of ddp_spawn workers
             module.export(run_dir / MODEL)
         print_metrics(metrics, parts.title, run_dir)
+    end_process_group(trainer.strategy)
     return metrics

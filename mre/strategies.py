@@ -13,7 +13,7 @@ import re
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
 from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
@@ -39,21 +39,24 @@ def fsdp_strategy(
     )
 
 
-class EndProcessGroup(L.Callback):
-    """Ends the process group in order once a process's last stage is over: all ranks meet at a
-    barrier, then each destroys its own group.
+def end_process_group(strategy: Strategy) -> None:
+    """Ends this process's process group in order: all ranks meet at a barrier, then each destroys
+    its own group (a no-op outside distributed runs).
 
-    Lightning destroys only NCCL groups (at exit) and leaves a gloo group to interpreter shutdown.
-    In `ddp_spawn` a rank other than 0 exits as soon as its stage ends, while rank 0 still sends its
-    results back; gloo's worker threads, torn down during interpreter finalization, can then abort
-    it ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489) and fail
-    a run whose work was done. A spawned worker runs one stage;
-    any other process runs `fit` and then `test`, so its last stage is `test`."""
+    Lightning destroys only NCCL groups (at exit) and leaves a gloo group to interpreter shutdown,
+    where gloo's worker threads can abort a rank whose work was done ("terminate called without an
+    active exception", SIGABRT; pytorch/pytorch#190489) while rank 0 is still busy."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        strategy.barrier("mre-end-process-group")
+        torch.distributed.destroy_process_group()
+
+
+class EndSpawnedProcessGroup(L.Callback):
+    """`end_process_group` at the end of each stage of a spawned worker (`ddp_spawn`): the worker
+    runs that one stage and exits, a rank other than 0 at once, while rank 0 still sends its results
+    back. A process that runs both stages itself ends its group when the run is over (`mre.runner`):
+    the export after `test` may still need it (FSDP gathers the full weights)."""
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            return
-        spawned = isinstance(trainer.strategy.launcher, _MultiProcessingLauncher)
-        if spawned or stage == "test":
-            trainer.strategy.barrier("mre-end-process-group")
-            torch.distributed.destroy_process_group()
+        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+            end_process_group(trainer.strategy)

@@ -15,7 +15,7 @@ import torch
 from mre.config import compose
 from mre.results import read_jsonl
 from mre.runner import run
-from mre.strategies import EndProcessGroup
+from mre.strategies import EndSpawnedProcessGroup
 from mre.tasks import generative
 from tests.conftest import REPO
 
@@ -111,29 +111,53 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert p1 == p2 and len(p1) == 64
 
 
-def test_process_group_ends_after_the_last_stage(tmp_path):
-    """Lightning leaves a gloo group to interpreter shutdown, where its destructor can abort a
-    finished DDP worker; EndProcessGroup ends it after `test` (or after a spawned worker's stage)."""
+def test_a_run_ends_its_process_group(tmp_path):
+    """Lightning leaves a gloo group to interpreter shutdown, where its threads can abort a finished
+    DDP rank; a run (here DDP in this process, world size 1) ends the group itself."""
+    metrics = run(
+        small_cfg(
+            tmp_path,
+            "direction=tli",
+            "trainer.max_epochs=1",
+            "trainer=ddp",
+            "trainer.precision=32-true",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+        )
+    )
+    assert "test/f1" in metrics
+    assert not torch.distributed.is_initialized()
+
+
+class GroupAtTeardown(L.Callback):
+    """Writes, in the worker, whether its process group is still there after the callbacks before it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def teardown(self, trainer, pl_module, stage):
+        self.path.write_text(str(torch.distributed.is_initialized()))
+
+
+def test_a_spawned_worker_ends_its_process_group(tmp_path):
     from lightning.pytorch.demos.boring_classes import BoringModel
 
+    probe = tmp_path / "initialized"
     trainer = L.Trainer(
-        strategy="ddp",
+        strategy="ddp_spawn",
         accelerator="cpu",
         devices=1,
         max_steps=2,
         limit_val_batches=0,
-        limit_test_batches=2,
-        callbacks=[EndProcessGroup()],
+        callbacks=[EndSpawnedProcessGroup(), GroupAtTeardown(probe)],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
-    model = BoringModel()
-    trainer.fit(model)
-    assert torch.distributed.is_initialized(), "fit is not the last stage: the group stays for test"
-    trainer.test(model)
-    assert not torch.distributed.is_initialized()
+    trainer.fit(BoringModel())
+    assert probe.read_text() == "False"
 
 
 def test_qlora_runs_and_saves_adapters_only(tmp_path):

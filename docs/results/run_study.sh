@@ -17,9 +17,11 @@ for exp in real_tli real_wli real_kv; do
   stamp "train.py -m experiment=$exp"
   python train.py -m experiment=$exp dataset.path="$SNIPS" hydra.sweep.dir="$OUT/$exp"
 done
-stamp "train.py -m experiment=real_tli with control anchors"
-python train.py -m experiment=real_tli with_anchor=true anchor_kind=shuffled,random dataset.path="$SNIPS" \
-  hydra.sweep.dir="$OUT/real_tli_controls"
+for exp in real_tli real_wli; do
+  stamp "train.py -m experiment=$exp with control anchors"
+  python train.py -m experiment=$exp with_anchor=true anchor_kind=shuffled,random dataset.path="$SNIPS" \
+    hydra.sweep.dir="$OUT/${exp}_controls"
+done
 for run in "$OUT"/real_tli/*/; do
   if grep -q '^with_anchor: true' "$run/.hydra/config.yaml"; then
     stamp "analyze.py attention knockout of $run"
