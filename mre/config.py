@@ -134,10 +134,13 @@ class OnMismatch(StrEnum):
 
 class EdgeSet(StrEnum):
     """Attention edges an attention knockout blocks (`mre.flow.knockout`): `text_anchor`, the anchor
-    positions reading the text; `anchor_q`, q reading the anchor."""
+    positions reading the text; `anchor_q`, q reading the anchor; `anchor_after`, every position after
+    the anchor up to q reading it (q and the template tokens between, which can relay the anchor to
+    q around a blocked `anchor_q`)."""
 
     text_anchor = "text_anchor"
     anchor_q = "anchor_q"
+    anchor_after = "anchor_after"
 
 
 # --------------------------------------------------------------------------------------------------

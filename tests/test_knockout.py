@@ -9,7 +9,7 @@ import torch
 
 from mre.config import EdgeSet
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
-from tests.flow_models import collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
+from tests.flow_models import VOCAB, collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,11 +51,14 @@ def test_edge_sets_are_the_named_pairs():
         q = int(batch["q"][b])
         ta = {(i, j) for i in range(a0, a1) for j in range(t0, t1) if j < i}
         aq = {(q, j) for j in range(a0, a1)}
+        after = {(i, j) for i in range(a1, q + 1) for j in range(a0, a1)}
+        assert len(after) > len(aq)  # tokens sit between the anchor and q
         assert set(map(tuple, sets[EdgeSet.text_anchor][b].nonzero().tolist())) == ta
         assert set(map(tuple, sets[EdgeSet.anchor_q][b].nonzero().tolist())) == aq
+        assert set(map(tuple, sets[EdgeSet.anchor_after][b].nonzero().tolist())) == after
         pairs = set(map(tuple, pool[b].nonzero().tolist()))
         pad = int((batch["attention_mask"][b] == 0).sum())
-        assert not pairs & (ta | aq)
+        assert not pairs & (ta | after)
         assert all(pad <= j < i <= q for i, j in pairs)  # causal, off the diagonal, no padding
 
 
@@ -135,6 +138,28 @@ def test_effects_reach_q_only_through_the_blocked_edges():
         first = _forward(model, batch).logits[rows, q]
     assert torch.equal(last, base)
     assert ((first - base).abs().amax(-1) > 1e-6).all()
+
+
+def test_only_anchor_after_cuts_every_path_from_the_anchor_to_q():
+    """With `anchor_after` blocked in every layer nothing after the anchor reads it, so q's logits do
+    not depend on the anchor's tokens at all (exactly: blocked weights are exact zeros). Blocking
+    only `anchor_q` leaves the relay through the tokens between the anchor and q."""
+    model = tiny_llama(seed=4)
+    batch = _batch(seed=9)
+    other = dict(batch, input_ids=batch["input_ids"].clone())
+    for b, (a0, a1) in enumerate(batch["anchor_range"].tolist()):
+        other["input_ids"][b, a0:a1] = (batch["input_ids"][b, a0:a1] + 1) % (VOCAB - 1) + 1  # other tokens
+    sets, _ = _sets(batch)
+    every = list(range(model.config.num_hidden_layers))
+    rows, q = torch.arange(batch["q"].shape[0]), batch["q"]
+
+    def at_q(edges: EdgeSet, inputs: dict) -> torch.Tensor:
+        with knockout(model, sets[edges], every):
+            return _forward(model, inputs).logits[rows, q]
+
+    assert torch.equal(at_q(EdgeSet.anchor_after, batch), at_q(EdgeSet.anchor_after, other))
+    relayed = (at_q(EdgeSet.anchor_q, batch) - at_q(EdgeSet.anchor_q, other)).abs().amax(-1)
+    assert (relayed > 1e-6).all()
 
 
 def test_knockout_restores_the_model():

@@ -8,6 +8,8 @@ Edge sets (i: the attending row, j: the attended column, positions of the left-p
 
 * `text_anchor`: i in the anchor P, j in the text T (the anchor cannot read the text);
 * `anchor_q`: i = q, j in P (q cannot read the anchor);
+* `anchor_after`: i after P up to q, j in P (no later position reads the anchor: q nor the tokens
+  between, e.g. a chat template's end of turn and assistant header, which could relay it to q);
 * the random control of a set: as many edges per sample, drawn uniformly from the other causal
   pairs j < i <= q of non-pad positions (never the diagonal, so no row is left empty).
 
@@ -80,11 +82,15 @@ def edge_masks(
     i, j = pos.view(1, seq, 1), pos.view(1, 1, seq)
     valid = mask.view(bsz, seq, 1) & mask.view(bsz, 1, seq)
     causal = (j < i) & (i <= q.view(bsz, 1, 1)) & valid
+    reads_anchor = causal & _inside(anchor_range, j)
     sets = {
         EdgeSet.text_anchor: causal & _inside(anchor_range, i) & _inside(text_range, j),
-        EdgeSet.anchor_q: causal & (i == q.view(bsz, 1, 1)) & _inside(anchor_range, j),
+        EdgeSet.anchor_q: reads_anchor & (i == q.view(bsz, 1, 1)),
+        EdgeSet.anchor_after: reads_anchor & (i >= anchor_range[:, 1].view(-1, 1, 1)),
     }
-    pool = causal & ~sets[EdgeSet.text_anchor] & ~sets[EdgeSet.anchor_q]
+    pool = causal
+    for edges in sets.values():
+        pool = pool & ~edges
     return sets, pool
 
 
