@@ -549,6 +549,26 @@ def test_known_effect_passes_with_three_seeds(tmp_path):
     assert c.lo <= c.rho <= c.hi and "## Flow and gain across settings" in report
 
 
+def test_runs_with_flow_from_different_files_are_said_so(tmp_path):
+    """One run with its own flow analysis next to runs with only the callback's file: each point and
+    row says which file its flow came from, and the report says the files differ."""
+    from mre.analysis.report import analyze_sweep
+
+    root = tmp_path / "ke"
+    _known_effect_sweep(root, (42, 1, 2))
+    own = next(root.glob("1_level=0.0,with_anchor=True*"))
+    (own / "analysis").mkdir()
+    shutil.copy(own / "flow" / "epoch_3.csv", own / "analysis" / "flow.csv")
+    res = analyze_sweep(root)
+    points = read_csv(root / "analysis" / "flow_gain.csv")
+    sources = {p["run"]: p["flow_source"] for p in points}
+    assert sources.pop(own.name) == "analysis/flow.csv" and set(sources.values()) == {"flow/epoch_3.csv"}
+    report = (root / "analysis" / "report.md").read_text()
+    assert "flow files differ: analysis/flow.csv (1 of 9 runs), flow/epoch_3.csv (8 of 9 runs)" in report
+    rows = {r.flow_source for r in res["tables"]["table3_tli"].rows}
+    assert rows == {"analysis/flow.csv (1 of 3 runs), flow/epoch_3.csv (2 of 3 runs)", "flow/epoch_3.csv"}
+
+
 def test_known_effect_fails_with_one_seed(tmp_path):
     """One seed measures no training noise: the check refuses to pass, whatever the gains."""
     from mre.analysis.report import analyze_sweep

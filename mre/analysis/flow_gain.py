@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import spearmanr
 
-from mre.analysis.sweep import Table, run_flow
+from mre.analysis.sweep import Table, describe_sources, run_flow
 from mre.flow.plots import plot_flow_gain
 from mre.setting import Setting
 
@@ -43,6 +43,7 @@ class Point:
     s_pq: float
     s_ww: float
     gain: float
+    source: str  # the flow file, relative to the run (`mre.analysis.sweep.flow_source`)
 
     @property
     def strength(self) -> float:
@@ -59,15 +60,16 @@ class Correlation:
     hi: float | None
     n_boot: int
     degenerate: int  # resamples left out (constant ranks)
+    sources: tuple[str, ...] = ()  # each point's flow file (they can differ between runs)
 
 
-def _flow_means(run) -> tuple[float, float] | None:
+def _flow_means(run) -> tuple[float, float, str] | None:
     found = run_flow(run)
     if found is None or "S_pq" not in found[1]:
         return None
-    stats = found[1]
+    src, stats = found
     s_pq, s_ww = float(np.nanmean(stats["S_pq"].mean)), float(np.nanmean(stats["S_ww"].mean))
-    return (s_pq, s_ww) if np.isfinite(s_pq) and s_ww > 0 else None
+    return (s_pq, s_ww, str(src.relative_to(run.path))) if np.isfinite(s_pq) and s_ww > 0 else None
 
 
 def points(tables: list[Table]) -> list[Point]:
@@ -87,8 +89,17 @@ def points(tables: list[Table]) -> list[Point]:
                     continue
                 direction = Setting.from_flat(pair.b.flat).direction.value
                 label = s.label_b + (f" ({other})" if other else "")
+                s_pq, s_ww, source = means
                 out[str(pair.b.path)] = Point(
-                    str(row.labels["dataset.name"]), direction, label, pair.seed, pair.b.name, *means, fb - fa
+                    str(row.labels["dataset.name"]),
+                    direction,
+                    label,
+                    pair.seed,
+                    pair.b.name,
+                    s_pq,
+                    s_ww,
+                    fb - fa,
+                    source,
                 )
     return list(out.values())
 
@@ -97,7 +108,17 @@ def correlate(group: list[Point], n_boot: int, seed: int) -> Correlation:
     """Spearman's rho of strength vs gain and its bootstrap interval (see the module docstring)."""
     first = group[0]
     if len(group) < MIN_POINTS:
-        return Correlation(first.dataset, first.direction, len(group), None, None, None, n_boot, 0)
+        return Correlation(
+            first.dataset,
+            first.direction,
+            len(group),
+            None,
+            None,
+            None,
+            n_boot,
+            0,
+            tuple(p.source for p in group),
+        )
     x = np.array([p.strength for p in group])
     y = np.array([p.gain for p in group])
     ranked = np.ptp(x) > 0 and np.ptp(y) > 0  # else no ranking: rho is undefined
@@ -109,7 +130,17 @@ def correlate(group: list[Point], n_boot: int, seed: int) -> Correlation:
         if np.ptp(x[i]) > 0 and np.ptp(y[i]) > 0:
             boots.append(spearmanr(x[i], y[i]).statistic)
     lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5])) if boots else (None, None)
-    return Correlation(first.dataset, first.direction, len(group), rho, lo, hi, n_boot, n_boot - len(boots))
+    return Correlation(
+        first.dataset,
+        first.direction,
+        len(group),
+        rho,
+        lo,
+        hi,
+        n_boot,
+        n_boot - len(boots),
+        tuple(p.source for p in group),
+    )
 
 
 def groups(pts: list[Point]) -> dict[tuple[str, str], list[Point]]:
@@ -122,9 +153,35 @@ def groups(pts: list[Point]) -> dict[tuple[str, str], list[Point]]:
 def write_points(pts: list[Point], path: Path) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["dataset", "direction", "setting", "seed", "run", "s_pq", "s_ww", "strength", "gain"])
+        w.writerow(
+            [
+                "dataset",
+                "direction",
+                "setting",
+                "seed",
+                "run",
+                "s_pq",
+                "s_ww",
+                "strength",
+                "gain",
+                "flow_source",
+            ]
+        )
         for p in pts:
-            w.writerow([p.dataset, p.direction, p.setting, p.seed, p.run, p.s_pq, p.s_ww, p.strength, p.gain])
+            w.writerow(
+                [
+                    p.dataset,
+                    p.direction,
+                    p.setting,
+                    p.seed,
+                    p.run,
+                    p.s_pq,
+                    p.s_ww,
+                    p.strength,
+                    p.gain,
+                    p.source,
+                ]
+            )
     return path
 
 
@@ -146,7 +203,10 @@ def markdown(corrs: list[Correlation]) -> str:
     for c in corrs:
         ci = "—" if c.lo is None else f"[{c.lo:+.2f}, {c.hi:+.2f}]"
         left = "" if c.rho is None and c.lo is None else f"{c.degenerate} of {c.n_boot}"
-        note = FEW_POINTS if MIN_POINTS <= c.n < MIN_INFORMATIVE else ""
+        notes = [FEW_POINTS] if MIN_POINTS <= c.n < MIN_INFORMATIVE else []
+        if len(set(c.sources)) > 1:
+            notes.append(f"flow files differ: {describe_sources(list(c.sources))}")
+        note = "; ".join(notes)
         lines.append(f"| {c.dataset} | {c.direction} | {c.n} | {_fmt(c.rho)} | {ci} | {left} | {note} |")
     return "\n".join(lines)
 

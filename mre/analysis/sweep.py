@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -574,8 +575,16 @@ def attach_flow(table: Table) -> None:
             if all(w > 0 for w in s_ww)
             else None
         )
-        run, (src, _) = found[0]
-        row.flow_source = str(src.relative_to(run.path))
+        row.flow_source = describe_sources([str(src.relative_to(run.path)) for run, (src, _) in found])
+
+
+def describe_sources(sources: list[str]) -> str:
+    """One flow file name, or each with its count when the runs' flow comes from different files
+    (a run with its own flow analysis next to runs with only the callback's): said, not hidden."""
+    counts = Counter(sources)
+    if len(counts) == 1:
+        return sources[0]
+    return ", ".join(f"{name} ({n} of {len(sources)} runs)" for name, n in sorted(counts.items()))
 
 
 def compute_missing_flow(runs: list[Run], flow_opts, seed: int, cache_dir: str | None) -> None:
