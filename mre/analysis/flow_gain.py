@@ -106,19 +106,9 @@ def points(tables: list[Table]) -> list[Point]:
 
 def correlate(group: list[Point], n_boot: int, seed: int) -> Correlation:
     """Spearman's rho of strength vs gain and its bootstrap interval (see the module docstring)."""
-    first = group[0]
+    first, sources = group[0], tuple(p.source for p in group)
     if len(group) < MIN_POINTS:
-        return Correlation(
-            first.dataset,
-            first.direction,
-            len(group),
-            None,
-            None,
-            None,
-            n_boot,
-            0,
-            tuple(p.source for p in group),
-        )
+        return Correlation(first.dataset, first.direction, len(group), None, None, None, n_boot, 0, sources)
     x = np.array([p.strength for p in group])
     y = np.array([p.gain for p in group])
     ranked = np.ptp(x) > 0 and np.ptp(y) > 0  # else no ranking: rho is undefined
@@ -131,15 +121,7 @@ def correlate(group: list[Point], n_boot: int, seed: int) -> Correlation:
             boots.append(spearmanr(x[i], y[i]).statistic)
     lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5])) if boots else (None, None)
     return Correlation(
-        first.dataset,
-        first.direction,
-        len(group),
-        rho,
-        lo,
-        hi,
-        n_boot,
-        n_boot - len(boots),
-        tuple(p.source for p in group),
+        first.dataset, first.direction, len(group), rho, lo, hi, n_boot, n_boot - len(boots), sources
     )
 
 
