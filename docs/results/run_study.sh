@@ -6,7 +6,7 @@
 #   SNIPS=/path/to/snips bash docs/results/run_study.sh        # default: ../shared/data/snips
 #
 # Writes multirun/study/ (runs, each gold-anchor TLI run's knockouts in analysis/, analysis_relay/ and
-# analysis_direct/, analysis/report.md);
+# analysis_direct/, analysis_split/, analysis/report.md);
 # copy the report and figures to docs/results/.
 set -euo pipefail
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
@@ -32,6 +32,8 @@ for run in "$OUT"/real_tli/*/; do
       output_dir="$run/analysis_relay"
     python analyze.py run_dir="$run" 'knockout.edges=[anchor_q]' 'knockout.layers=[last:15]' \
       knockout.n_samples=150 knockout.progress=false output_dir="$run/analysis_direct"
+    python analyze.py run_dir="$run" 'knockout.edges=[anchor_q]' 'knockout.layers=["15-19","20-24"]' \
+      knockout.n_samples=150 knockout.progress=false output_dir="$run/analysis_split"
   fi
 done
 for direction in tli wli; do
