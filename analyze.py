@@ -14,8 +14,10 @@ from omegaconf import DictConfig
 
 from mre.analysis import analyze
 from mre.config import register_configs
+from mre.loggers import quiet_dependencies
 
 register_configs()
+quiet_dependencies()  # module level: a spawned DDP worker re-imports this file
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")

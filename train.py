@@ -9,9 +9,11 @@ import hydra
 from omegaconf import DictConfig
 
 from mre.config import register_configs
+from mre.loggers import quiet_dependencies
 from mre.runner import run
 
 register_configs()
+quiet_dependencies()  # module level: a spawned DDP worker re-imports this file
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

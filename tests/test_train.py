@@ -4,6 +4,7 @@ DDP metric sync, LoRA/QLoRA, NaN handling and scoring rules."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,9 +46,11 @@ def small_cfg(tmp_path: Path, *overrides: str):
     )
 
 
-def train_cli(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def train_cli(
+    run_dir: Path, *overrides: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={run_dir}", *overrides]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -55,8 +58,12 @@ def train_cli(run_dir: Path, *overrides: str, timeout: int = 600) -> subprocess.
 @pytest.mark.slow
 def test_default_cli_run_writes_the_run_directory(tmp_path):
     run_dir = tmp_path / "run"
-    out = train_cli(run_dir, "trainer.max_epochs=2")
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}  # what a user sees, W&B's lines too
+    out = train_cli(run_dir, "trainer.max_epochs=2", env=env)
     assert "test metrics" in out.stdout and "test/f1" in out.stdout
+    said = out.stdout + out.stderr  # quiet: no dependency's tips or deprecation notices
+    for noise in ("Tip:", "LeafSpec", "deprecated", "anonymous setting", "FutureWarning"):
+        assert noise not in said, (noise, said[-3000:])
     for p in [
         ".hydra/config.yaml",
         "checkpoints/last.ckpt",
