@@ -187,12 +187,28 @@ def test_missing_path_names_the_path(tmp_path):
         build_context(cfg)
 
 
+REAL_SETS = [("snips", "MRE_SNIPS"), ("ner_wikipedia_ja", "MRE_NER_WIKIPEDIA_JA")]
+
+
+@pytest.mark.parametrize(("name", "env"), REAL_SETS)
+def test_real_data_sets_take_a_path_or_an_environment_variable(name, env, monkeypatch, tmp_path):
+    """No path into a folder a user never has: without dataset.path or the variable, the error says
+    what to get, where from and how to give it; the variable is read at composition."""
+    monkeypatch.delenv(env, raising=False)
+    cfg = compose([f"dataset={name}"])
+    assert cfg.dataset.path is None
+    with pytest.raises(FileNotFoundError, match=rf"no path was given.*github\.com/.*{env}="):
+        build_context(cfg)
+    monkeypatch.setenv(env, str(tmp_path / "mine"))
+    assert compose([f"dataset={name}"]).dataset.path == str(tmp_path / "mine")
+
+
 def test_ner_without_tli_refuses_anchor_setting():
-    shared_data("ner-wikipedia-ja")
-    cfg = compose(["dataset=ner_wikipedia_ja", "with_anchor=true", "dataset.n_train=50", "dataset.n_test=50"])
+    ner = ["dataset=ner_wikipedia_ja", f"dataset.path={shared_data('ner-wikipedia-ja') / 'ner.json'}"]
+    cfg = compose([*ner, "with_anchor=true", "dataset.n_train=50", "dataset.n_test=50"])
     with pytest.raises(PromptError, match=r"only direction=wli with_anchor=false"):
         build_context(cfg)
-    cfg = compose(["dataset=ner_wikipedia_ja", "direction=tli", "with_anchor=false", "dataset.n_train=50"])
+    cfg = compose([*ner, "direction=tli", "with_anchor=false", "dataset.n_train=50"])
     with pytest.raises(PromptError, match="no text label"):
         build_context(cfg)
 
@@ -213,8 +229,8 @@ def test_data_view_synthetic():
 
 @pytest.mark.slow
 def test_data_view_real_sets():
-    shared_data("snips")
-    out = _data_view("dataset=snips")
+    out = _data_view("dataset=snips", f"dataset.path={shared_data('snips')}")
     assert "snips: splits" in out and "PlayMusic" in out and "playlist" in out
-    out = _data_view("dataset=ner_wikipedia_ja")
+    ner = shared_data("ner-wikipedia-ja") / "ner.json"
+    out = _data_view("dataset=ner_wikipedia_ja", f"dataset.path={ner}")
     assert "showing with_anchor=false instead" in out and "人名" in out

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from mre.config import CONF_DIR, compose, register_configs
 from mre.hub import WeightsError, model_folder
 from mre.runner import run
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 # stand-ins where an experiment needs weights or data that are not on this machine: a tiny model of the
@@ -22,6 +22,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 STAND_IN_MODEL = {"t5": "tiny_t5"}
 STAND_IN_LORA_MODEL = "tiny_llama_lora"
 STAND_IN_DATASET = "synthetic_ja"
+SHARED_FOLDERS = {"snips": "snips"}  # data sets whose real files the tests read from ../shared/data
 
 
 def sweep_jobs(name: str) -> list[list[str]]:
@@ -80,8 +81,9 @@ def smoke_overrides(name: str, tmp_path: Path) -> list[str]:
             "model="
             + STAND_IN_MODEL.get(cfg.model.arch, STAND_IN_LORA_MODEL if cfg.model.lora else "tiny_llama")
         )
+    real = SHARED_DATA / SHARED_FOLDERS.get(str(cfg.dataset.name), "-")
     if str(cfg.dataset.source) != "synthetic" and not _local(cfg.dataset.path):
-        overrides.append(f"dataset={STAND_IN_DATASET}")
+        overrides.append(f"dataset.path={real}" if real.exists() else f"dataset={STAND_IN_DATASET}")
     return overrides
 
 
