@@ -264,7 +264,7 @@ def _runs_md(runs: list[Run]) -> str:
     for r in runs:
         status = "finished" if r.finished else f"**{_cell(r.problem)}**"
         setting = f"verbalizer={r.get('verbalizer.kind')}" if r.get("task") == "fewshot" else _anchor_text(r)
-        src = None if (f := run_flow(r)) is None else f.source
+        src = r.flow_file
         flow = f"[{src}](<../{r.name}/{src}>)" if src else "—"
         overrides = " ".join(r.overrides) or "—"
         lines.append(

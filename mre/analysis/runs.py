@@ -63,11 +63,19 @@ class Run:
         return None if self.metrics is None else self.metrics.get("test/f1")
 
     @cached_property
-    def flow(self) -> RunFlow | None:
-        """The run's flow (see `flow_source`), read once: the tables, the flow-gain points, the grids
-        and the runs table all ask for it."""
+    def flow_file(self) -> str | None:
+        """The run's flow file (see `flow_source`) relative to the run directory, looked up once."""
         src = flow_source(self.path)
-        return None if src is None else RunFlow(str(src.relative_to(self.path)), read_layers(src))
+        return None if src is None else str(src.relative_to(self.path))
+
+    @cached_property
+    def flow(self) -> RunFlow | None:
+        """The run's flow, read once: the tables, the flow-gain points and the grids all ask for it."""
+        return (
+            None
+            if self.flow_file is None
+            else RunFlow(self.flow_file, read_layers(self.path / self.flow_file))
+        )
 
 
 def run_flow(run: Run) -> RunFlow | None:
