@@ -16,12 +16,13 @@ noise only, which can be smaller than the seed-to-seed spread: report seeds.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from mre.data.wli_format import WLIFormat
 from mre.metrics import pair_overlap
 from mre.setting import Direction
 
@@ -81,15 +82,38 @@ class _Columns:
 
 
 def _interval(boots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per layer, the 2.5th and 97.5th percentiles of the defined [B, n_layers] bootstrap values."""
-    lo = np.full(boots.shape[1], np.nan)
-    hi = np.full(boots.shape[1], np.nan)
-    for layer in range(boots.shape[1]):
-        col = boots[:, layer]
-        col = col[~np.isnan(col)]
-        if col.size:
-            lo[layer], hi[layer] = np.percentile(col, [2.5, 97.5])
+    """Per layer, the 2.5th and 97.5th percentiles of the defined [B, n_layers] bootstrap values (NaN
+    where a layer has none: numpy says so with a warning, which here is the expected case)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "All-NaN slice encountered", RuntimeWarning)
+        lo, hi = np.nanpercentile(boots, [2.5, 97.5], axis=0)
     return lo, hi
+
+
+def bootstrap_statistic(
+    n: int, statistic: Callable[[np.ndarray], float], n_boot: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """[n_boot] values of `statistic(indices)` over bootstrap resamples of n samples (the same resamples
+    as `bootstrap_layer_means` with this seed); `indices` lists each drawn sample as often as it was
+    drawn. A statistic undefined on a resample returns NaN; `percentile_interval` leaves those out."""
+    samples = np.arange(n)
+    return np.array(
+        [
+            statistic(np.repeat(samples, w.astype(np.int64)))
+            for block in resample_blocks(n, n_boot, seed)
+            for w in block
+        ],
+        dtype=np.float64,
+    )
+
+
+def percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
+    """The 95% percentile interval of the defined (non-NaN) bootstrap values; None when none is."""
+    defined = values[~np.isnan(values)]
+    if not defined.size:
+        return None
+    lo, hi = np.percentile(defined, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _inverse_total(means: np.ndarray) -> np.ndarray:
@@ -189,7 +213,14 @@ def align_predictions(
     return [a[i] for i in order], [b[i] for i in order]
 
 
-def _wli_counts(golds: Sequence[str], preds: Sequence[str], fmt: WLIFormat) -> np.ndarray:
+class AnswerParser(Protocol):
+    """Reads a serialized WLI answer into (type, span) pairs (`mre.data.wli_format.WLIFormat`: the
+    statistics take the parser from the caller, as they sit below the data layer)."""
+
+    def parse(self, s: str) -> list[tuple[str, str]]: ...
+
+
+def _wli_counts(golds: Sequence[str], preds: Sequence[str], fmt: AnswerParser) -> np.ndarray:
     """[n, 3]: matched pairs, predicted pairs, gold pairs of each sample (multisets of (type, span))."""
     g = [fmt.parse(x) for x in golds]
     p = [fmt.parse(x) for x in preds]
@@ -245,14 +276,17 @@ class PairCounts:
 
 
 def pair_counts(
-    rows_a: list[dict], rows_b: list[dict], level: Direction, fmt: WLIFormat | None = None
+    rows_a: list[dict], rows_b: list[dict], level: Direction, fmt: AnswerParser | None = None
 ) -> PairCounts:
-    """The counts of two runs' aligned prediction rows (see `align_predictions`)."""
+    """The counts of two runs' aligned prediction rows (see `align_predictions`); WLI answers are read
+    with `fmt`, the runs' own answer format (required for WLI: a default would silently mis-score runs
+    trained with other separators)."""
     level = Direction(str(level))
     ga, pa = [str(r["gold"]) for r in rows_a], [str(r["prediction"]) for r in rows_a]
     gb, pb = [str(r["gold"]) for r in rows_b], [str(r["prediction"]) for r in rows_b]
     if level is Direction.wli:
-        fmt = fmt or WLIFormat()
+        if fmt is None:
+            raise ValueError("WLI answers need the runs' answer format (fmt) to be read")
         return PairCounts(_wli_counts(ga, pa, fmt), _wli_counts(gb, pb, fmt), level)
     classes = sorted(set(ga) | set(pa) | set(gb) | set(pb))
     return PairCounts(_tli_counts(ga, pa, classes), _tli_counts(gb, pb, classes), level)
@@ -292,11 +326,15 @@ class Comparison:
     def p_text(self, adjusted: bool = False) -> str:
         """The p-value to 3 digits; at the floor of a random permutation test (2 / (n_perm + 1): the
         observed arrangement counts as one of the permutations) it is shown as "≤ floor"."""
-        p = self.p_adj if adjusted else self.p
-        if p is None:
-            return "—"
-        floor = 2 / (self.n_perm + 1)
-        return f"≤{floor:.2g}" if p <= floor * (1 + 1e-9) else f"{p:.3g}"
+        return p_text(self.p_adj if adjusted else self.p, self.n_perm)
+
+
+def p_text(p: float | None, n_perm: int) -> str:
+    """A permutation test's p-value to 3 digits, "≤ floor" at its floor (see `Comparison.p_text`)."""
+    if p is None:
+        return "—"
+    floor = 2 / (n_perm + 1)
+    return f"≤{floor:.2g}" if p <= floor * (1 + 1e-9) else f"{p:.3g}"
 
 
 def hierarchical_diffs(pairs: list[PairCounts], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
@@ -362,9 +400,9 @@ def compare(pairs: list[PairCounts], n_boot: int = 1000, n_perm: int = 2000, see
     per_seed = [(p.f1_a(), p.f1_b()) for p in pairs]
     f1_a = float(np.mean([a for a, _ in per_seed]))
     f1_b = float(np.mean([b for _, b in per_seed]))
-    lo, hi = np.percentile(hierarchical_diffs(pairs, n_boot, seed), [2.5, 97.5])
+    lo, hi = percentile_interval(hierarchical_diffs(pairs, n_boot, seed))
     return Comparison(
-        f1_a, f1_b, f1_b - f1_a, float(lo), float(hi), permutation_p(pairs, n_perm, seed), len(pairs),
+        f1_a, f1_b, f1_b - f1_a, lo, hi, permutation_p(pairs, n_perm, seed), len(pairs),
         len(pairs[0]), n_boot, n_perm, per_seed,
     )  # fmt: skip
 

@@ -17,16 +17,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from scipy.stats import spearmanr
 
 from mre.analysis import AnalysisError, analyze
 from mre.config import compose
-from mre.flow.files import summarize, write_layers
+from mre.flow.files import summarize
 from mre.results import read_jsonl, write_jsonl
-from mre.setting import Direction
-from mre.stats import MismatchedTestSetError, pair_counts
+from mre.stats import MismatchedTestSetError
 from tests.conftest import REPO
-from tests.test_stats import tli_rows
 from tests.test_train import SMALL
 
 # the sweep every sweep test reads: text -> TLI vs text + WLI -> TLI, 1 epoch, tiny model
@@ -144,27 +141,27 @@ def test_sweep_cli_builds_tables_figure_and_report(sweep):
 
 
 def test_missing_runs_are_listed_and_tables_use_the_finished_ones(sweep, tmp_path):
-    from mre.analysis.report import analyze_sweep
+    from mre.analysis.sweep_run import analyze_sweep
 
     s = _copy(sweep, tmp_path)
     (_run(s, True) / "metrics.json").unlink()  # failed / killed run
     res = analyze_sweep(s)
-    assert [r.name for r in res["unfinished"]] == [_run(s, True).name]
-    row = res["tables"]["table3_tli"].rows[0]
-    assert row.f1_a is not None and row.f1_b is None and row.comparison is None
+    assert [r.name for r in res.unfinished] == [_run(s, True).name]
+    row = res.tables["table3_tli"].rows[0]
+    assert row.f1_a is not None and row.f1_b is None and not row.compared
     assert "not finished" in row.note
     report = (s / "analysis" / "report.md").read_text()
     assert "## Missing runs" in report and "no metrics.json" in report
     # a job of the sweep that never started (a basic-sweeper multirun stops at its first failure)
     shutil.rmtree(_run(s, True))
     res = analyze_sweep(s)
-    assert len(res["missing"]) == 1 and "with_anchor=true" in res["missing"][0].lower()
-    assert "no Text + WLI run" in res["tables"]["table3_tli"].rows[0].note
+    assert len(res.missing) == 1 and "with_anchor=true" in res.missing[0].lower()
+    assert "no Text + WLI run" in res.tables["table3_tli"].rows[0].note
     assert "never started: `" in (s / "analysis" / "report.md").read_text()
 
 
 def test_sweep_can_compute_the_flow_of_its_runs(sweep, tmp_path):
-    from mre.analysis.report import analyze_sweep
+    from mre.analysis.sweep_run import analyze_sweep
     from mre.config import SweepOptions
     from mre.flow.options import FlowAnalysisConfig
 
@@ -173,11 +170,11 @@ def test_sweep_can_compute_the_flow_of_its_runs(sweep, tmp_path):
     res = analyze_sweep(s, opts=SweepOptions(compute_flow=True, n_boot=100), flow_opts=fo)
     assert (_run(s, True) / "analysis" / "flow.csv").exists()
     assert not (_run(s, False) / "analysis").exists()  # no anchor: nothing to measure
-    assert res["tables"]["table3_tli"].rows[0].flow_source == "analysis/flow.csv"
+    assert res.tables["table3_tli"].rows[0].flow_source == "analysis/flow.csv"
 
 
 def test_mismatched_test_ids_are_refused(sweep, tmp_path):
-    from mre.analysis.report import analyze_sweep
+    from mre.analysis.sweep_run import analyze_sweep
     from mre.config import SweepOptions
 
     s = _copy(sweep, tmp_path)
@@ -189,8 +186,8 @@ def test_mismatched_test_ids_are_refused(sweep, tmp_path):
         analyze_sweep(s)
     assert "some-other-sample" in str(e.value) and "run #" in str(e.value)
     res = analyze_sweep(s, opts=SweepOptions(on_mismatch="skip"))
-    row = res["tables"]["table3_tli"].rows[0]
-    assert row.refused and row.comparison is None
+    row = res.tables["table3_tli"].rows[0]
+    assert row.refused and not row.compared
     assert "**refused**" in (s / "analysis" / "report.md").read_text()
 
 
@@ -464,159 +461,3 @@ def test_rescaled_flow_mean_of_ratios_and_ratio_of_means_by_hand():
         "of_means",
     )
     assert np.isnan(no_anchor["S_wp"].mean[0]) and no_anchor["S_ww"].mean[0] == 1.0
-
-
-# --------------------------------------------------------------------------------------------------
-# the known-answer check on a hand-made sweep (planted gains, no training)
-# --------------------------------------------------------------------------------------------------
-
-
-def _fake_run(
-    root: Path, k: int, level: float, anchor: bool, acc: float, n: int = 400, *extra: str, seed: int = 42
-) -> None:
-    """A finished run directory with the demo's config and predictions of accuracy `acc`."""
-    overrides = [f"dataset.synthetic.wli_helps_tli={level}", f"with_anchor={anchor}", f"seed={seed}"]
-    cfg = compose(["experiment=demo_known_effect", *overrides, *extra])
-    run = root / f"{k}_level={level},with_anchor={anchor},seed={seed}"
-    (run / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
-    OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
-    rows = tli_rows(np.random.default_rng(k).random(n) < acc, k)
-    write_jsonl(
-        run / "predictions.jsonl",
-        [{**r, "prompt": "", "correct": r["gold"] == r["prediction"]} for r in rows],
-    )
-    f1 = pair_counts(rows, rows, Direction.tli).f1_a()
-    (run / "metrics.json").write_text(json.dumps({"test/f1": f1}))
-    if anchor:  # the callback's last epoch file, with S_pq growing with the level
-        values = {
-            "S_wp": np.full((8, 2), 0.1),
-            "S_pq": np.full((8, 2), 0.01 * (1 + level)),
-            "S_ww": np.full((8, 2), 0.05),
-        }
-        write_layers(summarize(values, n_boot=20, seed=0), run / "flow" / "epoch_3.csv")
-
-
-def _known_effect_sweep(root: Path, seeds: tuple[int, ...]) -> None:
-    """Levels 0, 0.5, 1: the anchor adds 0.4 x level to the accuracy, and every (seed, setting) gets
-    its own training noise (about 0.03), as real seeds do."""
-    noise = np.random.default_rng(99)
-    k = 0
-    for level in (0.0, 0.5, 1.0):
-        for seed in seeds:
-            for anchor in (False, True):
-                acc = 0.5 + 0.4 * level * anchor + noise.normal(0, 0.03)
-                _fake_run(root, k, level, anchor, acc, 400, seed=seed)
-                k += 1
-
-
-def test_known_effect_passes_with_three_seeds(tmp_path):
-    from mre.analysis.report import analyze_sweep
-
-    root = tmp_path / "ke"
-    _known_effect_sweep(root, (42, 1, 2))
-    res = analyze_sweep(root)
-    t = res["tables"]["table3_tli"]
-    assert t.label_keys == [
-        "dataset.name",
-        "dataset.synthetic.tli_helps_wli",
-        "dataset.synthetic.wli_helps_tli",
-    ]  # seeds are pooled, not a column
-    assert len(t.rows) == 3 and all(r.comparison.n_seeds == 3 for r in t.rows)
-    assert set(res["tables"]) == {"table3_tli"}  # no control-anchor run: no control tables
-    assert all(r.comparison.p_adj >= r.comparison.p for r in t.rows)
-    ke = res["known_effect"]["table3_tli"]
-    assert [lv for lv, _ in ke["levels"]] == [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
-    assert ke["recovered"] and all(ke["checks"].values()), ke["checks"]
-    assert ke["s_pq_trend"] == "increasing"
-    report = (root / "analysis" / "report.md").read_text()
-    assert "Known-answer check" in report and "Verdict: **PASS**" in report
-    seeds = read_csv(root / "analysis" / "table3_tli_seeds.csv")
-    assert len(seeds) == 9 and {r["seed"] for r in seeds} == {"42", "1", "2"}
-    assert read_csv(root / "analysis" / "table3_tli.csv")[0]["n_seeds"] == "3"
-    # flow against gain: 9 points (3 levels x 3 seeds); S_pq / S_ww = 0.2 (1 + level) by construction
-    fg = res["flow_gain"]
-    points = read_csv(root / "analysis" / "flow_gain.csv")
-    assert len(points) == 9 and (root / "analysis" / "flow_gain.png").exists()
-    for p in points:
-        level = float(p["setting"].split("wli_helps_tli=")[1].rstrip(")"))
-        assert float(p["strength"]) == pytest.approx(0.2 * (1 + level))
-    by_seed = {(r["seed"], r["run_b"]): float(r["diff"]) for r in seeds}
-    assert sorted(float(p["gain"]) for p in points) == pytest.approx(sorted(by_seed.values()), abs=1e-4)
-    (c,) = fg["correlations"]
-    want = spearmanr([float(p["strength"]) for p in points], [float(p["gain"]) for p in points])
-    assert c.n == 9 and c.rho == pytest.approx(want.statistic) and c.rho > 0.7
-    assert c.lo <= c.rho <= c.hi and "## Flow and gain across settings" in report
-
-
-def test_runs_with_flow_from_different_files_are_said_so(tmp_path):
-    """One run with its own flow analysis next to runs with only the callback's file: each point and
-    row says which file its flow came from, and the report says the files differ."""
-    from mre.analysis.report import analyze_sweep
-
-    root = tmp_path / "ke"
-    _known_effect_sweep(root, (42, 1, 2))
-    own = next(root.glob("1_level=0.0,with_anchor=True*"))
-    (own / "analysis").mkdir()
-    shutil.copy(own / "flow" / "epoch_3.csv", own / "analysis" / "flow.csv")
-    res = analyze_sweep(root)
-    points = read_csv(root / "analysis" / "flow_gain.csv")
-    sources = {p["run"]: p["flow_source"] for p in points}
-    assert sources.pop(own.name) == "analysis/flow.csv" and set(sources.values()) == {"flow/epoch_3.csv"}
-    report = (root / "analysis" / "report.md").read_text()
-    assert "flow files differ: analysis/flow.csv (1 of 9 runs), flow/epoch_3.csv (8 of 9 runs)" in report
-    rows = {r.flow_source for r in res["tables"]["table3_tli"].rows}
-    assert rows == {"analysis/flow.csv (1 of 3 runs), flow/epoch_3.csv (2 of 3 runs)", "flow/epoch_3.csv"}
-
-
-def test_known_effect_fails_with_one_seed(tmp_path):
-    """One seed measures no training noise: the check refuses to pass, whatever the gains."""
-    from mre.analysis.report import analyze_sweep
-
-    root = tmp_path / "ke1"
-    _known_effect_sweep(root, (42,))
-    ke = analyze_sweep(root)["known_effect"]["table3_tli"]
-    assert not ke["recovered"] and not ke["checks"]["at least 3 seeds per level"]
-    (c,) = analyze_sweep(root)["flow_gain"]["correlations"]
-    assert c.n == 3 and c.rho in (-1.0, -0.5, 0.5, 1.0)  # three points: a coarse rho
-    assert "Verdict: **FAIL**" in (root / "analysis" / "report.md").read_text()
-
-
-def test_control_anchor_tables(tmp_path):
-    """Runs without an anchor, with the gold one and with the two controls: the gold table compares
-    gold with none only, and each control gets a table against none and one against gold."""
-    from mre.analysis.report import analyze_sweep
-
-    root = tmp_path / "controls"
-    settings = [(False, "gold", 0.5), (True, "gold", 0.9), (True, "shuffled", 0.55), (True, "random", 0.5)]
-    for k, (anchor, kind, acc) in enumerate(settings):
-        _fake_run(root, k, 1.0, anchor, acc, 300, f"anchor_kind={kind}")
-    res = analyze_sweep(root)
-    tables = res["tables"]
-    main = tables["table3_tli"].rows[0]
-    assert [p.b.get("anchor_kind") for p in main.pairs] == ["gold"] and main.comparison.diff > 0.3
-    vs_none = tables["control_tli_shuffled"]
-    assert vs_none.study.label_b == "Text + shuffled WLI"
-    assert vs_none.rows[0].pairs[0].a.get("with_anchor") is False
-    vs_gold = tables["control_tli_shuffled_vs_gold"].rows[0]
-    assert vs_gold.pairs[0].a.get("anchor_kind") == "shuffled" and vs_gold.comparison.diff > 0.3
-    assert "control_tli_random" in tables and "control_wli_random" not in tables
-    report = (root / "analysis" / "report.md").read_text()
-    assert "Control (TLI F1): Text only vs Text + shuffled WLI" in report
-    assert "anchor=True (shuffled)" in report
-    assert "flow_grid_control_tli_shuffled" in res["figures"]
-
-
-def test_rows_are_labelled_by_the_settings_that_vary(tmp_path):
-    from mre.analysis.report import analyze_sweep
-
-    root = tmp_path / "models"
-    k = 0
-    for model in ("tiny_llama", "tiny_qwen2"):
-        for anchor in (False, True):
-            _fake_run(root, k, 1.0, anchor, 0.6 + 0.2 * anchor, 200, f"model={model}")
-            k += 1
-    t = analyze_sweep(root)["tables"]["table3_tli"]
-    assert t.label_keys == ["dataset.name", "model.name"]  # not every model.* key the choice sets
-    assert [r.labels["model.name"] for r in t.rows] == ["tiny_llama", "tiny_qwen2"]
-    assert all(r.comparison is not None and r.comparison.diff > 0 for r in t.rows)

@@ -17,9 +17,11 @@ from mre.stats import (
     adjust_bh,
     align_predictions,
     bootstrap_layer_means,
+    bootstrap_statistic,
     compare,
     hierarchical_diffs,
     pair_counts,
+    percentile_interval,
     permutation_p,
 )
 
@@ -145,6 +147,32 @@ def test_layer_bootstrap_agrees_with_scipy_bootstrap():
         sigma = ref.standard_error
         assert abs(ours.lo[layer] - ref.confidence_interval.low) < 0.2 * sigma
         assert abs(ours.hi[layer] - ref.confidence_interval.high) < 0.2 * sigma
+
+
+def test_statistic_bootstrap_agrees_with_scipy_and_leaves_undefined_resamples_out():
+    """Any statistic of resampled indices: the mean's interval against scipy's (the tolerance argument
+    above), the same resamples as the per-layer bootstrap, and NaN (undefined) resamples left out."""
+    from scipy.stats import bootstrap
+
+    v = np.random.default_rng(1).gamma(2.0, 1.0, size=300)
+    boots = bootstrap_statistic(len(v), lambda i: float(v[i].mean()), n_boot=10_000, seed=4)
+    ref = bootstrap((v,), np.mean, n_resamples=10_000, method="percentile", random_state=5)
+    lo, hi = percentile_interval(boots)
+    sigma = ref.standard_error
+    assert abs(lo - ref.confidence_interval.low) < 0.2 * sigma
+    assert abs(hi - ref.confidence_interval.high) < 0.2 * sigma
+    layers = bootstrap_layer_means(v[:, None], n_boot=10_000, seed=4)
+    assert (lo, hi) == pytest.approx((layers.lo[0], layers.hi[0]), rel=1e-12)
+    # three points: a resample that draws one point thrice has no spread; it is left out, not counted
+    spread = bootstrap_statistic(3, lambda i: float(np.ptp(v[i])) or np.nan, n_boot=2000, seed=0)
+    assert 0 < np.isnan(spread).sum() < 2000 and np.nanmin(spread) > 0
+    assert percentile_interval(np.full(5, np.nan)) is None
+
+
+def test_wli_counts_need_the_answer_format():
+    rows = [{"id": 0, "gold": "person:Ann", "prediction": "person:Ann"}]
+    with pytest.raises(ValueError, match="answer format"):
+        pair_counts(rows, rows, Direction.wli)
 
 
 def test_layer_bootstrap_is_seeded_and_handles_undefined_samples():

@@ -11,7 +11,7 @@ Four modes (conf/analyze.yaml, schema `mre.config.AnalyzeConfig`):
   (`mre.analysis.knockout_run`);
 * `python analyze.py sweep_dir=<a multirun directory>`: Tables 2-4 with seed-aware
   intervals and adjusted p-values, flow grids and
-  `report.md` -> `<sweep_dir>/analysis/` (`mre.analysis.report`).
+  `report.md` -> `<sweep_dir>/analysis/` (`mre.analysis.sweep_run`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mre.analysis.flow_run import AnalysisError, analyze_subject, load_base, load_run
 from mre.analysis.knockout_run import analyze_knockout
-from mre.analysis.report import analyze_sweep
+from mre.analysis.sweep_run import analyze_sweep
 from mre.rundir import ANALYSIS
 
 

@@ -1,0 +1,238 @@
+"""The runs of a sweep directory, each read from the files its run wrote.
+
+Runs are found as every directory below ``sweep_dir`` that holds ``.hydra/config.yaml`` (the
+``analysis/`` output is skipped). A run is *finished* when it wrote ``metrics.json``; the others
+(failed, killed, still running) are listed and left out of the tables. With Hydra's basic sweeper the
+jobs a sweep was meant to run are rebuilt from ``multirun.yaml`` (``hydra.sweeper.params`` plus the
+command-line sweep, parsed by Hydra's public override parser), so jobs that never started (a sweep
+stops at its first failed job) are listed too.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mre.config import load_run_config
+from mre.flow.files import read_layers
+from mre.rundir import ANALYSIS, CHECKPOINTS, FLOW, METRICS, OVERRIDES
+from mre.stats import LayerStats
+
+log = logging.getLogger(__name__)
+
+MULTIRUN = "multirun.yaml"
+
+
+@dataclass(frozen=True)
+class RunFlow:
+    """A run's per-layer flow and the file it came from (relative to the run directory)."""
+
+    source: str
+    layers: dict[str, LayerStats] = field(compare=False)
+
+
+@dataclass
+class Run:
+    path: Path
+    name: str  # relative to the sweep directory
+    cfg: DictConfig | None
+    flat: dict[str, Any]
+    overrides: list[str]
+    metrics: dict[str, float] | None
+    problem: str | None = None
+    index: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics is not None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.flat.get(key, default)
+
+    @property
+    def f1(self) -> float | None:
+        return None if self.metrics is None else self.metrics.get("test/f1")
+
+    @cached_property
+    def flow_file(self) -> str | None:
+        """The run's flow file (see `flow_source`) relative to the run directory, looked up once."""
+        src = flow_source(self.path)
+        return None if src is None else str(src.relative_to(self.path))
+
+    @cached_property
+    def flow(self) -> RunFlow | None:
+        """The run's flow, read once: the tables, the flow-gain points and the grids all ask for it."""
+        return (
+            None
+            if self.flow_file is None
+            else RunFlow(self.flow_file, read_layers(self.path / self.flow_file))
+        )
+
+
+def run_flow(run: Run) -> RunFlow | None:
+    """The per-layer flow of a run and its file's name relative to the run, or None when it has none."""
+    return run.flow
+
+
+def flow_source(run_dir: Path) -> Path | None:
+    """analysis/flow.csv (analyze.py run_dir=...) when present, else the callback's last epoch file."""
+    p = run_dir / ANALYSIS / "flow.csv"
+    if p.exists():
+        return p
+    epochs = []
+    for f in (run_dir / FLOW).glob("epoch_*.csv"):
+        try:
+            epochs.append((int(f.stem.split("_", 1)[1]), f))
+        except ValueError:
+            continue  # epoch_<k>_samples.csv
+    return max(epochs)[1] if epochs else None
+
+
+def describe_sources(sources: list[str]) -> str:
+    """One flow file name, or each with its count when the runs' flow comes from different files
+    (a run with its own flow analysis next to runs with only the callback's): said, not hidden."""
+    counts = Counter(sources)
+    if len(counts) == 1:
+        return sources[0]
+    return ", ".join(f"{name} ({n} of {len(sources)} runs)" for name, n in sorted(counts.items()))
+
+
+def _plain(v: Any) -> Any:
+    v = getattr(v, "value", v)  # enums
+    if isinstance(v, list | tuple):
+        return tuple(_plain(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _plain(x)) for k, x in v.items()))
+    return v
+
+
+def flatten(cfg: DictConfig) -> dict[str, Any]:
+    """Dotted keys -> values, interpolations resolved where they can be (kept as written otherwise)."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    out: dict[str, Any] = {}
+
+    def resolve(key: str, node: Any) -> Any:
+        try:
+            v = OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except Exception:
+            return node
+        if isinstance(v, DictConfig | list) or OmegaConf.is_config(v):
+            return OmegaConf.to_container(v, resolve=False)
+        return v
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+            return
+        if (isinstance(node, str) and "${" in node) or isinstance(node, list):
+            node = resolve(prefix, node)
+        out[prefix] = _plain(node)
+
+    walk(raw, "")
+    return out
+
+
+def read_run(path: Path, root: Path) -> Run:
+    """The run in `path` (its name relative to the sweep directory `root`) and what is wrong with it."""
+    name = str(path.relative_to(root)) if path != root else "."
+    problem = None
+    try:
+        cfg = load_run_config(path)
+        flat = flatten(cfg)
+    except Exception as e:
+        cfg, flat, problem = None, {}, f"unreadable config: {e}"
+    ov_path = path / OVERRIDES
+    overrides = [str(x) for x in OmegaConf.load(ov_path)] if ov_path.exists() else []
+    metrics = None
+    mpath = path / METRICS
+    if mpath.exists():
+        try:
+            metrics = {k: float(v) for k, v in json.loads(mpath.read_text()).items()}
+        except (ValueError, OSError) as e:
+            problem = f"unreadable metrics.json: {e}"
+    if metrics is None and problem is None:
+        problem = "no metrics.json (failed, killed or still running)"
+        if any((path / CHECKPOINTS).glob("*.ckpt")):
+            problem += f"; it has checkpoints: python train.py resume={path}"
+    return Run(path, name, cfg, flat, overrides, metrics, problem)
+
+
+def _natural_path(path: Path) -> list[tuple[int, int | str]]:
+    """Sort key of a path with numbers compared as numbers (`2_a` < `10_a`)."""
+    return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", str(path)) if t]
+
+
+def discover_runs(sweep_dir: str | Path) -> list[Run]:
+    """Every run below sweep_dir (``.hydra/config.yaml``), in natural path order (job `2_...` before
+    `10_...`, so a single sweep's run #k is its job k); analysis dirs skipped."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep_dir {root} is not a directory")
+    runs = []
+    found = sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural_path(p.relative_to(root)))
+    for cfg_path in found:
+        run_dir = cfg_path.parent.parent
+        if ANALYSIS.name in run_dir.relative_to(root).parts:  # this tool's own output (it has a .hydra/ too)
+            continue
+        runs.append(read_run(run_dir, root))
+    for i, r in enumerate(runs):
+        r.index = i
+    return runs
+
+
+def _job_lists(overrides: list[str]) -> list[list[str]]:
+    """Per key, its `key=value` choices (a later override of a key replaces an earlier one), as the
+    basic sweeper combines them; a sweep it cannot enumerate (an interval) raises ValueError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    per_key: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            per_key[key] = [f"{key}={o.get_value_element_as_str()}"]
+        elif o.is_discrete_sweep():
+            per_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
+        else:
+            raise ValueError(f"{key}: a {o.value_type.name} sweep names no list of jobs")
+    return list(per_key.values())
+
+
+def expected_jobs(sweep_dir: str | Path) -> list[list[str]] | None:
+    """The jobs a basic-sweeper multirun was meant to run (override lists), from multirun.yaml: the
+    sweeper's `params` and then the command line's overrides, every combination of their choices."""
+    path = Path(sweep_dir) / MULTIRUN
+    if not path.exists():
+        return None
+    try:
+        conf = OmegaConf.load(path)
+        target = str(OmegaConf.select(conf, "hydra.sweeper._target_", default=""))
+        if not target.endswith("BasicSweeper"):
+            return None
+        params = OmegaConf.select(conf, "hydra.sweeper.params", default=None)
+        params = OmegaConf.to_container(params, resolve=False) if OmegaConf.is_config(params) else {}
+        task = OmegaConf.select(conf, "hydra.overrides.task", default=None)
+        args = [f"{k}={v}" for k, v in (params or {}).items()]
+        args += [str(x) for x in (OmegaConf.to_container(task) if OmegaConf.is_config(task) else [])]
+        return [list(job) for job in itertools.product(*_job_lists(args))]
+    except Exception as e:  # an unusual sweep: list only the runs that exist
+        log.warning("could not rebuild the job list from %s: %s", path, e)
+        return None
+
+
+def never_started(sweep_dir: str | Path, runs: list[Run]) -> list[str]:
+    """The jobs of the sweep that left no run directory, as their override lists."""
+    jobs = expected_jobs(sweep_dir)
+    if not jobs:
+        return []
+    present = {frozenset(r.overrides) for r in runs}
+    return [" ".join(j) for j in jobs if frozenset(j) not in present]

@@ -1,0 +1,74 @@
+"""The result of a sweep analysis: its runs, the jobs that never started, the studies' tables, the
+known-answer checks and the flow-gain analysis.
+
+`write(dir)` writes each part's files and ``sweep.json`` (what the sweep holds: its directory, the
+jobs that never started, the statistics' settings and which studies have a table or a check);
+`read(dir)` reads them back and the runs again from the sweep directory, and gives an equal object.
+`mre.analysis.report` renders it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mre.analysis.flow_gain import CORRELATIONS, FlowGain
+from mre.analysis.known_answer import KnownAnswer
+from mre.analysis.runs import Run, discover_runs
+from mre.analysis.tables import SweepTable
+
+SUMMARY = "sweep.json"
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    runs: list[Run]
+    missing: list[str]  # jobs that never started (their overrides)
+    n_boot: int  # bootstrap resamples of each row's interval
+    n_perm: int  # permutations of each row's test
+    tables: dict[str, SweepTable]  # by study key, in the order of `STUDIES`
+    known: dict[str, KnownAnswer]  # by study key
+    flow_gain: FlowGain | None
+
+    @property
+    def unfinished(self) -> list[Run]:
+        return [r for r in self.runs if not r.finished]
+
+    def run(self, name: str) -> Run:
+        """The run of that name (relative to the sweep directory)."""
+        return next(r for r in self.runs if r.name == name)
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """Every part's files and `sweep.json`."""
+        files = [p for t in self.tables.values() for p in t.write(out_dir)]
+        files += [k.write(out_dir) for k in self.known.values()]
+        if self.flow_gain is not None:
+            files += self.flow_gain.write(out_dir)
+        summary = {
+            "sweep_dir": str(self.sweep_dir),
+            "missing": self.missing,
+            "n_boot": self.n_boot,
+            "n_perm": self.n_perm,
+            "tables": list(self.tables),
+            "known_answer": list(self.known),
+        }
+        path = out_dir / SUMMARY
+        path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return [*files, path]
+
+    @classmethod
+    def read(cls, out_dir: Path) -> SweepResult:
+        s = json.loads((out_dir / SUMMARY).read_text(encoding="utf-8"))
+        sweep_dir = Path(s["sweep_dir"])
+        return cls(
+            sweep_dir,
+            discover_runs(sweep_dir),
+            s["missing"],
+            s["n_boot"],
+            s["n_perm"],
+            {k: SweepTable.read(out_dir, k) for k in s["tables"]},
+            {k: KnownAnswer.read(out_dir, k) for k in s["known_answer"]},
+            FlowGain.read(out_dir) if (out_dir / CORRELATIONS).exists() else None,
+        )

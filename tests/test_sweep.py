@@ -1,0 +1,281 @@
+"""The sweep analysis on hand-made sweeps (planted gains, no training): the studies' tables, the
+known-answer check, flow against gain, the job list of a multirun, and each result read back from its
+files equal to the one that wrote them. The sweep tests on a trained multirun are in test_analyze.py."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+from scipy.stats import spearmanr
+
+from mre.analysis.flow_gain import FlowGain
+from mre.analysis.known_answer import KnownAnswer
+from mre.analysis.runs import expected_jobs, never_started
+from mre.analysis.studies import STUDIES
+from mre.analysis.sweep_result import SweepResult
+from mre.analysis.sweep_run import analyze_sweep
+from mre.analysis.tables import SweepTable
+from mre.config import compose
+from mre.flow.files import summarize, write_layers
+from mre.results import write_jsonl
+from mre.setting import Direction
+from mre.stats import pair_counts
+from tests.test_stats import tli_rows
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------------------------------
+# the known-answer check on a hand-made sweep (planted gains, no training)
+# --------------------------------------------------------------------------------------------------
+
+
+def _fake_run(
+    root: Path, k: int, level: float, anchor: bool, acc: float, n: int = 400, *extra: str, seed: int = 42
+) -> None:
+    """A finished run directory with the demo's config and predictions of accuracy `acc`."""
+    overrides = [f"dataset.synthetic.wli_helps_tli={level}", f"with_anchor={anchor}", f"seed={seed}"]
+    cfg = compose(["experiment=demo_known_effect", *overrides, *extra])
+    run = root / f"{k}_level={level},with_anchor={anchor},seed={seed}"
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), run / ".hydra" / "overrides.yaml")
+    rows = tli_rows(np.random.default_rng(k).random(n) < acc, k)
+    write_jsonl(
+        run / "predictions.jsonl",
+        [{**r, "prompt": "", "correct": r["gold"] == r["prediction"]} for r in rows],
+    )
+    f1 = pair_counts(rows, rows, Direction.tli).f1_a()
+    (run / "metrics.json").write_text(json.dumps({"test/f1": f1}))
+    if anchor:  # the callback's last epoch file, with S_pq growing with the level
+        values = {
+            "S_wp": np.full((8, 2), 0.1),
+            "S_pq": np.full((8, 2), 0.01 * (1 + level)),
+            "S_ww": np.full((8, 2), 0.05),
+        }
+        write_layers(summarize(values, n_boot=20, seed=0), run / "flow" / "epoch_3.csv")
+
+
+def _known_effect_sweep(root: Path, seeds: tuple[int, ...]) -> None:
+    """Levels 0, 0.5, 1: the anchor adds 0.4 x level to the accuracy, and every (seed, setting) gets
+    its own training noise (about 0.03), as real seeds do."""
+    noise = np.random.default_rng(99)
+    k = 0
+    for level in (0.0, 0.5, 1.0):
+        for seed in seeds:
+            for anchor in (False, True):
+                acc = 0.5 + 0.4 * level * anchor + noise.normal(0, 0.03)
+                _fake_run(root, k, level, anchor, acc, 400, seed=seed)
+                k += 1
+
+
+def test_known_effect_passes_with_three_seeds(tmp_path):
+    root = tmp_path / "ke"
+    _known_effect_sweep(root, (42, 1, 2))
+    res = analyze_sweep(root)
+    t = res.tables["table3_tli"]
+    assert t.label_keys == (
+        "dataset.name",
+        "dataset.synthetic.tli_helps_wli",
+        "dataset.synthetic.wli_helps_tli",
+    )  # seeds are pooled, not a column
+    assert len(t.rows) == 3 and all(r.n_seeds == 3 for r in t.rows)
+    assert set(res.tables) == {"table3_tli"}  # no control-anchor run: no control tables
+    assert all(r.p_bh >= r.p for r in t.rows)
+    ke = res.known["table3_tli"]
+    assert [lv.level for lv in ke.levels] == [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)]
+    assert ke.recovered and all(ke.checks.values()), ke.checks
+    assert ke.s_pq_trend == "increasing"
+    report = (root / "analysis" / "report.md").read_text()
+    assert "Known-answer check" in report and "Verdict: **PASS**" in report
+    seeds = read_csv(root / "analysis" / "table3_tli_seeds.csv")
+    assert len(seeds) == 9 and {r["seed"] for r in seeds} == {"42", "1", "2"}
+    assert read_csv(root / "analysis" / "table3_tli.csv")[0]["n_seeds"] == "3"
+    # flow against gain: 9 points (3 levels x 3 seeds); S_pq / S_ww = 0.2 (1 + level) by construction
+    fg = res.flow_gain
+    points = read_csv(root / "analysis" / "flow_gain.csv")
+    assert len(points) == 9 and (root / "analysis" / "flow_gain.png").exists()
+    for p in points:
+        level = float(p["setting"].split("wli_helps_tli=")[1].rstrip(")"))
+        assert float(p["strength"]) == pytest.approx(0.2 * (1 + level))
+    by_seed = {(r["seed"], r["run_b"]): float(r["diff"]) for r in seeds}
+    assert sorted(float(p["gain"]) for p in points) == pytest.approx(sorted(by_seed.values()), abs=1e-4)
+    (c,) = fg.correlations
+    want = spearmanr([float(p["strength"]) for p in points], [float(p["gain"]) for p in points])
+    assert c.n == 9 and c.rho == pytest.approx(want.statistic) and c.rho > 0.7
+    assert c.lo <= c.rho <= c.hi and "## Flow and gain across settings" in report
+
+
+def test_runs_with_flow_from_different_files_are_said_so(tmp_path):
+    """One run with its own flow analysis next to runs with only the callback's file: each point and
+    row says which file its flow came from, and the report says the files differ."""
+    root = tmp_path / "ke"
+    _known_effect_sweep(root, (42, 1, 2))
+    own = next(root.glob("1_level=0.0,with_anchor=True*"))
+    (own / "analysis").mkdir()
+    shutil.copy(own / "flow" / "epoch_3.csv", own / "analysis" / "flow.csv")
+    res = analyze_sweep(root)
+    points = read_csv(root / "analysis" / "flow_gain.csv")
+    sources = {p["run"]: p["flow_source"] for p in points}
+    assert sources.pop(own.name) == "analysis/flow.csv" and set(sources.values()) == {"flow/epoch_3.csv"}
+    report = (root / "analysis" / "report.md").read_text()
+    assert "flow files differ: analysis/flow.csv (1 of 9 runs), flow/epoch_3.csv (8 of 9 runs)" in report
+    rows = {r.flow_source for r in res.tables["table3_tli"].rows}
+    assert rows == {"analysis/flow.csv (1 of 3 runs), flow/epoch_3.csv (2 of 3 runs)", "flow/epoch_3.csv"}
+
+
+def test_known_effect_fails_with_one_seed(tmp_path):
+    """One seed measures no training noise: the check refuses to pass, whatever the gains."""
+    root = tmp_path / "ke1"
+    _known_effect_sweep(root, (42,))
+    res = analyze_sweep(root)
+    ke = res.known["table3_tli"]
+    assert not ke.recovered and not ke.checks["at least 3 seeds per level"]
+    (c,) = res.flow_gain.correlations
+    assert c.n == 3 and c.rho in (-1.0, -0.5, 0.5, 1.0)  # three points: a coarse rho
+    assert "Verdict: **FAIL**" in (root / "analysis" / "report.md").read_text()
+
+
+def test_control_anchor_tables(tmp_path):
+    """Runs without an anchor, with the gold one and with the two controls: the gold table compares
+    gold with none only, and each control gets a table against none and one against gold."""
+    root = tmp_path / "controls"
+    settings = [(False, "gold", 0.5), (True, "gold", 0.9), (True, "shuffled", 0.55), (True, "random", 0.5)]
+    for k, (anchor, kind, acc) in enumerate(settings):
+        _fake_run(root, k, 1.0, anchor, acc, 300, f"anchor_kind={kind}")
+    res = analyze_sweep(root)
+    tables = res.tables
+    main = tables["table3_tli"].rows[0]
+    assert [res.run(x.run_b).get("anchor_kind") for x in main.seeds] == ["gold"] and main.diff > 0.3
+    vs_none = tables["control_tli_shuffled"]
+    assert STUDIES[vs_none.study].label_b == "Text + shuffled WLI"
+    assert res.run(vs_none.rows[0].seeds[0].run_a).get("with_anchor") is False
+    vs_gold = tables["control_tli_shuffled_vs_gold"].rows[0]
+    assert res.run(vs_gold.seeds[0].run_a).get("anchor_kind") == "shuffled" and vs_gold.diff > 0.3
+    assert "control_tli_random" in tables and "control_wli_random" not in tables
+    report = (root / "analysis" / "report.md").read_text()
+    assert "Control (TLI F1): Text only vs Text + shuffled WLI" in report
+    assert "anchor=True (shuffled)" in report
+    assert (root / "analysis" / "flow_grid_control_tli_shuffled.png").exists()
+
+
+def test_rows_are_labelled_by_the_settings_that_vary(tmp_path):
+    root = tmp_path / "models"
+    k = 0
+    for model in ("tiny_llama", "tiny_qwen2"):
+        for anchor in (False, True):
+            _fake_run(root, k, 1.0, anchor, 0.6 + 0.2 * anchor, 200, f"model={model}")
+            k += 1
+    t = analyze_sweep(root).tables["table3_tli"]
+    assert t.label_keys == ("dataset.name", "model.name")  # not every model.* key the choice sets
+    assert [r.labels["model.name"] for r in t.rows] == ["tiny_llama", "tiny_qwen2"]
+    assert all(r.compared and r.diff > 0 for r in t.rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# results read back from their files
+# --------------------------------------------------------------------------------------------------
+
+
+def _without_timestamp(md: str) -> str:
+    return "\n".join(line for line in md.splitlines() if "Generated" not in line)
+
+
+def _assert_reads_back(res: SweepResult, out: Path) -> None:
+    """Each part, and the whole, read back from `out` equal; the report rendered from what was read
+    is the report rendered from what was measured."""
+    from mre.analysis.report import report_markdown
+
+    for key, t in res.tables.items():
+        assert SweepTable.read(out, key) == t, key
+    for key, ka in res.known.items():
+        assert KnownAnswer.read(out, key) == ka, key
+    if res.flow_gain is not None:
+        assert FlowGain.read(out) == res.flow_gain
+    back = SweepResult.read(out)
+    assert back == res
+    figures = {p.stem: p for p in out.glob("flow_grid_*.png")}
+    png = out / "flow_gain.png" if res.flow_gain is not None else None
+    assert _without_timestamp(report_markdown(back, figures, png)) == _without_timestamp(
+        (out / "report.md").read_text()
+    )
+
+
+def test_known_answer_and_flow_gain_read_back_equal(tmp_path):
+    root = tmp_path / "ke"
+    _known_effect_sweep(root, (42, 1, 2))
+    res = analyze_sweep(root)
+    assert res.known and res.flow_gain is not None and res.flow_gain.correlations[0].lo is not None
+    _assert_reads_back(res, root / "analysis")
+
+
+def test_rows_with_missing_and_refused_runs_read_back_equal(tmp_path):
+    """Empty cells (an unfinished run, a row without a comparison) and a refused row survive the CSV."""
+    from mre.config import OnMismatch, SweepOptions
+    from mre.results import read_jsonl
+
+    root = tmp_path / "models"
+    k = 0
+    for model in ("tiny_llama", "tiny_qwen2"):
+        for anchor in (False, True):
+            _fake_run(root, k, 1.0, anchor, 0.6 + 0.2 * anchor, 200, f"model={model}")
+            k += 1
+    (next(root.glob("1_*")) / "metrics.json").unlink()  # tiny_llama with the anchor: unfinished
+    pred = next(root.glob("3_*")) / "predictions.jsonl"  # tiny_qwen2 with the anchor: other test ids
+    rows = read_jsonl(pred)
+    rows[0]["id"] = "some-other-sample"
+    write_jsonl(pred, rows)
+    res = analyze_sweep(root, opts=SweepOptions(on_mismatch=OnMismatch.skip, n_boot=100, n_perm=100))
+    unfinished, refused = res.tables["table3_tli"].rows
+    assert unfinished.f1_b is None and not unfinished.compared and unfinished.seeds[0].diff is None
+    assert refused.refused and not refused.compared and "some-other-sample" in refused.note
+    report = (root / "analysis" / "report.md").read_text()
+    assert "**refused**: refusing to pair" in report
+    _assert_reads_back(res, root / "analysis")
+
+
+# --------------------------------------------------------------------------------------------------
+# the jobs of a multirun
+# --------------------------------------------------------------------------------------------------
+
+
+def _multirun(root: Path, params: dict[str, str], task: list[str]) -> Path:
+    root.mkdir(parents=True)
+    conf = {
+        "hydra": {
+            "sweeper": {
+                "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                "params": params,
+            },
+            "overrides": {"task": task},
+        }
+    }
+    OmegaConf.save(OmegaConf.create(conf), root / "multirun.yaml")
+    return root
+
+
+def test_expected_jobs_are_every_combination_of_params_and_command_line(tmp_path):
+    """The sweeper's params come first; a later override of a key replaces the earlier one in its
+    place; a range is a list of jobs; values are written as Hydra writes a job's overrides.yaml."""
+    from mre.analysis.runs import Run
+
+    root = _multirun(tmp_path / "m", {"model": "a,b"}, ["seed=1,2", "with_anchor=true", "seed=range(3,5)"])
+    jobs = expected_jobs(root)
+    assert jobs == [
+        ["model=a", "seed=3", "with_anchor=True"],
+        ["model=a", "seed=4", "with_anchor=True"],
+        ["model=b", "seed=3", "with_anchor=True"],
+        ["model=b", "seed=4", "with_anchor=True"],
+    ]
+    ran = [Run(root / "0", "0", None, {}, ["with_anchor=True", "model=a", "seed=3"], None)]
+    assert never_started(root, ran) == [" ".join(j) for j in jobs[1:]]
+    assert expected_jobs(_multirun(tmp_path / "i", {}, ["lr=interval(0,1)"])) is None  # no list of jobs
