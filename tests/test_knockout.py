@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mre.config import EdgeSet
+from mre.flow.options import EdgeSet
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
 from tests.flow_models import VOCAB, collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
 
