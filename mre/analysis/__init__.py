@@ -21,14 +21,18 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mre.analysis.flow_run import AnalysisError, analyze_subject, load_base, load_run
-from mre.analysis.knockout_run import analyze_knockout
+from mre.analysis.flow_run import FlowAnalysis, analyze_subject, load_base, load_run
+from mre.analysis.knockout_run import KnockoutEffects, analyze_knockout
 from mre.analysis.report import analyze_sweep
+from mre.analysis.stream import AnalysisError
 from mre.rundir import ANALYSIS
 
 
-def analyze(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run the mode the config asks for; `out_dir` defaults to the mode's analysis directory."""
+def analyze(
+    cfg: DictConfig, out_dir: str | Path | None = None
+) -> FlowAnalysis | KnockoutEffects | dict[str, Any]:
+    """Run the mode the config asks for; `out_dir` defaults to the mode's analysis directory. A run or
+    model config gives its typed result (`FlowAnalysis`, `KnockoutEffects`), a sweep its tables."""
     if cfg.run_dir and cfg.sweep_dir:
         raise AnalysisError("give run_dir=... or sweep_dir=..., not both")
     flow_opts = OmegaConf.to_object(cfg.flow)
