@@ -69,7 +69,8 @@ def read_stream_csv(path: str | Path, columns: Sequence[str]) -> list[dict[str, 
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    with open(path, newline="", encoding="utf-8") as f:  # a field's carriage return kept as written
+        text = f.read()
     text = text[: text.rfind("\n") + 1]
     reader = csv.reader(io.StringIO(text, newline=""))  # fields may hold line breaks
     header = next(reader, None)
