@@ -1,5 +1,7 @@
-"""What every run leaves in its directory: metrics.json, predictions.jsonl, and a printed table; and
-the gathering of per-sample rows from every rank."""
+"""What every run leaves in its directory: metrics.json, predictions.jsonl, and a printed table; the
+gathering of per-sample rows from every rank; and the project's one CSV stream (`read_stream_csv`,
+`write_stream_csv`, `append_stream_csv`): files appended chunk by chunk whose torn last line is dropped
+on reading (the analyses' samples files, `mre.analysis.stream`, and the flow's `mre.flow.files`)."""
 
 from __future__ import annotations
 
