@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mre.data.readers import FORMATS
-from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig
+from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig, KnockoutConfig
 from mre.rundir import ANALYSIS, CONFIG, RunDirError, resolve_run_dir
 from mre.setting import AnchorKind, Direction, StrEnum
 
@@ -130,17 +130,6 @@ class Aggregate(StrEnum):
 class OnMismatch(StrEnum):
     error = "error"
     skip = "skip"
-
-
-class EdgeSet(StrEnum):
-    """Attention edges an attention knockout blocks (`mre.flow.knockout`): `text_anchor`, the anchor
-    positions reading the text; `anchor_q`, q reading the anchor; `anchor_after`, every position after
-    the anchor up to q reading it (q and the template tokens between, which can relay the anchor to
-    q around a blocked `anchor_q`)."""
-
-    text_anchor = "text_anchor"
-    anchor_q = "anchor_q"
-    anchor_after = "anchor_after"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -408,24 +397,6 @@ class SweepOptions:
     compute_flow: bool = False  # run the flow analysis (flow: options) on with-anchor runs lacking one
     # config keys that do not make two runs different settings (prefixes match sub-keys)
     ignore_keys: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
-
-
-@dataclass
-class KnockoutConfig:
-    """`knockout:` of analyze.py: setting `layers` on a run_dir (or model config) runs the attention
-    knockout instead of the flow analysis (`mre.analysis.knockout_run`)."""
-
-    # first:k | last:k | a-b | a list of those or of layer indices, e.g. [first:5,last:5]; null: no knockout
-    layers: Any = None
-    edges: list[EdgeSet] = field(default_factory=lambda: [EdgeSet.text_anchor, EdgeSet.anchor_q])
-    n_samples: int | None = 200  # test samples (a seeded subset; null: all)
-    batch_size: int = 8
-    n_boot: int = 1000  # bootstrap resamples of each interval
-    n_perm: int = 2000  # permutations of each paired F1 test
-    max_new_tokens: int | None = None  # WLI generation budget; null: the run's eval.max_new_tokens
-    device: str = "auto"
-    progress: bool = True
-    restart: bool = False  # discard a partial knockout_samples.csv made with other settings
 
 
 @dataclass

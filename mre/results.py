@@ -1,11 +1,15 @@
-"""What every run leaves in its directory: metrics.json, predictions.jsonl, and a printed table; and
-the gathering of per-sample rows from every rank."""
+"""What every run leaves in its directory: metrics.json, predictions.jsonl, and a printed table; the
+gathering of per-sample rows from every rank; and the project's one CSV stream (`read_stream_csv`,
+`write_stream_csv`, `append_stream_csv`): files appended chunk by chunk whose torn last line is dropped
+on reading (the analyses' samples files, `mre.analysis.stream`, and the flow's `mre.flow.files`)."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,25 +60,61 @@ def print_metrics(metrics: dict[str, float], title: str, output_dir: Path) -> No
     console.print(f"run directory: {output_dir}", soft_wrap=True)
 
 
-def read_stream_csv(path: str | Path) -> list[dict[str, str]]:
+class StreamFileError(ValueError):
+    """A stream CSV file has other columns than the ones asked for (another schema or version)."""
+
+
+def read_stream_csv(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """The rows of a CSV file appended chunk by chunk (`append_stream_csv`), without a torn last line
-    (a writer killed mid-line); [] when the file does not exist."""
+    (a writer killed mid-line: an unterminated line, or a last record with too few fields); [] when the
+    file does not exist or is empty."""
     path = Path(path)
     if not path.exists():
         return []
-    text = path.read_text(encoding="utf-8")
+    with open(path, newline="", encoding="utf-8") as f:  # a field's carriage return kept as written
+        text = f.read()
     text = text[: text.rfind("\n") + 1]
-    return list(csv.DictReader(io.StringIO(text, newline="")))  # fields may hold line breaks
+    reader = csv.reader(io.StringIO(text, newline=""))  # fields may hold line breaks
+    header = next(reader, None)
+    if header is None:
+        return []
+    if header != list(columns):
+        raise StreamFileError(f"{path} has the columns {header}, not {list(columns)} (another file version?)")
+    rows = []
+    for rec in reader:
+        if len(rec) != len(header):
+            break
+        rows.append(dict(zip(header, rec, strict=True)))
+    return rows
 
 
-def append_stream_csv(path: str | Path, columns: list[str], rows: list[dict[str, Any]], new: bool) -> None:
-    """Write (`new`: header first, replacing the file) or append rows in one flushed write, every field
-    quoted: generated answers may hold a carriage return, which csv only quotes when asked to."""
-    with open(path, "w" if new else "a", newline="", encoding="utf-8") as f:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, columns, lineterminator="\n", quoting=csv.QUOTE_ALL)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-        f.write(buf.getvalue())  # one write per chunk: a kill tears at most this chunk
+def _csv_text(columns: Sequence[str], rows: Iterable[dict[str, Any]], header: bool, quoting: int) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(columns), lineterminator="\n", quoting=quoting)
+    if header:
+        w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_stream_csv(
+    path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]], quoting: int = csv.QUOTE_ALL
+) -> Path:
+    """The whole file (header and rows), atomically (a temporary file renamed over it), so a kill
+    leaves the old file or the new one. `quoting`: every field quoted by default (generated answers
+    may hold a carriage return, which csv only quotes when asked to); the flow's numeric files use
+    `csv.QUOTE_MINIMAL`."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(_csv_text(columns, rows, True, quoting), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def append_stream_csv(
+    path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, Any]], quoting: int = csv.QUOTE_ALL
+) -> None:
+    """Rows appended in one flushed write: a kill tears at most this chunk's last line."""
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        f.write(_csv_text(columns, rows, False, quoting))
         f.flush()

@@ -220,7 +220,7 @@ def test_run_dir_analysis_writes_every_file(sweep, tmp_path):
     assert float(flow[0]["S_pq"]) == pytest.approx(s_pq0, rel=1e-12)
     ex = read_csv(examples[0].with_suffix(".csv"))
     assert {r["part"] for r in ex} == {"text->anchor", "anchor->q"}
-    assert res["n"] == 24
+    assert res.n == 24
     # the run's own files are untouched (the analysis config goes elsewhere)
     assert OmegaConf.load(run / ".hydra" / "config.yaml").task == "generative"
 
@@ -360,7 +360,7 @@ def test_knockout_of_a_run_writes_effects_and_resumes(sweep, tmp_path):
     res = analyze(analyze_cfg(f"run_dir={run}", f"output_dir={out}", *KNOCK))
     rows = read_csv(out / "knockout.csv")
     # 2 layer specs x 2 edge sets: knockout and random vs the baseline, then knockout vs random
-    assert len(rows) == 12 and len(res["effects"]) == 12
+    assert len(rows) == 12 and len(res.effects) == 12
     assert {r["reference"] for r in rows} == {
         "baseline",
         *(f"random:{e}@{s}" for e in ("text_anchor", "anchor_q") for s in ("first:1", "last:1")),
@@ -407,7 +407,7 @@ def test_base_model_config_mode(tmp_path):
     res = analyze(cfg)
     assert (out / "flow.csv").exists() and (out / "flow.png").exists()
     assert len(list((out / "examples").glob("*.png"))) == 2
-    assert res["n"] == 24
+    assert res.n == 24
 
 
 def test_blockwise_backend_gives_the_same_analysis_and_may_resume_an_eager_one(tmp_path):

@@ -26,10 +26,10 @@ from mre.data.batches import Collator
 from mre.data.prompts import PromptBuilder
 from mre.data.synthetic import generate
 from mre.data.tokenizer import train_tiny_tokenizer
-from mre.flow.callback import flow_batch
 from mre.flow.engine import FlowEngine, FlowResult
 from mre.flow.files import METRICS, result_values, summarize
 from mre.flow.options import FlowOptions
+from mre.flow.samples import flow_batch
 from mre.setting import Direction, Setting
 from tests.flow_models import (
     BOS,

@@ -84,7 +84,7 @@ def test_wli_groups_hold_the_whole_anchor_flow(tmp_path):
     assert summary and all(int(s["n"]) >= 3 for s in summary)
     for s in summary:
         assert float(s["S_pq_lo"]) <= float(s["S_pq"]) <= float(s["S_pq_hi"])
-    assert (out / "flow_groups.png").exists() and res["groups"]
+    assert (out / "flow_groups.png").exists() and res.groups.groups
 
 
 def test_tli_groups_by_type_and_entity_and_resume(tmp_path):

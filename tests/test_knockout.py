@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mre.config import EdgeSet
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
+from mre.flow.options import EdgeSet
 from tests.flow_models import VOCAB, collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
 
 pytestmark = pytest.mark.usefixtures("one_thread")

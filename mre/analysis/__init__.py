@@ -17,18 +17,22 @@ Four modes (conf/analyze.yaml, schema `mre.config.AnalyzeConfig`):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mre.analysis.flow_run import AnalysisError, analyze_subject, load_base, load_run
-from mre.analysis.knockout_run import analyze_knockout
+from mre.analysis.flow_run import FlowAnalysis, analyze_subject, load_base, load_run
+from mre.analysis.knockout_run import KnockoutEffects, analyze_knockout
+from mre.analysis.stream import AnalysisError
+from mre.analysis.sweep_result import SweepResult
 from mre.analysis.sweep_run import analyze_sweep
 from mre.rundir import ANALYSIS
 
 
-def analyze(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run the mode the config asks for; `out_dir` defaults to the mode's analysis directory."""
+def analyze(
+    cfg: DictConfig, out_dir: str | Path | None = None
+) -> FlowAnalysis | KnockoutEffects | SweepResult:
+    """Run the mode the config asks for; `out_dir` defaults to the mode's analysis directory. Each mode
+    gives its typed result (`FlowAnalysis`, `KnockoutEffects`, `SweepResult`), as written to disk."""
     if cfg.run_dir and cfg.sweep_dir:
         raise AnalysisError("give run_dir=... or sweep_dir=..., not both")
     flow_opts = OmegaConf.to_object(cfg.flow)

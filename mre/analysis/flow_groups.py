@@ -22,20 +22,22 @@ over layers of the per-layer means with a 95% bootstrap interval over samples) a
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mre.analysis.stream import SampleStream
 from mre.data.batches import Collator
 from mre.data.prompts import Encoded
-from mre.flow.callback import flow_batch, label_token_ids
 from mre.flow.engine import FlowEngine
 from mre.flow.options import Backend, FlowAnalysisConfig, Normalize, Sources
 from mre.flow.plots import plot_group_curves
-from mre.results import append_stream_csv, read_stream_csv
-from mre.stats import bootstrap_layer_means
+from mre.flow.samples import flow_batch, label_token_ids
+from mre.results import read_stream_csv
+from mre.stats import LayerStats, bootstrap_layer_means
 
 GROUPS_FILE = "flow_groups.csv"
 SUMMARY_FILE = "flow_groups_summary.csv"
@@ -78,22 +80,20 @@ def _rows(maps: torch.Tensor, e: Encoded, record_id: str, groups: dict, pad: int
 
 
 def compute_groups(subject, chosen: list[Encoded], out_dir: Path, opts: FlowAnalysisConfig) -> Path:
-    """Stream the group rows of the chosen samples into flow_groups.csv (resumable)."""
+    """Stream the group rows of the chosen samples into flow_groups.csv (resumable, in the flow pass's
+    chunks: the same padding); the rows end sorted by sample, kind, group and layer."""
     ctx = subject.context
     records = ctx.records("test")
     groups = {e.index: sample_groups(ctx.builder, e) for e in chosen}
     path = out_dir / GROUPS_FILE
-    old = read_stream_csv(path)
-    n_layers = len({r["layer"] for r in old}) or None
-    per_sample: dict[int, list[dict[str, str]]] = {}
-    for r in old:
-        per_sample.setdefault(int(r["sample"]), []).append(r)
-    done = {
-        s: rows
-        for s, rows in per_sample.items()
-        if s in groups and n_layers and len(rows) == n_layers * len(groups[s])
-    }
-    append_stream_csv(path, COLUMNS, [r for s in sorted(done) for r in done[s]], new=True)
+    n_layers = len({r["layer"] for r in read_stream_csv(path, COLUMNS)})
+    stream = SampleStream(
+        path,
+        COLUMNS,
+        row_key=lambda r: int(r["sample"]),
+        sample_key=lambda e: e.index,
+        complete=lambda s, rows: s in groups and len(rows) == n_layers * len(groups[s]),
+    )
     # the maps need the eager backend (blockwise never holds them), whatever the flow pass used
     raw = FlowAnalysisConfig(
         **{**vars(opts), "normalize": Normalize.none, "sources": Sources.text, "backend": Backend.eager}
@@ -102,86 +102,129 @@ def compute_groups(subject, chosen: list[Encoded], out_dir: Path, opts: FlowAnal
     collate = Collator(ctx.tokenizer.pad_token_id)
     label_ids = label_token_ids(ctx, opts.loss)  # the loss the flow is taken on, as in the flow pass
     device = next(subject.model.parameters()).device
-    for k in range(0, len(chosen), opts.batch_size):  # the flow pass's chunks: the same padding
-        chunk = chosen[k : k + opts.batch_size]
-        if all(e.index in done or not groups[e.index] for e in chunk):
-            continue
+
+    def per_chunk(k: int, chunk: list[Encoded], todo: set) -> list[dict[str, Any]]:
+        if not any(groups[s] for s in todo):
+            return []
         batch = {key: v.to(device) for key, v in flow_batch(collate(chunk), label_ids).items()}
         maps = engine.compute(batch).maps.double().cpu()
-        width = maps.shape[-1]
         rows = []
         for b, e in enumerate(chunk):
-            if e.index not in done:
-                pad = width - len(e.prompt_ids)
+            if e.index in todo:
+                pad = maps.shape[-1] - len(e.prompt_ids)
                 rows += _rows(maps[b], e, records[e.index].id, groups[e.index], pad)
-        append_stream_csv(path, COLUMNS, rows, new=False)
-    final = read_stream_csv(path)
-    final.sort(key=lambda r: (int(r["sample"]), r["kind"], r["group"], int(r["layer"])))
-    append_stream_csv(path, COLUMNS, final, new=True)
+        return rows
+
+    stream.run(chosen, opts.batch_size, per_chunk, opts.progress, f"flow by group {subject.name}")
+    stream.sort(lambda r: (int(r["sample"]), r["kind"], r["group"], int(r["layer"])))
     return path
 
 
-def summarize_groups(path: Path, n_boot: int, seed: int) -> list[dict[str, Any]]:
+SUMMARY_KEYS = [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
+
+
+@dataclass(frozen=True)
+class GroupFlow:
+    """One (kind, group) of the summary: n samples and, per metric, the mean over layers with its
+    95% bootstrap interval (`values`, keyed by `SUMMARY_KEYS`)."""
+
+    kind: str
+    group: str
+    n: int
+    values: dict[str, float]
+
+    def __getitem__(self, key: str) -> float:
+        return self.values[key]
+
+
+@dataclass(frozen=True)
+class FlowGroups:
+    """The flow by group as `flow_groups_summary.csv` holds it: the groups seen in at least
+    MIN_SAMPLES samples, by kind, then S_pq (largest first). (The figure of the per-layer curves is
+    drawn by `analyze_groups` from the samples file.)"""
+
+    groups: tuple[GroupFlow, ...]
+
+    @staticmethod
+    def exists(out_dir: Path) -> bool:
+        return (Path(out_dir) / SUMMARY_FILE).exists()
+
+    def write(self, out_dir: str | Path) -> Path:
+        path = Path(out_dir) / SUMMARY_FILE
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(["kind", "group", "n", *SUMMARY_KEYS])
+            for g in self.groups:
+                w.writerow([g.kind, g.group, g.n, *(g.values[k] for k in SUMMARY_KEYS)])
+        return path
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> FlowGroups:
+        with open(Path(out_dir) / SUMMARY_FILE, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return cls(
+            tuple(
+                GroupFlow(r["kind"], r["group"], int(r["n"]), {k: float(r[k]) for k in SUMMARY_KEYS})
+                for r in rows
+            )
+        )
+
+    def markdown(self, top: int = 10) -> str:
+        """The `top` groups of each kind: samples, S_wp, S_pq with its interval, share of anchor -> q."""
+        lines = [
+            "| kind | group | samples | S_wp | S_pq | 95% CI | share of anchor -> q |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for kind in dict.fromkeys(g.kind for g in self.groups):
+            for g in [x for x in self.groups if x.kind == kind][:top]:
+                lines.append(
+                    f"| {kind} | {g.group} | {g.n} | {g['S_wp']:.3g} | {g['S_pq']:.3g} "
+                    f"| [{g['S_pq_lo']:.3g}, {g['S_pq_hi']:.3g}] | {g['pq_share']:.2f} |"
+                )
+        return "\n".join(lines)
+
+
+def summarize_groups(
+    path: Path, n_boot: int, seed: int
+) -> tuple[FlowGroups, dict[tuple[str, str], LayerStats]]:
     """Per (kind, group) seen in at least MIN_SAMPLES samples: n and per metric the mean over layers
-    with a bootstrap interval (samples resampled), sorted by kind, then S_pq (largest first)."""
+    with a bootstrap interval (samples resampled), sorted by kind, then S_pq (largest first); and each
+    group's S_pq per layer (for the figure)."""
     by_group: dict[tuple[str, str], dict[int, dict[int, dict[str, float]]]] = {}
-    for r in read_stream_csv(path):
+    for r in read_stream_csv(path, COLUMNS):
         cell = by_group.setdefault((r["kind"], r["group"]), {}).setdefault(int(r["sample"]), {})
         cell[int(r["layer"])] = {m: float(r[m]) for m in METRICS}
-    out = []
+    out, curves = [], {}
     for (kind, group), samples in by_group.items():
         if len(samples) < MIN_SAMPLES:
             continue
         layers = sorted(next(iter(samples.values())))
-        entry: dict[str, Any] = {"kind": kind, "group": group, "n": len(samples)}
+        values: dict[str, float] = {}
         for m in METRICS:
-            values = np.array([[s[layer][m] for layer in layers] for s in samples.values()])
-            curve = bootstrap_layer_means(values, n_boot=n_boot, seed=seed)
-            over_layers = bootstrap_layer_means(values.mean(1, keepdims=True), n_boot=n_boot, seed=seed)
-            entry[m] = float(over_layers.mean[0])
-            entry[f"{m}_lo"], entry[f"{m}_hi"] = float(over_layers.lo[0]), float(over_layers.hi[0])
-            entry[f"{m}_curve"] = curve
-        out.append(entry)
-    out.sort(key=lambda e: (e["kind"], -e["S_pq"]))
-    return out
-
-
-def write_summary(items: list[dict[str, Any]], path: Path) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        keys = [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
-        w.writerow(["kind", "group", "n", *keys])
-        for e in items:
-            w.writerow([e["kind"], e["group"], e["n"], *(e[k] for k in keys)])
-    return path
-
-
-def markdown(items: list[dict[str, Any]], top: int = 10) -> str:
-    lines = [
-        "| kind | group | samples | S_wp | S_pq | 95% CI | share of anchor -> q |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for kind in dict.fromkeys(e["kind"] for e in items):
-        for e in [x for x in items if x["kind"] == kind][:top]:
-            lines.append(
-                f"| {kind} | {e['group']} | {e['n']} | {e['S_wp']:.3g} | {e['S_pq']:.3g} "
-                f"| [{e['S_pq_lo']:.3g}, {e['S_pq_hi']:.3g}] | {e['pq_share']:.2f} |"
-            )
-    return "\n".join(lines)
+            per_layer = np.array([[s[layer][m] for layer in layers] for s in samples.values()])
+            over_layers = bootstrap_layer_means(per_layer.mean(1, keepdims=True), n_boot=n_boot, seed=seed)
+            values[m] = float(over_layers.mean[0])
+            values[f"{m}_lo"], values[f"{m}_hi"] = float(over_layers.lo[0]), float(over_layers.hi[0])
+            if m == "S_pq":
+                curves[(kind, group)] = bootstrap_layer_means(per_layer, n_boot=n_boot, seed=seed)
+        out.append(GroupFlow(kind, group, len(samples), values))
+    out.sort(key=lambda g: (g.kind, -g["S_pq"]))
+    return FlowGroups(tuple(out)), curves
 
 
 def analyze_groups(
     subject, chosen: list[Encoded], out_dir: Path, opts: FlowAnalysisConfig, seed: int
-) -> dict[str, Any]:
-    """flow_groups.csv -> flow_groups_summary.csv, flow_groups.png; returns the summary and paths."""
+) -> FlowGroups:
+    """flow_groups.csv -> flow_groups_summary.csv, flow_groups.png; returns the summary as its file
+    holds it."""
     path = compute_groups(subject, chosen, out_dir, opts)
-    items = summarize_groups(path, opts.n_boot, seed)
-    summary = write_summary(items, out_dir / SUMMARY_FILE)
+    groups, curves = summarize_groups(path, opts.n_boot, seed)
+    groups.write(out_dir)
     kind = "wli_type" if subject.context.setting.is_tli else "answer_type"
-    largest = sorted((e for e in items if e["kind"] == kind), key=lambda e: -e["n"])[:PLOT_GROUPS]
-    png = plot_group_curves(
-        [(f"{e['group']} (n={e['n']})", e["S_pq_curve"]) for e in largest],
+    largest = sorted((g for g in groups.groups if g.kind == kind), key=lambda g: -g.n)[:PLOT_GROUPS]
+    plot_group_curves(
+        [(f"{g.group} (n={g.n})", curves[(g.kind, g.group)]) for g in largest],
         out_dir / "flow_groups.png",
         f"S_pq per layer by {kind.replace('_', ' ')}, {subject.name}",
     )
-    return {"groups_csv": path, "groups_summary": summary, "groups_png": png, "groups": items}
+    return FlowGroups.read(out_dir)

@@ -30,11 +30,9 @@ same numbers" holds on the same hardware and torch thread count: float32 sums ta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,26 +41,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from mre.analysis.flow_groups import GROUPS_FILE, analyze_groups
-from mre.analysis.flow_groups import markdown as groups_markdown
+from mre.analysis.flow_groups import GROUPS_FILE, FlowGroups, analyze_groups
+from mre.analysis.stream import AnalysisError, Identity, SampleStream, choose, samples_sha1
 from mre.config import RunConfigError, load_run_config
 from mre.data.batches import Collator
 from mre.data.context import TaskContext, build_context
 from mre.data.prompts import Encoded
-from mre.flow.callback import flow_batch, label_token_ids, measurable
 from mre.flow.engine import FlowEngine
 from mre.flow.files import (
-    complete_samples,
+    SAMPLE_COLUMNS,
+    SAMPLE_QUOTING,
+    read_layers,
     read_samples,
-    rows_text,
     sample_rows,
     sample_values,
     summarize,
     write_layers,
-    write_samples,
 )
 from mre.flow.options import Backend, FlowAnalysisConfig, FlowLoss, Normalize
 from mre.flow.plots import plot_flow, plot_token_example
+from mre.flow.samples import flow_batch, label_token_ids, measurable
 from mre.rundir import ANALYSIS, MODEL, RunDirError, resolve_run_dir
 from mre.stats import LayerStats
 
@@ -71,10 +69,6 @@ log = logging.getLogger(__name__)
 SAMPLES_FILE = "flow_samples.csv"
 META_FILE = "flow_meta.json"
 FLOW_FILE = "flow.csv"
-
-
-class AnalysisError(RuntimeError):
-    """The analysis cannot run with this input (with what to do instead)."""
 
 
 @dataclass
@@ -169,15 +163,6 @@ def load_base(cfg: DictConfig, device: str = "auto") -> Subject:
 # --------------------------------------------------------------------------------------------------
 
 
-def select_samples(n_items: int, n: int | None, seed: int) -> list[int]:
-    """Positions in the encoded test split: all of them, or a seeded subset of n in split order."""
-    if n is None or n >= n_items:
-        return list(range(n_items))
-    if n <= 0:
-        raise AnalysisError(f"flow.n_samples must be positive, got {n}")
-    return sorted(random.Random(seed).sample(range(n_items), n))
-
-
 def _meta(subject: Subject, opts: FlowAnalysisConfig, ids: list[str], seed: int) -> dict[str, Any]:
     cfg, s = subject.cfg, subject.context.setting
     return {
@@ -187,35 +172,11 @@ def _meta(subject: Subject, opts: FlowAnalysisConfig, ids: list[str], seed: int)
         "with_anchor": s.with_anchor,
         "model": str(cfg.model.name),
         "n_samples": len(ids),
-        "samples_sha1": hashlib.sha1("\n".join(ids).encode("utf-8")).hexdigest(),
+        "samples_sha1": samples_sha1(ids),
         "seed": seed,
         "batch_size": opts.batch_size,
         "engine": opts.measurement(),
     }
-
-
-def _check_meta(out_dir: Path, meta: dict[str, Any], restart: bool) -> int | None:
-    """n_layers of a compatible partial analysis (None when starting fresh)."""
-    mpath, spath = out_dir / META_FILE, out_dir / SAMPLES_FILE
-    if restart or not mpath.exists() or not spath.exists():
-        for p in (mpath, spath, out_dir / GROUPS_FILE):  # the groups follow the samples' settings
-            p.unlink(missing_ok=True)
-        return None
-    old = json.loads(mpath.read_text())
-    refuse_other_settings(spath, old, meta, "flow.restart=true")
-    return old.get("n_layers")
-
-
-def refuse_other_settings(samples: Path, old: dict[str, Any], meta: dict[str, Any], restart: str) -> None:
-    """A partial samples file made with other settings (`old`, from its meta file) is never resumed:
-    the error names each differing setting and the `restart` override that starts over."""
-    diff = [k for k in meta if k != "subject" and old.get(k) != meta[k]]
-    if diff:
-        detail = "; ".join(f"{k}: {old.get(k)!r} then, {meta[k]!r} now" for k in diff)
-        raise AnalysisError(
-            f"{samples} was made with other settings ({detail}). Resuming would mix two analyses: "
-            f"rerun with the same settings, or with {restart} to start over."
-        )
 
 
 def _label_ids(subject: Subject, opts: FlowAnalysisConfig) -> list[int] | None:
@@ -227,107 +188,62 @@ def _label_ids(subject: Subject, opts: FlowAnalysisConfig) -> list[int] | None:
 def chosen_samples(subject: Subject, opts: FlowAnalysisConfig, seed: int) -> list[Encoded]:
     """The test samples the analysis measures: a seeded subset of those the loss is defined for."""
     ctx = subject.context
-    items = measurable(ctx.items("test"), _label_ids(subject, opts))
-    chosen = [items[i] for i in select_samples(len(items), opts.n_samples, seed)]
+    chosen = choose(measurable(ctx.items("test"), _label_ids(subject, opts)), opts.n_samples, seed)
     if not chosen:
         raise AnalysisError(f"{ctx.dataset_name}: the test split has no encoded samples")
     return chosen
 
 
 def compute_flow_samples(subject: Subject, out_dir: Path, opts: FlowAnalysisConfig, seed: int) -> Path:
-    """Stream the flow of the selected test samples into `flow_samples.csv` (resumable)."""
+    """Stream the flow of the selected test samples into `flow_samples.csv` (resumable,
+    `mre.analysis.stream`); the rows end sorted by sample and layer."""
     ctx = subject.context
-    out_dir.mkdir(parents=True, exist_ok=True)
     label_ids = _label_ids(subject, opts)
     records = ctx.records("test")
     chosen = chosen_samples(subject, opts, seed)
     ids = [records[e.index].id for e in chosen]
     if not ctx.setting.with_anchor:
         log.warning("the setting has no anchor: S_wp and S_pq are undefined (NaN); only S_ww is measured")
-
-    meta = _meta(subject, opts, ids, seed)
-    n_layers = _check_meta(out_dir, meta, opts.restart)
     spath = out_dir / SAMPLES_FILE
-    rows, torn = read_samples(spath)
-    done = complete_samples(rows, n_layers)
-    kept = [r for s in sorted(done) for r in done[s]]
-    if torn or len(kept) != len(rows) or not spath.exists():
-        write_samples(spath, kept)  # header only, or the file cut back to its complete samples
-    if done:
-        log.info("resuming: %d of %d samples already in %s", len(done), len(chosen), spath)
+    meta = _meta(subject, opts, ids, seed)
+    identity = Identity(
+        out_dir / META_FILE, meta, opts.restart, "flow.restart=true", (out_dir / GROUPS_FILE,)
+    )
 
+    def complete(sample: Any, rows: list[dict[str, str]]) -> bool:
+        return sorted(int(r["layer"]) for r in rows) == list(range(meta.get("n_layers") or 0))
+
+    stream = SampleStream(
+        spath,
+        SAMPLE_COLUMNS,
+        lambda r: int(r["sample"]),
+        lambda e: e.index,
+        complete,
+        SAMPLE_QUOTING,
+        identity,
+    )
+    old = stream.previous()
+    if old is not None:
+        meta["n_layers"] = old.get("n_layers")
     engine = FlowEngine(subject.model, opts, bos_token_id=ctx.tokenizer.bos_token_id)
     collate = Collator(ctx.tokenizer.pad_token_id)
     device = next(subject.model.parameters()).device
-    chunks = [chosen[i : i + opts.batch_size] for i in range(0, len(chosen), opts.batch_size)]
-    with (
-        _progress(opts.progress, len(chosen), len(done), subject.name) as advance,
-        open(spath, "a", newline="", encoding="utf-8") as f,
-    ):
-        for chunk in chunks:
-            todo = [(b, e.index, records[e.index].id) for b, e in enumerate(chunk) if e.index not in done]
-            if not todo:
-                continue
-            batch = {k: v.to(device) for k, v in flow_batch(collate(chunk), label_ids).items()}
-            res = engine.compute(batch)
-            if n_layers is None:
-                n_layers = res.n_layers
-                meta["n_layers"] = n_layers
-                (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-            f.write(rows_text(sample_rows(res, todo)))  # one write per chunk: a kill tears at most this chunk
-            f.flush()
-            advance(len(todo))
-    if not (out_dir / META_FILE).exists():  # every sample was already there
-        meta["n_layers"] = n_layers
-        (out_dir / META_FILE).write_text(json.dumps(meta, indent=2))
-    _sort_samples(spath, n_layers, {e.index for e in chosen})
+
+    def per_chunk(k: int, chunk: list[Encoded], todo: set) -> list[dict[str, Any]]:
+        batch = {key: v.to(device) for key, v in flow_batch(collate(chunk), label_ids).items()}
+        res = engine.compute(batch)
+        meta["n_layers"] = res.n_layers
+        return sample_rows(
+            res, [(b, e.index, records[e.index].id) for b, e in enumerate(chunk) if e.index in todo]
+        )
+
+    stream.run(chosen, opts.batch_size, per_chunk, opts.progress, f"flow {subject.name}")
+    rows = stream.sort(lambda r: (int(r["sample"]), int(r["layer"])))
+    done = {int(r["sample"]) for r in rows}
+    missing = {e.index for e in chosen} - done
+    if missing or len(rows) != len(done) * (meta["n_layers"] or 0):
+        raise AnalysisError(f"{spath}: {len(missing)} samples incomplete after the pass (rerun to resume)")
     return spath
-
-
-def _sort_samples(path: Path, n_layers: int | None, expected: set[int]) -> None:
-    """Check completeness and put the rows in sample order (a resumed file = an uninterrupted one)."""
-    rows, torn = read_samples(path)
-    done = complete_samples(rows, n_layers)
-    missing = expected - set(done)
-    if torn or missing:
-        raise AnalysisError(f"{path}: {len(missing)} samples incomplete after the pass (rerun to resume)")
-    ordered = [r for s in sorted(done) for r in sorted(done[s], key=lambda r: int(r["layer"]))]
-    if ordered != rows:
-        write_samples(path, ordered)
-
-
-class _progress:
-    """A rich progress bar over samples (or nothing), as a context manager yielding `advance(n)`."""
-
-    def __init__(self, enabled: bool, total: int, completed: int, title: str) -> None:
-        self.enabled, self.total, self.completed, self.title = enabled, total, completed, title
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("flow {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.bar.start()
-        task = self.bar.add_task(self.title, total=self.total, completed=self.completed)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,7 +318,7 @@ def _examples(subject: Subject, out_dir: Path, opts: FlowAnalysisConfig, seed: i
             raise AnalysisError(f"flow.example_ids: {unknown} are not test ids of {ctx.dataset_name}")
         chosen = [by_id[i] for i in opts.example_ids]
     else:
-        chosen = [items[i] for i in select_samples(len(items), opts.n_samples, seed)[: opts.n_examples]]
+        chosen = choose(items, opts.n_samples, seed)[: opts.n_examples]
     paths = []
     for k, ex in enumerate(token_flows(subject, chosen, opts)):
         path = out_dir / "examples" / f"{k}_{_safe(ex['id'])}.png"
@@ -415,74 +331,123 @@ def _examples(subject: Subject, out_dir: Path, opts: FlowAnalysisConfig, seed: i
 # --------------------------------------------------------------------------------------------------
 
 
+def _stats_equal(a: dict[str, LayerStats], b: dict[str, LayerStats]) -> bool:
+    fields_ = ("mean", "std", "lo", "hi", "n")
+    return a.keys() == b.keys() and all(
+        np.array_equal(getattr(a[m], f), getattr(b[m], f), equal_nan=True) for m in a for f in fields_
+    )
+
+
+@dataclass(eq=False)
+class FlowAnalysis:
+    """The flow of one model over a test set, as its files hold it: the settings (`flow_meta.json`)
+    and per metric and layer the mean, std, 95% interval and n (`flow.csv`; a metric undefined at every
+    layer, S_wp and S_pq without an anchor, is left out). The flow by group, when measured, rides
+    along (`flow_groups_summary.csv`)."""
+
+    meta: dict[str, Any]
+    stats: dict[str, LayerStats]
+    groups: FlowGroups | None = field(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, FlowAnalysis)
+            and self.meta == other.meta
+            and _stats_equal(self.stats, other.stats)
+            and self.groups == other.groups
+        )
+
+    @property
+    def name(self) -> str:
+        """The subject as the titles name it (`Subject.name`)."""
+        m = self.meta
+        base = " (base)" if str(m["subject"]).startswith("model config ") else ""
+        return f"{m['dataset']} | {m['direction']} | anchor={m['with_anchor']} | {m['model']}{base}"
+
+    @property
+    def n(self) -> int:
+        """The most samples any metric is defined on."""
+        return int(max(s.n.max() for s in self.stats.values()))
+
+    def write(self, out_dir: str | Path) -> Path:
+        """`flow.csv` and `flow_meta.json` (and the groups' summary) into `out_dir`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / META_FILE).write_text(json.dumps(self.meta, indent=2))
+        if self.groups is not None:
+            self.groups.write(out_dir)
+        return write_layers(self.stats, out_dir / FLOW_FILE)
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> FlowAnalysis:
+        out_dir = Path(out_dir)
+        groups = FlowGroups.read(out_dir) if FlowGroups.exists(out_dir) else None
+        return cls(json.loads((out_dir / META_FILE).read_text()), read_layers(out_dir / FLOW_FILE), groups)
+
+    def figure(self, out_dir: str | Path) -> Path:
+        """`flow.png`: the curves with their intervals."""
+        return plot_flow(
+            self.stats, Path(out_dir) / "flow.png", f"information flow, {self.name} (n={self.n})"
+        )
+
+    def markdown(self) -> str:
+        """Per layer, each metric's mean with its 95% interval (and the groups' table)."""
+        lines = [
+            f"# Information flow: {self.name}",
+            "",
+            "| layer | " + " | ".join(f"{m} [95% CI]" for m in self.stats) + " |",
+        ]
+        lines.append("|---" * (1 + len(self.stats)) + "|")
+        for layer in range(len(next(iter(self.stats.values())).mean)):
+            lines.append(f"| {layer} | " + " | ".join(_cell(s, layer) for s in self.stats.values()) + " |")
+        if self.groups is not None:
+            lines += ["", "## Flow by group (flow_groups_summary.csv)", "", self.groups.markdown()]
+        return "\n".join(lines) + "\n"
+
+
+def _cell(s: LayerStats, layer: int) -> str:
+    return "n/a" if np.isnan(s.mean[layer]) else f"{s.mean[layer]:.3g} [{s.lo[layer]:.3g}, {s.hi[layer]:.3g}]"
+
+
 def analyze_subject(
     subject: Subject, out_dir: str | Path, opts: FlowAnalysisConfig, seed: int = 42
-) -> dict[str, Any]:
-    """flow_samples.csv -> flow.csv, flow.png, examples/; returns paths and per-layer means."""
+) -> FlowAnalysis:
+    """flow_samples.csv -> flow.csv, flow.png, examples/ (and the flow by group); returns the result."""
     out_dir = Path(out_dir)
     spath = compute_flow_samples(subject, out_dir, opts, seed)
-    _, values = sample_values(read_samples(spath)[0])
+    _, values = sample_values(read_samples(spath))
     stats = summarize(values, opts.n_boot, seed, opts.normalize)
-    fpath = write_layers(stats, out_dir / FLOW_FILE)
-    n = int(max(s.n.max() for s in stats.values()))
-    png = plot_flow(stats, out_dir / "flow.png", f"information flow, {subject.name} (n={n})")
-    examples: list[Path] = []
     with_anchor = subject.context.setting.with_anchor
-    if with_anchor and (opts.n_examples > 0 or opts.example_ids):
-        examples = _examples(subject, out_dir, opts, seed)
-    elif not with_anchor:
-        log.info("no anchor in this setting: no token-level example pictures")
-    groups: dict[str, Any] = {}
+    groups = None
     if opts.by_group and with_anchor:
         groups = analyze_groups(subject, chosen_samples(subject, opts, seed), out_dir, opts, seed)
     elif opts.by_group:
         log.info("no anchor in this setting: no flow by group")
-    _print_summary(stats, subject.name, out_dir)
-    if groups:
-        _print_groups(groups["groups"])
-    return {
-        **groups,
-        "flow_samples": spath,
-        "flow_csv": fpath,
-        "flow_png": png,
-        "examples": examples,
-        "means": {m: s.mean for m, s in stats.items()},
-        "stats": stats,
-        "n": n,
-    }
+    write_layers(stats, out_dir / FLOW_FILE)
+    # what the files hold (the meta as the stream wrote it), so a read-back result is equal
+    result = FlowAnalysis(
+        json.loads((out_dir / META_FILE).read_text()), read_layers(out_dir / FLOW_FILE), groups
+    )
+    result.figure(out_dir)
+    if with_anchor and (opts.n_examples > 0 or opts.example_ids):
+        _examples(subject, out_dir, opts, seed)
+    elif not with_anchor:
+        log.info("no anchor in this setting: no token-level example pictures")
+    _print_summary(result, out_dir)
+    return result
 
 
 def analyze_run(
     run_dir: str | Path, opts: FlowAnalysisConfig, seed: int, cache_dir: str | None
-) -> dict[str, Any]:
+) -> FlowAnalysis:
     """The flow analysis of a finished train.py run, into `<run dir>/analysis/`."""
     subject = load_run(run_dir, cache_dir=cache_dir, device=opts.device)
     return analyze_subject(subject, Path(subject.source) / ANALYSIS, opts, seed=seed)
 
 
-def _print_summary(stats: dict[str, LayerStats], title: str, out_dir: Path) -> None:
+def _print_summary(result: FlowAnalysis, out_dir: Path) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    t = Table(title=f"information flow: {title}")
-    t.add_column("layer", justify="right")
-    for m in stats:
-        t.add_column(f"{m} [95% CI]", justify="right")
-    for layer in range(len(next(iter(stats.values())).mean)):
-        cells = []
-        for s in stats.values():
-            cells.append(
-                "n/a"
-                if np.isnan(s.mean[layer])
-                else f"{s.mean[layer]:.3g} [{s.lo[layer]:.3g}, {s.hi[layer]:.3g}]"
-            )
-        t.add_row(str(layer), *cells)
     console = Console()
-    console.print(t)
+    console.print(result.markdown(), markup=False, highlight=False, soft_wrap=True)
     console.print(f"analysis directory: {out_dir}", markup=False, soft_wrap=True)
-
-
-def _print_groups(items: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-
-    Console().print("\nflow by group (flow_groups_summary.csv)\n" + groups_markdown(items), markup=False)

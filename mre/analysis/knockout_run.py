@@ -21,7 +21,6 @@ Files in the analysis directory:
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -32,15 +31,18 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mre.analysis.flow_run import AnalysisError, Subject, _progress, refuse_other_settings, select_samples
-from mre.config import EdgeSet, EvalConfig, KnockoutConfig
+from mre.analysis.flow_run import Subject
+from mre.analysis.stream import AnalysisError, Identity, SampleStream, choose, samples_sha1
+from mre.config import EvalConfig
 from mre.data.batches import Collator
-from mre.flow.engine import _hf_model
+from mre.data.prompts import Encoded
+from mre.flow.attention import hf_model
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
+from mre.flow.options import EdgeSet, KnockoutConfig
 from mre.flow.plots import plot_knockout
-from mre.results import append_stream_csv, read_stream_csv
+from mre.results import read_stream_csv
 from mre.stats import Comparison, adjust_bh, bootstrap_layer_means, compare, pair_counts
-from mre.tasks.generative import generate_answers
+from mre.tasks.answers import code_predictions, generate_answers
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def conditions(opts: KnockoutConfig, n_layers: int) -> list[Condition]:
 
 
 def _n_layers(model: torch.nn.Module) -> int:
-    cfg = _hf_model(model).config
+    cfg = hf_model(model).config
     return int(cfg.get_text_config().num_hidden_layers)
 
 
@@ -117,8 +119,7 @@ def _answer(
         )
         logp = torch.log_softmax(logits, -1).gather(1, batch["target"].view(-1, 1)).squeeze(1)
         if ctx.setting.is_tli:
-            codes = torch.tensor(ctx.builder.code_ids, device=logits.device)
-            preds = [ctx.builder.labels[k] for k in logits[:, codes].argmax(-1).tolist()]
+            preds = [ctx.builder.labels[k] for k in code_predictions(logits, ctx.builder.code_ids).tolist()]
         else:
             preds = generate_answers(
                 model, ctx.tokenizer, ctx.builder, batch["prompt_ids"], batch["prompt_mask"], budget
@@ -149,73 +150,58 @@ def _golds(subject: Subject, indices: list[int]) -> list[str]:
     return [ctx.builder.answer_of(records[i]) for i in indices]
 
 
-def _check_meta(out_dir: Path, meta: dict[str, Any], restart: bool) -> None:
-    mpath = out_dir / META_FILE
-    if not restart and mpath.exists():
-        refuse_other_settings(
-            out_dir / SAMPLES_FILE, json.loads(mpath.read_text()), meta, "knockout.restart=true"
-        )
-    elif (out_dir / SAMPLES_FILE).exists():
-        (out_dir / SAMPLES_FILE).unlink()
-    mpath.write_text(json.dumps(meta, indent=2))
-
-
 def _run_budget(subject: Subject) -> int:
     """The run's own WLI generation budget (a base model in model-config mode has none: the default)."""
     return int(OmegaConf.select(subject.cfg, "eval.max_new_tokens", default=EvalConfig.max_new_tokens))
 
 
 def compute_samples(subject: Subject, out_dir: Path, opts: KnockoutConfig, seed: int) -> list[Condition]:
-    """Stream every (sample, condition) row into knockout_samples.csv (resumable)."""
+    """Stream every (sample, condition) row into knockout_samples.csv (resumable, `mre.analysis.stream`)."""
     ctx = subject.context
     if not ctx.setting.with_anchor:
         raise AnalysisError("the attention knockout blocks edges of the anchor: the run has no anchor")
-    out_dir.mkdir(parents=True, exist_ok=True)
     conds = conditions(opts, _n_layers(subject.model))
-    items = ctx.items("test")
-    chosen = [items[i] for i in select_samples(len(items), opts.n_samples, seed)]
+    chosen = choose(ctx.items("test"), opts.n_samples, seed)
     records = ctx.records("test")
-    ids = [records[e.index].id for e in chosen]
     budget = int(opts.max_new_tokens or _run_budget(subject))
     meta = {
         "subject": subject.source,
-        "samples_sha1": hashlib.sha1("\n".join(ids).encode("utf-8")).hexdigest(),
+        "samples_sha1": samples_sha1([records[e.index].id for e in chosen]),
         "conditions": [c.name for c in conds],
         "seed": seed,
         "batch_size": opts.batch_size,
         "max_new_tokens": budget,
     }
-    _check_meta(out_dir, meta, opts.restart)
-    spath = out_dir / SAMPLES_FILE
-    rows = read_stream_csv(spath)
-    per_id: dict[str, int] = {}
-    for r in rows:
-        per_id[r["id"]] = per_id.get(r["id"], 0) + 1
-    done = {i for i, n in per_id.items() if n == len(conds)}
-    append_stream_csv(spath, SAMPLE_COLUMNS, [r for r in rows if r["id"] in done], new=True)
+    stream = SampleStream(
+        out_dir / SAMPLES_FILE,
+        SAMPLE_COLUMNS,
+        row_key=lambda r: r["id"],
+        sample_key=lambda e: records[e.index].id,
+        complete=lambda i, rows: len(rows) == len(conds),
+        identity=Identity(out_dir / META_FILE, meta, opts.restart, "knockout.restart=true"),
+    )
+    stream.previous()
     collate = Collator(ctx.tokenizer.pad_token_id)
     device = next(subject.model.parameters()).device
-    chunks = [chosen[i : i + opts.batch_size] for i in range(0, len(chosen), opts.batch_size)]
-    with _progress(opts.progress, len(chosen), len(done), f"knockout: {subject.name}") as advance:
-        for k, chunk in enumerate(chunks):
-            chunk_ids = [records[e.index].id for e in chunk]
-            if all(i in done for i in chunk_ids):
-                continue
-            gen = torch.Generator().manual_seed(seed * 1_000_003 + k)  # the same edges on a resume
-            batch = {key: v.to(device) for key, v in collate(chunk).items()}
-            golds = _golds(subject, [e.index for e in chunk])
-            new = []
-            for cond, block in zip(conds, _blocks(batch, conds, gen), strict=True):
-                preds, logp = _answer(subject, batch, block, cond, budget)
-                blocked = [0] * len(chunk) if block is None else block.flatten(1).sum(1).tolist()
-                values = zip(chunk_ids, golds, preds, logp, blocked, strict=True)
-                new += [
-                    dict(zip(SAMPLE_COLUMNS, (i, cond.name, g, p, repr(float(lp)), n), strict=True))
-                    for i, g, p, lp, n in values
-                    if i not in done
-                ]
-            append_stream_csv(spath, SAMPLE_COLUMNS, new, new=False)
-            advance(sum(i not in done for i in chunk_ids))
+
+    def per_chunk(k: int, chunk: list[Encoded], todo: set) -> list[dict[str, Any]]:
+        chunk_ids = [records[e.index].id for e in chunk]
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + k)  # the same edges on a resume
+        batch = {key: v.to(device) for key, v in collate(chunk).items()}
+        golds = _golds(subject, [e.index for e in chunk])
+        rows = []
+        for cond, block in zip(conds, _blocks(batch, conds, gen), strict=True):
+            preds, logp = _answer(subject, batch, block, cond, budget)
+            blocked = [0] * len(chunk) if block is None else block.flatten(1).sum(1).tolist()
+            values = zip(chunk_ids, golds, preds, logp, blocked, strict=True)
+            rows += [
+                dict(zip(SAMPLE_COLUMNS, (i, cond.name, g, p, repr(float(lp)), n), strict=True))
+                for i, g, p, lp, n in values
+                if i in todo
+            ]
+        return rows
+
+    stream.run(chosen, opts.batch_size, per_chunk, opts.progress, f"knockout {subject.name}")
     return conds
 
 
@@ -262,7 +248,7 @@ def effects(
     subject: Subject, conds: list[Condition], out_dir: Path, opts: KnockoutConfig, seed: int
 ) -> list[Effect]:
     """Every condition against the baseline, then every knockout against its random control."""
-    rows = _by_condition(read_stream_csv(out_dir / SAMPLES_FILE))
+    rows = _by_condition(read_stream_csv(out_dir / SAMPLES_FILE, SAMPLE_COLUMNS))
     vs_base = [_effect(c, "baseline", rows, subject, opts, seed) for c in conds if c.edges is not None]
     vs_random = [
         _effect(c, Condition(c.edges, c.spec, c.layers, True).name, rows, subject, opts, seed)
@@ -277,20 +263,66 @@ RESULT_COLUMNS = [
     "edges", "layers", "layer_ids", "condition", "reference", "n", "blocked_per_sample", "f1_reference",
     "f1", "d_f1", "d_f1_lo", "d_f1_hi", "p", "p_bh", "d_logp", "d_logp_lo", "d_logp_hi",
 ]  # fmt: skip
+MD_FILE = "knockout.md"
 
 
-def write_effects(items: list[Effect], path: Path) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(RESULT_COLUMNS)
-        for e in items:
-            c = e.condition
-            w.writerow(
-                [c.edges, c.spec, " ".join(map(str, c.layers)), "random" if c.random else "knockout",
-                 e.reference, e.f1.n, e.blocked, e.f1.f1_a, e.f1.f1_b, e.f1.diff, e.f1.lo, e.f1.hi,
-                 e.f1.p, "" if e.f1.p_adj is None else e.f1.p_adj, e.d_logp, e.d_logp_lo, e.d_logp_hi]
-            )  # fmt: skip
-    return path
+def _effect_row(e: Effect) -> list[Any]:
+    c = e.condition
+    return [c.edges, c.spec, " ".join(map(str, c.layers)), "random" if c.random else "knockout",
+            e.reference, e.f1.n, e.blocked, e.f1.f1_a, e.f1.f1_b, e.f1.diff, e.f1.lo, e.f1.hi,
+            e.f1.p, "" if e.f1.p_adj is None else e.f1.p_adj, e.d_logp, e.d_logp_lo, e.d_logp_hi]  # fmt: skip
+
+
+def _read_effect(r: dict[str, str], n_boot: int, n_perm: int) -> Effect:
+    layers = tuple(int(x) for x in r["layer_ids"].split())
+    cond = Condition(EdgeSet(r["edges"]), r["layers"], layers, r["condition"] == "random")
+    f1_a, f1_b = float(r["f1_reference"]), float(r["f1"])
+    f1 = Comparison(
+        f1_a, f1_b, float(r["d_f1"]), float(r["d_f1_lo"]), float(r["d_f1_hi"]), float(r["p"]), n_seeds=1,
+        n=int(r["n"]), n_boot=n_boot, n_perm=n_perm, per_seed=[(f1_a, f1_b)],
+        p_adj=None if r["p_bh"] == "" else float(r["p_bh"]),
+    )  # fmt: skip
+    d = (float(r["d_logp"]), float(r["d_logp_lo"]), float(r["d_logp_hi"]))
+    return Effect(cond, r["reference"], f1, *d, blocked=float(r["blocked_per_sample"]))
+
+
+@dataclass
+class KnockoutEffects:
+    """The knockout of one model as its files hold it: the settings (`knockout_meta.json`: the samples'
+    identity, plus the title and the resample counts of the statistics) and every condition's effect
+    against its reference (`knockout.csv`; one seed, so each F1 comparison is the paired one)."""
+
+    meta: dict[str, Any]
+    effects: list[Effect]
+
+    def write(self, out_dir: str | Path) -> Path:
+        """`knockout.csv`, `knockout_meta.json` and `knockout.md` into `out_dir`."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / META_FILE).write_text(json.dumps(self.meta, indent=2))
+        (out_dir / MD_FILE).write_text(self.markdown(), encoding="utf-8")
+        path = out_dir / RESULT_FILE
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(RESULT_COLUMNS)
+            w.writerows(_effect_row(e) for e in self.effects)
+        return path
+
+    @classmethod
+    def read(cls, out_dir: str | Path) -> KnockoutEffects:
+        out_dir = Path(out_dir)
+        meta = json.loads((out_dir / META_FILE).read_text())
+        with open(out_dir / RESULT_FILE, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return cls(meta, [_read_effect(r, meta["n_boot"], meta["n_perm"]) for r in rows])
+
+    def markdown(self) -> str:
+        return effects_markdown(self.effects, self.meta["title"])
+
+    def figure(self, out_dir: str | Path) -> Path:
+        """`knockout.png`: ΔF1 and Δ log p, knockout vs random, per edge set and layers."""
+        title = f"attention knockout, {self.meta['title']}"
+        return plot_knockout(_plot_rows(self.effects), Path(out_dir) / "knockout.png", title)
 
 
 def effects_markdown(items: list[Effect], title: str) -> str:
@@ -330,16 +362,18 @@ def _plot_rows(items: list[Effect]) -> list[dict[str, Any]]:
 
 def analyze_knockout(
     subject: Subject, out_dir: str | Path, opts: KnockoutConfig, seed: int = 42
-) -> dict[str, Any]:
-    """knockout_samples.csv -> knockout.csv, knockout.png, knockout.md; returns the effects and paths."""
+) -> KnockoutEffects:
+    """knockout_samples.csv -> knockout.csv, knockout.png, knockout.md; returns the effects as the
+    files hold them."""
     out_dir = Path(out_dir)
     conds = compute_samples(subject, out_dir, opts, seed)
-    items = effects(subject, conds, out_dir, opts, seed)
-    csv_path = write_effects(items, out_dir / RESULT_FILE)
-    md = out_dir / "knockout.md"
-    md.write_text(effects_markdown(items, subject.name), encoding="utf-8")
-    png = plot_knockout(_plot_rows(items), out_dir / "knockout.png", f"attention knockout, {subject.name}")
+    meta = json.loads((out_dir / META_FILE).read_text())
+    # the statistics' own settings beside the samples' identity (not compared on a resume)
+    meta.update(title=subject.name, n_boot=opts.n_boot, n_perm=opts.n_perm)
+    KnockoutEffects(meta, effects(subject, conds, out_dir, opts, seed)).write(out_dir)
+    result = KnockoutEffects.read(out_dir)
+    result.figure(out_dir)
     from rich.console import Console
 
-    Console().print(effects_markdown(items, subject.name), markup=False, highlight=False, soft_wrap=True)
-    return {"effects": items, "knockout_csv": csv_path, "knockout_md": md, "knockout_png": png}
+    Console().print(result.markdown(), markup=False, highlight=False, soft_wrap=True)
+    return result

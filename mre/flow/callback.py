@@ -11,61 +11,22 @@ inference mode itself and restores the model's mode, attention implementation an
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 
 from mre.data.batches import Collator
 from mre.data.context import TaskContext
-from mre.data.prompts import Encoded
 from mre.flow.engine import FlowEngine
 from mre.flow.files import METRICS, result_values, sample_rows, summarize, write_layers, write_samples
-from mre.flow.options import FlowLoss, FlowTrainConfig
+from mre.flow.options import FlowTrainConfig
 from mre.flow.plots import plot_evolution, plot_flow
+from mre.flow.samples import flow_batch, label_token_ids, measurable, select_samples
 from mre.results import gather_rows
 from mre.stats import LayerStats
 
 log = logging.getLogger(__name__)
-
-
-def flow_batch(
-    batch: dict[str, torch.Tensor], label_token_ids: list[int] | None = None
-) -> dict[str, torch.Tensor]:
-    """The engine's view of a collated batch: the left-padded prompt and its ranges."""
-    out = {
-        "input_ids": batch["prompt_ids"],
-        "attention_mask": batch["prompt_mask"],
-        "text_range": batch["text_range"],
-        "anchor_range": batch["anchor_range"],
-        "q": batch["q"],
-        "target": batch["target"],
-    }
-    if label_token_ids:
-        out["label_token_ids"] = torch.tensor(label_token_ids)
-    return out
-
-
-def label_token_ids(context: TaskContext, loss: FlowLoss) -> list[int] | None:
-    """The TLI code ids the label-restricted loss is taken over (None for the full-vocabulary loss)."""
-    return context.builder.code_ids if str(loss) == FlowLoss.label_restricted else None
-
-
-def measurable(items: list[Encoded], label_ids: list[int] | None) -> list[Encoded]:
-    """The samples the loss is defined for: with the label-restricted loss, those whose gold label was
-    seen in training (an unseen one has no code among the C classes); the others are left out, said."""
-    if label_ids is None:
-        return items
-    kept = [e for e in items if e.target in label_ids]
-    if len(kept) < len(items):
-        log.warning(
-            "flow.loss=label_restricted: %d test samples have a text label never seen in training (no code "
-            "to restrict the loss to) and are left out of the flow",
-            len(items) - len(kept),
-        )
-    return kept
 
 
 class SaliencyFlowCallback(L.Callback):
@@ -76,8 +37,7 @@ class SaliencyFlowCallback(L.Callback):
     ) -> None:
         self.label_ids = label_token_ids(context, options.loss)
         items = measurable(context.items("test"), self.label_ids)
-        n = min(options.n_samples, len(items))
-        self.items = [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), n))]
+        self.items = [items[i] for i in select_samples(len(items), options.n_samples, seed)]
         self.ids = [context.records("test")[e.index].id for e in self.items]
         self.collate = Collator(context.tokenizer.pad_token_id)
         self.bos_token_id = context.tokenizer.bos_token_id  # `exclude_bos` drops it where it leads a prompt
@@ -127,7 +87,7 @@ class SaliencyFlowCallback(L.Callback):
             self._write(epoch, stats, [line for r in rows for line in r["file"]])
             self._log(trainer, epoch, stats)
 
-    def _write(self, epoch: int, stats: dict[str, LayerStats], file_rows: list[list]) -> None:
+    def _write(self, epoch: int, stats: dict[str, LayerStats], file_rows: list[dict]) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_samples(self.output_dir / f"epoch_{epoch}_samples.csv", file_rows)
         write_layers(stats, self.output_dir / f"epoch_{epoch}.csv")

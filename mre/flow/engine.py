@@ -1,4 +1,4 @@
-"""Attention-saliency information flow (DESIGN.md, "Saliency and the three flow metrics").
+"""Attention-saliency information flow (docs/design.md, "Saliency and the three flow metrics").
 
 For layer l, head h, with A_{h,l} the attention probabilities (after softmax, before dropout) and L the
 cross-entropy of the gold target token at position q, the saliency matrix is
@@ -44,7 +44,7 @@ How it is computed (one forward + one activation-only backward for the whole bat
   forward builds a throw-away graph whose hooks never fire; each layer's slot is filled exactly once per
   backward (checked: a second fill raises).
 
-Departure options (not the DESIGN.md default, offered because the "Label Words are Anchors" code or its
+Departure options (not the docs/design.md default, offered because the "Label Words are Anchors" code or its
 plots use them): ``sources="all_prior"`` (S_wp sources are all non-pad positions before p, anchor
 positions included), ``loss="label_restricted"`` (C-way cross-entropy over the labels' first tokens),
 ``normalize="of_means"`` (their plots' ratio of means: the three means over samples rescaled to sum to
@@ -61,7 +61,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mre.flow.attention import EAGER_HELP, eager_attention_for, hf_model, self_attending_mask, switched
 from mre.flow.blockwise import BlockwiseAttention, BlockwiseLayer, mask_rows, row_mask
 from mre.flow.options import Backend, FlowLoss, FlowOptions, Normalize, Sources
 from mre.flow.pairs import PairSets, saliency
@@ -84,11 +84,6 @@ BLOCKWISE_ATTN_IMPLEMENTATION = "mre_flow_blockwise"
 _IMPLEMENTATIONS = {Backend.eager: FLOW_ATTN_IMPLEMENTATION, Backend.blockwise: BLOCKWISE_ATTN_IMPLEMENTATION}
 
 _KEEP_MAPS = (None, "layer", "head")
-
-_EAGER_HELP = (
-    "attention-saliency flow needs eager attention (the attention probabilities and their gradient); "
-    "it runs a Hugging Face causal LM through transformers' AttentionInterface"
-)
 
 
 @dataclass
@@ -114,25 +109,6 @@ class FlowResult:
 
 _ACTIVE: _FlowState | None = None  # the pass in progress (set only inside FlowEngine.compute)
 _COMPUTE_LOCK = threading.Lock()
-_EAGER_CACHE: dict[type, Any] = {}
-
-
-def _eager_for(module: nn.Module):
-    """The eager attention function of the module's own modeling file (what ``"eager"`` would run)."""
-    cls = type(module)
-    fn = _EAGER_CACHE.get(cls)
-    if fn is None:
-        for klass in cls.__mro__:
-            fn = getattr(sys.modules.get(klass.__module__), "eager_attention_forward", None)
-            if callable(fn):
-                break
-        if not callable(fn):
-            raise RuntimeError(
-                f"{_EAGER_HELP}, but no `eager_attention_forward` was found for {cls.__name__} "
-                f"(module {cls.__module__})."
-            )
-        _EAGER_CACHE[cls] = fn
-    return fn
 
 
 class _FetchProbs(torch.autograd.Function):
@@ -158,7 +134,7 @@ class _FetchProbs(torch.autograd.Function):
 
 def _flow_attention(module, query, key, value, attention_mask, **kwargs):
     kwargs["dropout"] = 0.0  # probabilities before dropout; the pass runs without dropout anyway
-    out, probs = _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
+    out, probs = eager_attention_for(module)(module, query, key, value, attention_mask, **kwargs)
     state = _ACTIVE
     if state is None:
         return out, probs
@@ -180,7 +156,7 @@ def _blockwise_attention(module, query, key, value, attention_mask, **kwargs):
         raise RuntimeError(f"{BLOCKWISE_ATTN_IMPLEMENTATION!r} attention runs only inside FlowEngine.compute")
     slot = state.slot_of(module)
     layer = BlockwiseLayer(
-        eager=_eager_for(module),
+        eager=eager_attention_for(module),
         module=module,
         mask=mask_rows(attention_mask),
         kwargs=kwargs,
@@ -194,22 +170,12 @@ def _blockwise_attention(module, query, key, value, attention_mask, **kwargs):
     return BlockwiseAttention.apply(query, key, value, layer), None
 
 
-def _flow_mask(**kwargs: Any) -> Tensor | None:
-    """The eager 4D float mask, with every position allowed to attend to itself.
-
-    Real rows are unchanged (the causal diagonal is always allowed); a left-padding row would otherwise be
-    fully masked, and with a float64 model the eager softmax (computed in float32) turns the float64
-    minimum into -inf and the row into NaN, which then leaks into real rows through 0 * NaN in A @ V.
-    """
-    return row_mask(**kwargs).full()
-
-
 def _register() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(FLOW_ATTN_IMPLEMENTATION, _flow_attention)
-    AttentionMaskInterface.register(FLOW_ATTN_IMPLEMENTATION, _flow_mask)
+    AttentionMaskInterface.register(FLOW_ATTN_IMPLEMENTATION, self_attending_mask)
     AttentionInterface.register(BLOCKWISE_ATTN_IMPLEMENTATION, _blockwise_attention)
     AttentionMaskInterface.register(BLOCKWISE_ATTN_IMPLEMENTATION, row_mask)
 
@@ -293,75 +259,32 @@ class _FlowState:
 # --------------------------------------------------------------------------------------------------
 
 
-def _hf_model(model: nn.Module):
-    from transformers import PreTrainedModel
-
-    for m in model.modules():
-        if isinstance(m, PreTrainedModel):
-            return m
-    raise RuntimeError(f"{_EAGER_HELP}; {type(model).__name__} contains no transformers PreTrainedModel.")
-
-
-def _all_configs(model: nn.Module) -> list:
-    """Every config whose attention implementation the switch may touch (sub-configs included)."""
-    from transformers import PreTrainedModel
-
-    seen: dict[int, Any] = {}
-    todo = [m.config for m in model.modules() if isinstance(m, PreTrainedModel)]
-    while todo:
-        cfg = todo.pop()
-        if cfg is None or id(cfg) in seen:
-            continue
-        seen[id(cfg)] = cfg
-        for key in getattr(cfg, "sub_configs", {}) or {}:
-            todo.append(getattr(cfg, key, None))
-    return list(seen.values())
-
-
 @contextlib.contextmanager
 def _flow_mode(model: nn.Module, implementation: str) -> Iterator[None]:
-    """Eval mode, frozen weights, the flow's attention `implementation`; everything restored exactly
-    afterwards."""
+    """The attention switch (`mre.flow.attention.switched`: eval mode, the flow's attention
+    `implementation`) with frozen weights; everything restored exactly afterwards."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    hf = _hf_model(model)
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
         raise ValueError(
             "flow engine: prompt-learning PEFT adapters prepend virtual tokens and shift every position; "
             "only weight adapters such as LoRA are supported."
         )
-    configs = _all_configs(model)
-    attn_before = [(c, c._attn_implementation_internal) for c in configs]
-    modes_before = [(m, m.training) for m in model.modules()]
     grads_before = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in grads_before:
-            p.requires_grad_(False)
+    with switched(model, implementation):
         try:
-            hf.set_attn_implementation(implementation)
-        except (ValueError, ImportError, KeyError, AttributeError) as e:
-            raise RuntimeError(f"{_EAGER_HELP}; switching {type(hf).__name__} failed: {e}") from e
-        if hf.config._attn_implementation != implementation:
-            raise RuntimeError(
-                f"{_EAGER_HELP}, but {type(hf).__name__} does not let its attention implementation be "
-                f"switched (it stays {hf.config._attn_implementation!r}); load a model whose attention "
-                "dispatches through AttentionInterface (attn_implementation='eager' must be supported)."
-            )
-        # keep gradient checkpointing working in eval mode (HF only checkpoints layers in training mode):
-        # flag the checkpointing layers themselves, not their children, so dropout stays off
-        for m in model.modules():
-            if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False):
-                m.training = True
-        yield
-    finally:
-        for c, impl in attn_before:
-            c._attn_implementation_internal = impl
-        for m, mode in modes_before:
-            m.training = mode
-        for p, flag in grads_before:
-            p.requires_grad_(flag)
+            for p, _ in grads_before:
+                p.requires_grad_(False)
+            # keep gradient checkpointing working in eval mode (HF only checkpoints layers in training
+            # mode): flag the checkpointing layers themselves, not their children, so dropout stays off
+            for m in model.modules():
+                if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False):
+                    m.training = True
+            yield
+        finally:
+            for p, flag in grads_before:
+                p.requires_grad_(flag)
 
 
 def _choice(name: str, value: Any, enum: type) -> Any:
@@ -465,7 +388,7 @@ class FlowEngine:
         self._validate(mask.cpu(), q.cpu(), text_range.cpu(), anchor_range.cpu())
 
         model = self.model
-        hf = _hf_model(model)
+        hf = hf_model(model)
         emb_layer = model.get_input_embeddings()
         if emb_layer is None:
             raise RuntimeError("FlowEngine: the model has no input embeddings (get_input_embeddings())")
@@ -512,7 +435,7 @@ class FlowEngine:
                     logits_q = logits[torch.arange(bsz, device=logits.device), q_d.to(logits.device)]
                 if not state.slots:
                     raise RuntimeError(
-                        f"{_EAGER_HELP}, but {type(hf).__name__} never called it (its attention does not "
+                        f"{EAGER_HELP}, but {type(hf).__name__} never called it (its attention does not "
                         "dispatch through AttentionInterface)."
                     )
                 loss = self._loss(logits_q, gold_d.to(logits_q.device), label_ids)

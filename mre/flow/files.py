@@ -17,8 +17,6 @@ training callback (`<run>/flow/epoch_<k>.csv`) and the analysis (`<run>/analysis
 from __future__ import annotations
 
 import csv
-import io
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,10 +25,12 @@ import numpy as np
 
 from mre.flow.engine import FlowResult
 from mre.flow.options import Normalize
+from mre.results import read_stream_csv, write_stream_csv
 from mre.stats import LayerStats, bootstrap_layer_means, bootstrap_layer_shares
 
 METRICS = ("S_wp", "S_pq", "S_ww")
 SAMPLE_COLUMNS = ["sample", "id", "layer", *METRICS, "n_wp", "n_pq", "n_ww"]
+SAMPLE_QUOTING = csv.QUOTE_MINIMAL  # the samples file is numeric: fields quoted only where needed
 LAYER_SUFFIXES = ("", "_std", "_lo", "_hi", "_n")
 LAYER_COLUMNS = ["layer", *(f"{m}{s}" for m in METRICS for s in LAYER_SUFFIXES)]
 
@@ -48,68 +48,35 @@ def _fmt(x: float) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def sample_rows(res: FlowResult, samples: Iterable[tuple[int, int, str]]) -> list[list[Any]]:
+def sample_rows(res: FlowResult, samples: Iterable[tuple[int, int, str]]) -> list[dict[str, Any]]:
     """Rows of the samples file for `(b, sample index, id)` triples of one engine result."""
     rows = []
     for b, index, rid in samples:
         for layer in range(res.n_layers):
-            rows.append(
-                [
-                    index,
-                    rid,
-                    layer,
-                    _fmt(res.s_wp[b, layer]),
-                    _fmt(res.s_pq[b, layer]),
-                    _fmt(res.s_ww[b, layer]),
-                    int(res.n_wp[b]),
-                    int(res.n_pq[b]),
-                    int(res.n_ww[b]),
-                ]
+            values = (
+                index,
+                rid,
+                layer,
+                _fmt(res.s_wp[b, layer]),
+                _fmt(res.s_pq[b, layer]),
+                _fmt(res.s_ww[b, layer]),
+                int(res.n_wp[b]),
+                int(res.n_pq[b]),
+                int(res.n_ww[b]),
             )
+            rows.append(dict(zip(SAMPLE_COLUMNS, values, strict=True)))
     return rows
 
 
-def rows_text(rows: list[list[Any]], header: bool = False) -> str:
-    """CSV text of sample rows (and the header): written with one `write` per chunk, so a killed
-    writer tears at most its last line."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if header:
-        w.writerow(SAMPLE_COLUMNS)
-    w.writerows(rows)
-    return buf.getvalue()
+def write_samples(path: Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """The whole samples file, atomically (`mre.results.write_stream_csv`, fields quoted only where
+    needed)."""
+    return write_stream_csv(path, SAMPLE_COLUMNS, rows, quoting=SAMPLE_QUOTING)
 
 
-def write_samples(path: Path, rows: list[dict[str, str]] | list[list[Any]]) -> Path:
-    """The whole samples file, atomically (temporary file + rename)."""
-    lists = [[r[c] for c in SAMPLE_COLUMNS] if isinstance(r, dict) else r for r in rows]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(rows_text(lists, header=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_samples(path: Path) -> tuple[list[dict[str, str]], bool]:
-    """Rows of a (possibly torn) samples file, and whether anything had to be dropped."""
-    if not path.exists():
-        return [], False
-    text = path.read_text(encoding="utf-8")
-    torn = bool(text) and not text.endswith("\n")
-    if torn:
-        text = text[: text.rfind("\n") + 1]
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
-        return [], torn
-    if header != SAMPLE_COLUMNS:
-        raise FlowFileError(f"{path} is not a flow samples file of this version (columns {header})")
-    rows = []
-    for rec in reader:
-        if len(rec) != len(SAMPLE_COLUMNS):
-            torn = True
-            break
-        rows.append(dict(zip(SAMPLE_COLUMNS, rec, strict=True)))
-    return rows, torn
+def read_samples(path: Path) -> list[dict[str, str]]:
+    """Rows of a (possibly torn) samples file, the torn last line dropped."""
+    return read_stream_csv(path, SAMPLE_COLUMNS)
 
 
 def complete_samples(rows: list[dict[str, str]], n_layers: int | None) -> dict[int, list[dict[str, str]]]:

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mre.config import EdgeSet
-from mre.flow.engine import _all_configs, _eager_for, _flow_mask, _hf_model
+from mre.flow.attention import eager_attention_for, self_attending_mask, switched
+from mre.flow.options import EdgeSet
 
 KNOCKOUT_ATTN_IMPLEMENTATION = "mre_knockout"
 
@@ -133,7 +133,7 @@ def _knockout_attention(module, query, key, value, attention_mask, **kwargs):
     if prompt_pass and _layer_of(module) in state.layers:
         block = state.block[:, None, :, : key.shape[-2]].to(attention_mask.device)
         attention_mask = attention_mask.masked_fill(block, torch.finfo(attention_mask.dtype).min)
-    return _eager_for(module)(module, query, key, value, attention_mask, **kwargs)
+    return eager_attention_for(module)(module, query, key, value, attention_mask, **kwargs)
 
 
 def _register() -> None:
@@ -141,7 +141,7 @@ def _register() -> None:
     from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(KNOCKOUT_ATTN_IMPLEMENTATION, _knockout_attention)
-    AttentionMaskInterface.register(KNOCKOUT_ATTN_IMPLEMENTATION, _flow_mask)
+    AttentionMaskInterface.register(KNOCKOUT_ATTN_IMPLEMENTATION, self_attending_mask)
 
 
 _register()
@@ -151,22 +151,12 @@ _register()
 def knockout(model: nn.Module, block: Tensor | None, layers: list[int]) -> Iterator[None]:
     """Run `model` (eval mode, eager attention) with the `block` edges [B, L, L] masked in `layers`
     (None: no edge blocked, the same attention path: the baseline of a comparison). The attention
-    implementation and train/eval flags are restored afterwards."""
+    implementation and train/eval flags are restored afterwards (`mre.flow.attention.switched`)."""
     global _ACTIVE
-    hf = _hf_model(model)
-    configs = _all_configs(model)
-    attn_before = [(c, c._attn_implementation_internal) for c in configs]
-    modes_before = [(m, m.training) for m in model.modules()]
-    with _LOCK:
+    with _LOCK, switched(model, KNOCKOUT_ATTN_IMPLEMENTATION):
         try:
-            model.eval()
-            hf.set_attn_implementation(KNOCKOUT_ATTN_IMPLEMENTATION)
             if block is not None:
                 _ACTIVE = _Knockout(block.bool(), frozenset(layers))
             yield
         finally:
             _ACTIVE = None
-            for c, impl in attn_before:
-                c._attn_implementation_internal = impl
-            for m, mode in modes_before:
-                m.training = mode

@@ -4,7 +4,9 @@
 computed (`backend`, `block_size`: the same numbers by either route, so not part of `measurement()`);
 the training callback (`flow:` in conf/config.yaml) and `analyze.py` (`flow:` in conf/analyze.yaml)
 extend it with *how many* samples and where, so a new measurement option is one field here and
-reaches the engine, the callback, the analysis, its resume check and both configs at once.
+reaches the engine, the callback, the analysis, its resume check and both configs at once. The
+attention knockout's options (`EdgeSet`, `KnockoutConfig`: `knockout:` of analyze.py) live here too:
+the flow layer owns them and `mre.config` only assembles them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ class Normalize(StrEnum):
     none = "none"
     per_sample = "per_sample"  # by the engine: the per-sample values are shares
     of_means = "of_means"  # by the summary (`mre.flow.files.summarize`): per-sample values stay raw
+
+
+class EdgeSet(StrEnum):
+    """Attention edges an attention knockout blocks (`mre.flow.knockout`): `text_anchor`, the anchor
+    positions reading the text; `anchor_q`, q reading the anchor; `anchor_after`, every position after
+    the anchor up to q reading it (q and the template tokens between, which can relay the anchor to
+    q around a blocked `anchor_q`)."""
+
+    text_anchor = "text_anchor"
+    anchor_q = "anchor_q"
+    anchor_after = "anchor_after"
 
 
 class Backend(StrEnum):
@@ -99,3 +112,21 @@ class FlowAnalysisConfig(FlowOptions):
     restart: bool = False  # discard a partial analysis made with other settings
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     progress: bool = True
+
+
+@dataclass
+class KnockoutConfig:
+    """`knockout:` of analyze.py: setting `layers` on a run_dir (or model config) runs the attention
+    knockout instead of the flow analysis (`mre.analysis.knockout_run`)."""
+
+    # first:k | last:k | a-b | a list of those or of layer indices, e.g. [first:5,last:5]; null: no knockout
+    layers: Any = None
+    edges: list[EdgeSet] = field(default_factory=lambda: [EdgeSet.text_anchor, EdgeSet.anchor_q])
+    n_samples: int | None = 200  # test samples (a seeded subset; null: all)
+    batch_size: int = 8
+    n_boot: int = 1000  # bootstrap resamples of each interval
+    n_perm: int = 2000  # permutations of each paired F1 test
+    max_new_tokens: int | None = None  # WLI generation budget; null: the run's eval.max_new_tokens
+    device: str = "auto"
+    progress: bool = True
+    restart: bool = False  # discard a partial knockout_samples.csv made with other settings

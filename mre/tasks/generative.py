@@ -20,19 +20,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from transformers import PreTrainedTokenizerBase
 
 from mre.data.context import TaskContext, build_context
 from mre.data.datamodule import MREDataModule
-from mre.data.prompts import PromptBuilder
 from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
 from mre.rundir import FLOW, PREDICTIONS
+from mre.tasks.answers import code_predictions, generate_answers
 from mre.tasks.base import MREModule, TaskParts, classification_metrics
 
 log = logging.getLogger(__name__)
-
-ANSWER_END = "\n"  # answers are one line: generation stops at the first newline
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -188,8 +185,8 @@ class GenerativeMRE(MREModule):
         first_answer = (batch["labels"] != -100).int().argmax(dim=1)
         q = first_answer - 1 - (batch["labels"].shape[1] - logits.shape[1])
         q_logits = logits[torch.arange(logits.shape[0], device=logits.device), q]
+        preds = code_predictions(q_logits, self.builder.code_ids)
         code_ids = torch.tensor(self.builder.code_ids, device=logits.device)
-        preds = q_logits[:, code_ids].argmax(-1)
         gold_ids = batch["target"].unsqueeze(1) == code_ids.unsqueeze(0)
         golds = torch.where(gold_ids.any(1), gold_ids.int().argmax(1), len(self.builder.labels))
         return preds, golds
@@ -209,36 +206,3 @@ class GenerativeMRE(MREModule):
             return gold == pred
         fmt = self.builder.wli_format
         return sorted(fmt.parse(gold)) == sorted(fmt.parse(pred))
-
-
-@torch.no_grad()
-def generate_answers(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    builder: PromptBuilder,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    max_new_tokens: int,
-) -> list[str]:
-    """Greedy, batched, KV-cached decoding of left-padded prompts; returns answer strings. The one
-    decoding of the project: evaluation and the attention knockout answer alike.
-
-    An answer is one line (`WLIFormat` refuses line breaks), so a sequence stops at the end of turn or
-    EOS (`stop_ids`) and at a newline: a model that never ends its answer would otherwise write the
-    rest of a prompt into the last span. A stopped sequence's text may still hold the stop string (a
-    token can carry more than the newline), so the text is cut at its first newline."""
-    out = model.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        use_cache=True,
-        eos_token_id=builder.stop_ids,
-        stop_strings=[ANSWER_END],
-        tokenizer=tokenizer,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    new = out[:, prompt_ids.shape[1] :]
-    texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [t.split(ANSWER_END, 1)[0].strip() for t in texts]
