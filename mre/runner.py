@@ -172,7 +172,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one configuration; returns the flat test metrics written to metrics.json."""
     if cfg.get("resume"):
         cfg = resume_config(cfg)
-    check_model_config(cfg.model)
+    check_model_config(OmegaConf.to_object(cfg.model))
     check_trainer(cfg)
     run_dir = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, run_dir)

@@ -17,17 +17,16 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 from mre.config import (
     CONF_DIR,
     SLUG_MAX,
-    DatasetConfig,
-    DirectionConfig,
-    ModelConfig,
     OptimConfig,
-    VerbalizerConfig,
     compose,
     job_dir_name,
     register_configs,
 )
 from mre.data.context import build_context
+from mre.data.options import DatasetConfig, DirectionConfig
 from mre.data.prompts import PromptError
+from mre.model_options import ModelConfig
+from mre.tasks.fewshot.options import VerbalizerConfig
 from tests.conftest import REPO, shared_data
 
 DATASETS = sorted(p.stem for p in (CONF_DIR / "dataset").glob("*.yaml"))
@@ -93,7 +92,7 @@ GROUP_SCHEMA = {
 
 @pytest.mark.parametrize("group", sorted(GROUP_SCHEMA))
 def test_group_files_do_not_restate_schema_defaults(group):
-    """Defaults live in mre/config.py only: a group file sets what makes its choice different."""
+    """Defaults live once, in the options each layer owns: a group file sets what makes its choice differ."""
     schema = OmegaConf.structured(GROUP_SCHEMA[group])
     restated = []
     for path in sorted((CONF_DIR / group).rglob("*.yaml")):

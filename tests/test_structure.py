@@ -82,7 +82,7 @@ def test_every_registered_task_has_a_build_function():
     import importlib
     import inspect
 
-    from mre.config import TASK_MODULES, TaskName
+    from mre.tasks import TASK_MODULES, TaskName
 
     assert {t.value for t in TaskName} == set(TASK_MODULES)
     for module in TASK_MODULES.values():

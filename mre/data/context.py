@@ -12,24 +12,39 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
 from mre.data.anchors import control_anchors
 from mre.data.dataset import load_splits
+from mre.data.options import ChatTemplate, DatasetConfig, DirectionConfig, PromptConfig
 from mre.data.prompts import Encoded, Fields, PromptBuilder, PromptError, has_chat_template
-from mre.data.record import DataFormatError, Record
+from mre.data.record import DataFormatError, OnBadRow, Record
 from mre.data.splits import Splits
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
 from mre.data.wli_format import WLIFormat
 from mre.hub import model_folder
+from mre.model_options import ModelConfig, ModelKind
 from mre.setting import AnchorKind, Setting
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "dev", "test")
 STAGE_SPLIT = {"train": "train", "val": "dev", "test": "test"}  # Lightning stage -> split
+
+
+class RunOptions(Protocol):
+    """What the data layer reads of a run's options: `mre.config.Config` or `AnalyzeConfig` (their
+    dataclasses, or the structured DictConfig Hydra composed, which holds the same typed values)."""
+
+    dataset: DatasetConfig
+    direction: DirectionConfig
+    prompt: PromptConfig
+    model: ModelConfig
+    paths: Any  # `paths.cache_dir`: trained tiny tokenizers and converted weights
+    with_anchor: bool
+    anchor_kind: AnchorKind
 
 
 @dataclass(frozen=True)
@@ -72,13 +87,13 @@ class TaskContext:
         return self._by_index[STAGE_SPLIT.get(split, split)][index]
 
 
-def wli_format_of(cfg: Any) -> WLIFormat:
+def wli_format_of(cfg: RunOptions) -> WLIFormat:
     """The WLI serialization of `prompt.pair_sep`, `kv_sep` and `empty`."""
     p = cfg.prompt
     return WLIFormat(p.pair_sep, p.kv_sep, p.empty)
 
 
-def tokenizer_corpus(records: list[Record], cfg: Any, lang: str) -> list[str]:
+def tokenizer_corpus(records: list[Record], cfg: RunOptions, lang: str) -> list[str]:
     """Training texts for a tiny tokenizer: every field a prompt of either direction can hold."""
     f = cfg.prompt.fields[lang]
     fmt = wli_format_of(cfg)
@@ -92,37 +107,36 @@ def tokenizer_corpus(records: list[Record], cfg: Any, lang: str) -> list[str]:
 
 
 def make_tokenizer(
-    cfg: Any, splits: Splits, language: str, path: str | Path | None = None
+    cfg: RunOptions, splits: Splits, language: str, path: str | Path | None = None
 ) -> PreTrainedTokenizerBase:
     """The tokenizer at `path` (e.g. a run's saved model), the pretrained model's, or a tiny one
     trained on the training split (the dev/test characters join its alphabet, never its merges)."""
-    if path is None and str(cfg.model.kind) == "pretrained":
+    if path is None and cfg.model.kind is ModelKind.pretrained:
         path = model_folder(cfg.model, cfg.paths.cache_dir)
     if path is not None:
         return load_tokenizer(path)
     held_out_chars = "".join(r.text + "".join(p.span for p in r.wli) for r in splits.dev + splits.test)
     return train_tiny_tokenizer(
         tokenizer_corpus(splits.train, cfg, language),
-        kind=str(cfg.model.tokenizer.kind),
+        kind=cfg.model.tokenizer.kind,
         vocab_size=cfg.model.tokenizer.vocab_size,
         cache_dir=cfg.paths.cache_dir,
         extra_alphabet=held_out_chars,
     )
 
 
-def use_chat_template(cfg: Any, tokenizer: PreTrainedTokenizerBase) -> bool:
+def use_chat_template(choice: ChatTemplate, tokenizer: PreTrainedTokenizerBase) -> bool:
     """`prompt.chat_template`: on, off, or auto (on when the tokenizer has a template)."""
-    choice = str(cfg.prompt.chat_template)
-    if choice == "on" and not has_chat_template(tokenizer):
+    if choice is ChatTemplate.on and not has_chat_template(tokenizer):
         raise PromptError(
             f"prompt.chat_template=on, but tokenizer {type(tokenizer).__name__} has no chat template; use "
             "prompt.chat_template=auto (or off) for plain prompts"
         )
-    return choice == "on" or (choice == "auto" and has_chat_template(tokenizer))
+    return choice is ChatTemplate.on or (choice is ChatTemplate.auto and has_chat_template(tokenizer))
 
 
 def make_builder(
-    cfg: Any, setting: Setting, tokenizer: PreTrainedTokenizerBase, labels: list[str], language: str
+    cfg: RunOptions, setting: Setting, tokenizer: PreTrainedTokenizerBase, labels: list[str], language: str
 ) -> PromptBuilder:
     """The prompt builder of a setting, with the config's fields, instruction and serialization."""
     p = cfg.prompt
@@ -134,13 +148,13 @@ def make_builder(
         fields=Fields(f.text, f.tli, f.wli, f.answer),
         labels=labels,
         wli_format=wli_format_of(cfg),
-        code_scheme=str(p.code_scheme),
+        code_scheme=p.code_scheme,
         max_length=p.max_length,
-        chat=use_chat_template(cfg, tokenizer),
+        chat=use_chat_template(p.chat_template, tokenizer),
     )
 
 
-def require_text_labels(splits: Splits, setting: Setting, on_bad_row: str) -> Splits:
+def require_text_labels(splits: Splits, setting: Setting, on_bad_row: OnBadRow) -> Splits:
     """Records without a text label in a setting that needs one (TLI output or a TLI anchor) are bad
     rows: an error naming where the first was read, or skipped and counted (`on_bad_row=skip`)."""
     if not (setting.is_tli or setting.with_anchor):
@@ -150,7 +164,7 @@ def require_text_labels(splits: Splits, setting: Setting, on_bad_row: str) -> Sp
     if not missing or len(missing) == len(records):  # all: the builder says what the data set offers
         return splits
     need = f"{setting.describe()} needs one"
-    if on_bad_row != "skip":
+    if on_bad_row is not OnBadRow.skip:
         raise DataFormatError(
             f"{missing[0].where()}: no text label, but {need} ({len(missing)} such rows; "
             "set dataset.on_bad_row=skip to skip them)"
@@ -174,7 +188,7 @@ def _controls(setting: Setting, builder: PromptBuilder, splits: dict[str, list[R
 
 
 def _comparable_drops(
-    cfg: Any, setting: Setting, tokenizer, labels, language, test: list[Record]
+    cfg: RunOptions, setting: Setting, tokenizer, labels, language, test: list[Record]
 ) -> set[int]:
     """Test samples whose prompt fits in this setting but not with another anchor (none, gold,
     shuffled, random): every setting of a direction drops them, so any two can be compared on the
@@ -193,13 +207,13 @@ def _comparable_drops(
 
 
 def build_context(
-    cfg: Any, setting: Setting | None = None, tokenizer_path: str | Path | None = None
+    cfg: RunOptions, setting: Setting | None = None, tokenizer_path: str | Path | None = None
 ) -> TaskContext:
     """The context of a composed config (its own setting unless `setting` is given)."""
     setting = setting or Setting.from_config(cfg)
     language = str(cfg.dataset.language)
     splits = load_splits(cfg.dataset, wli_format_of(cfg))  # pairs the answer format cannot hold: bad rows
-    splits = require_text_labels(splits, setting, str(cfg.dataset.on_bad_row))
+    splits = require_text_labels(splits, setting, cfg.dataset.on_bad_row)
     tokenizer = make_tokenizer(cfg, splits, language, tokenizer_path)
     labels = sorted({r.tli for r in splits.train if r.tli is not None})
     builder = make_builder(cfg, setting, tokenizer, labels, language)

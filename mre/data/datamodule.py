@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from mre.data.batches import Collator, SplitDataModule
 from mre.data.context import TaskContext
+from mre.data.options import DataConfig
 from mre.data.prompts import Encoded
 
 
 class MREDataModule(SplitDataModule):
     """Train (shuffled, seeded; optionally grouped by length), dev and test loaders of one setting."""
 
-    def __init__(self, context: TaskContext, data_cfg, seed: int = 42) -> None:
+    def __init__(self, context: TaskContext, data_cfg: DataConfig, seed: int = 42) -> None:
         super().__init__(data_cfg.batch_size, data_cfg.eval_batch_size, data_cfg.num_workers, seed)
         self.context, self.group_by_length = context, data_cfg.group_by_length
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from mre.data.options import DatasetConfig, Source
 from mre.data.readers import load_source
 from mre.data.record import Record
 from mre.data.splits import Splits, make_splits
@@ -12,21 +12,15 @@ from mre.data.synthetic import generate
 from mre.data.wli_format import WLIFormat
 
 
-def _value(x: Any) -> Any:
-    """Enum members from structured configs -> their plain values."""
-    return getattr(x, "value", x)
-
-
-def load_sources(ds: Any, wli_format: WLIFormat | None = None) -> dict[str, list[Record]]:
+def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict[str, list[Record]]:
     """Records of a dataset config by named split; a missing path says what file is expected. With
     `wli_format`, a read WLI pair that format cannot serialize is a bad row."""
-    source = _value(ds.source)
-    if source == "synthetic":
+    if ds.source is Source.synthetic:
         s = ds.synthetic
         recs = generate(
             s.n,
             n_classes=s.n_classes,
-            language=_value(ds.language),
+            language=ds.language.value,
             seed=s.seed,
             wli_helps_tli=s.wli_helps_tli,
             tli_helps_wli=s.tli_helps_wli,
@@ -35,19 +29,19 @@ def load_sources(ds: Any, wli_format: WLIFormat | None = None) -> dict[str, list
     if ds.path is None or not Path(ds.path).exists():
         where = "no path was given" if ds.path is None else f"{ds.path} does not exist"
         raise FileNotFoundError(
-            f"dataset {ds.name!r}: {where}. Expected {ds.expected or 'a ' + source + ' file'}; "
+            f"dataset {ds.name!r}: {where}. Expected {ds.expected or f'a {ds.source} file'}; "
             f"give it with dataset.path=/path/to/it"
         )
     return load_source(
-        source,
+        ds.source.value,
         ds.path,
-        on_bad_row=_value(ds.on_bad_row),
+        on_bad_row=ds.on_bad_row,
         sort_multi_labels=ds.sort_multi_labels,
         wli_format=wli_format,
     )
 
 
-def load_splits(ds: Any, wli_format: WLIFormat | None = None) -> Splits:
+def load_splits(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> Splits:
     """The seeded train/dev/test splits of a dataset config (`dataset.n_train`, ...); `wli_format`:
     as in `load_sources`."""
     return make_splits(load_sources(ds, wli_format), ds.n_train, ds.n_test, ds.n_dev, ds.split_seed)

@@ -38,18 +38,19 @@ from dataclasses import dataclass, field, replace
 
 from transformers import PreTrainedTokenizerBase
 
+from mre.data.options import CodeScheme
 from mre.data.record import Record
 from mre.data.wli_format import WLIFormat
 from mre.setting import AnchorKind, Setting
 
 log = logging.getLogger(__name__)
 
-CODE_SCHEMES: dict[str, str] = {
-    "digits": "123456789",  # the paper's class numbers, from 1
-    "letters": string.ascii_uppercase,
-    "lower": string.ascii_lowercase,
+# the codes of each scheme; `CodeScheme.auto`: the first of these that works for the labels and tokenizer
+CODE_SCHEMES: dict[CodeScheme, str] = {
+    CodeScheme.digits: "123456789",  # the paper's class numbers, from 1
+    CodeScheme.letters: string.ascii_uppercase,
+    CodeScheme.lower: string.ascii_lowercase,
 }
-AUTO = "auto"  # digits, else letters, else lower: the first scheme that works for the labels and tokenizer
 
 
 class PromptError(ValueError):
@@ -116,7 +117,7 @@ class PromptBuilder:
     fields: Fields
     labels: list[str]
     wli_format: WLIFormat = field(default_factory=WLIFormat)
-    code_scheme: str = AUTO
+    code_scheme: CodeScheme = CodeScheme.auto
     max_length: int = 256
     chat: bool = False
     dropped: Counter = field(default_factory=Counter)
@@ -125,7 +126,7 @@ class PromptBuilder:
     control: dict[str, str] = field(default_factory=dict)  # record id -> control anchor (not gold)
 
     def __post_init__(self) -> None:
-        self.code_scheme = str(self.code_scheme)
+        self.code_scheme = CodeScheme(self.code_scheme)
         if self.chat and not has_chat_template(self.tokenizer):
             raise PromptError(
                 f"prompt.chat_template=on, but tokenizer {type(self.tokenizer).__name__} has no chat "
@@ -161,21 +162,18 @@ class PromptBuilder:
             return ids, codes[0]
         return ids, None
 
-    def _choose_codes(self) -> tuple[str, list[str], list[int]]:
+    def _choose_codes(self) -> tuple[CodeScheme, list[str], list[int]]:
         """The scheme, codes and their token ids; fails naming the offending code and a scheme that works."""
-        if self.code_scheme != AUTO and self.code_scheme not in CODE_SCHEMES:
-            raise PromptError(
-                f"code_scheme must be auto or one of {sorted(CODE_SCHEMES)}, got {self.code_scheme!r}"
-            )
+        auto = self.code_scheme is CodeScheme.auto
         fits = [k for k, v in CODE_SCHEMES.items() if len(v) >= len(self.labels)]
-        if self.code_scheme != AUTO and self.code_scheme not in fits:
+        if not auto and self.code_scheme not in fits:
             n = len(CODE_SCHEMES[self.code_scheme])
             raise PromptError(
-                f"code_scheme {self.code_scheme!r} has {n} codes but the data set has {len(self.labels)} "
-                f"text labels; choose a scheme with enough codes: {fits or '(none)'}"
+                f"code_scheme '{self.code_scheme}' has {n} codes but the data set has {len(self.labels)} "
+                f"text labels; choose a scheme with enough codes: {[str(k) for k in fits] or '(none)'}"
             )
-        failures: dict[str, str] = {}
-        for scheme in fits if self.code_scheme == AUTO else [self.code_scheme]:
+        failures: dict[CodeScheme, str] = {}
+        for scheme in fits if auto else [self.code_scheme]:
             codes = list(CODE_SCHEMES[scheme][: len(self.labels)])
             ids, bad = self._code_token_ids(codes)
             if bad is None:
@@ -188,7 +186,7 @@ class PromptBuilder:
             and self._code_token_ids(list(CODE_SCHEMES[s][: len(self.labels)]))[1] is None
         ]
         hint = f"use prompt.code_scheme={others[0]}" if others else "no built-in code scheme works"
-        what = "; ".join(f"code {bad!r} of scheme {s!r}" for s, bad in failures.items())
+        what = "; ".join(f"code {bad!r} of scheme '{s}'" for s, bad in failures.items())
         raise PromptError(
             f"TLI codes must be exactly one distinct token each in answer position under tokenizer "
             f"{type(self.tokenizer).__name__}, and {what} is not; {hint}"

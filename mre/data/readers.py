@@ -22,7 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from mre.data.record import DataFormatError, OnBadRow, Record, RowIssues, WLIPair
 from mre.data.wli_format import WLIFormat
@@ -614,7 +614,7 @@ def _file_sources(path: Path, fmt: str) -> dict[str, Path]:
 def load_source(
     fmt: str,
     path: str | Path,
-    on_bad_row: OnBadRow = "error",
+    on_bad_row: OnBadRow = OnBadRow.error,
     sort_multi_labels: bool = False,
     wli_format: WLIFormat | None = None,
 ) -> dict[str, list[Record]]:
@@ -626,8 +626,7 @@ def load_source(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown data format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    if on_bad_row not in get_args(OnBadRow):
-        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    on_bad_row = OnBadRow(on_bad_row)  # before any file is read
     path = Path(path)
     if not path.exists():
         raise _missing(path, fmt)

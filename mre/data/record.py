@@ -1,6 +1,6 @@
 """The one record type every reader produces, and the bad-row policy shared by all readers.
 
-A record is `{"id", "text", "tli", "wli": [{"type", "span", "start", "end"}]}` (see DESIGN.md).
+A record is `{"id", "text", "tli", "wli": [{"type", "span", "start", "end"}]}` (see docs/design.md).
 Readers never raise bare exceptions on bad rows: they go through `RowIssues`, which either
 stops with a `DataFormatError` naming file, line and problem (`on_bad_row="error"`) or counts
 the row as skipped with its reason (`on_bad_row="skip"`), so one policy governs every format.
@@ -13,11 +13,18 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+from mre.setting import StrEnum
 
 log = logging.getLogger(__name__)
 
-OnBadRow = Literal["error", "skip"]
+
+class OnBadRow(StrEnum):
+    """What a reader does with a bad row: stop naming it, or skip and count it (`dataset.on_bad_row`)."""
+
+    error = "error"
+    skip = "skip"
 
 
 class DataFormatError(ValueError):
@@ -94,18 +101,16 @@ class RowIssues:
     is a bad row like any other, named where it was read instead of cut silently later."""
 
     def __init__(
-        self, path: str | Path, on_bad_row: OnBadRow = "error", wli_check: PairsCheck | None = None
+        self, path: str | Path, on_bad_row: OnBadRow = OnBadRow.error, wli_check: PairsCheck | None = None
     ) -> None:
-        if on_bad_row not in ("error", "skip"):
-            raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
         self.path = str(path)
-        self.on_bad_row = on_bad_row
+        self.on_bad_row = OnBadRow(on_bad_row)  # a plain "skip" too; anything else is a ValueError
         self.wli_check = wli_check
         self.skipped: Counter[str] = Counter()
 
     def bad(self, line: int, problem: str) -> None:
         """Report a bad row at a 1-based line (or item) number: raise, or count it as skipped."""
-        if self.on_bad_row == "error":
+        if self.on_bad_row is OnBadRow.error:
             raise DataFormatError(
                 f"{self.path}, line {line}: {problem} (set dataset.on_bad_row=skip to skip such rows)"
             )

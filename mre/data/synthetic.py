@@ -50,9 +50,9 @@ from __future__ import annotations
 import random
 import re
 
+from mre.data.options import Language
 from mre.data.record import Record, WLIPair
 
-LANGUAGES = ("en", "ja")
 MAX_CLASSES = 8
 CUE_STRENGTH = 0.25
 P_B_SLOT = 0.5
@@ -127,7 +127,7 @@ def _make_names(language: str, count: int) -> list[str]:
     names: list[str] = []
     seen: set[str] = set()
     while len(names) < count:
-        if language == "en":
+        if Language(language) is Language.en:
             onset = "bdfgklmnprstvz"
             name = (
                 rng.choice(onset)
@@ -146,8 +146,8 @@ def _make_names(language: str, count: int) -> list[str]:
 
 
 def _check_language(language: str) -> None:
-    if language not in LANGUAGES:
-        raise ValueError(f"language must be one of {list(LANGUAGES)}, got {language!r}")
+    if language not in set(Language):
+        raise ValueError(f"language must be one of {[str(x) for x in Language]}, got {language!r}")
 
 
 def _check_n_classes(n_classes: int) -> None:

@@ -26,11 +26,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mre.hub import WeightsError
+from mre.model_options import TokenizerKind
 
 log = logging.getLogger(__name__)
 
 SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-TINY_KINDS = ("bpe", "llama")
 BUILD_VERSION = 2  # part of the cache key: bump when a builder below changes
 T5_SPECIALS = {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
@@ -94,7 +94,7 @@ def _wrap(tok: Tokenizer, specials: dict[str, str], add_bos: bool) -> PreTrained
 
 def train_tiny_tokenizer(
     texts: Iterable[str],
-    kind: str = "bpe",
+    kind: TokenizerKind = TokenizerKind.bpe,
     vocab_size: int = 2000,
     cache_dir: str | Path | None = None,
     extra_alphabet: str = "",
@@ -106,18 +106,19 @@ def train_tiny_tokenizer(
     dev/test texts: the alphabet, not the merges, so no statistics leak from held-out data).
     `seq2seq=True` makes a T5-style tokenizer: no BOS, EOS appended, sentinel `<extra_id_0..9>`.
     """
-    if kind not in TINY_KINDS:
-        raise ValueError(f"tokenizer kind must be one of {TINY_KINDS}, got {kind!r}")
+    kind = TokenizerKind(kind)  # a plain "bpe" too; anything else is a ValueError naming the enum
     texts = list(texts)
     specials = dict(T5_SPECIALS if seq2seq else SPECIALS)
     special_list = list(specials.values()) + ([f"<extra_id_{i}>" for i in range(10)] if seq2seq else [])
     alphabet = "".join(sorted(set("".join(texts)) | set(extra_alphabet) | set(string.printable)))
-    key = _corpus_key(kind + ("-s2s" if seq2seq else ""), vocab_size, texts, alphabet, ",".join(special_list))
+    key = _corpus_key(
+        kind.value + ("-s2s" if seq2seq else ""), vocab_size, texts, alphabet, ",".join(special_list)
+    )
     cache = Path(cache_dir or os.environ.get("MRE_CACHE", Path.home() / ".cache" / "mre-flow")) / "tokenizers"
     path = cache / f"{kind}-{key}"
     if (path / "tokenizer.json").exists():
         return _load_cached(path)
-    builder = _build_bpe if kind == "bpe" else _build_llama
+    builder = _build_bpe if kind is TokenizerKind.bpe else _build_llama
     tok, trainer = builder(vocab_size, list(alphabet), special_list)
     tok.train_from_iterator([*texts, alphabet], trainer=trainer)
     if seq2seq:

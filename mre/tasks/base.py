@@ -10,11 +10,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import OmegaConf
 from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mre.model_options import ModelConfig
 from mre.models import build_model, save_for_tools
 from mre.optim import adamw_with_warmup
 from mre.results import gather_rows, write_jsonl
@@ -28,6 +29,12 @@ class TaskParts:
     module: MREModule
     title: str  # printed above the test metrics, e.g. "snips | tli | anchor=True"
     callbacks: list[L.Callback] = field(default_factory=list)  # the task's own, after conf/callbacks
+
+
+def plain_options(options: Any) -> dict[str, Any]:
+    """An options object (a dataclass, or its DictConfig) as plain values for `save_hyperparameters`
+    and the loggers: enums as their values, interpolations resolved."""
+    return OmegaConf.to_container(OmegaConf.structured(options), resolve=True, enum_to_str=True)
 
 
 def classification_metrics(n_labels: int) -> MetricCollection:
@@ -51,8 +58,8 @@ class MREModule(L.LightningModule):
 
     def __init__(
         self,
-        model_cfg: DictConfig,
-        optim_cfg: DictConfig,
+        model_cfg: ModelConfig,
+        optim_cfg: Any,  # mre.config.OptimConfig (read by mre.optim.adamw_with_warmup)
         tokenizer: PreTrainedTokenizerBase,
         seed: int = 42,
         cache_dir: str | None = None,

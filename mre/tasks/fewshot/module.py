@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
 from mre.data.batches import position_ids
-from mre.tasks.base import MREModule, classification_metrics
+from mre.model_options import ModelConfig
+from mre.tasks.base import MREModule, classification_metrics, plain_options
 from mre.tasks.fewshot.data import Collate, Example, FewShotContext
+from mre.tasks.fewshot.options import Aggregate, MultiToken
 from mre.tasks.fewshot.verbalizer import Verbalizer, VerbalizerHead
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,13 @@ class PromptClassifier(MREModule):
 
     def __init__(
         self,
-        model_cfg: DictConfig,
-        optim_cfg: DictConfig,
+        model_cfg: ModelConfig,
+        optim_cfg: Any,  # mre.config.OptimConfig
         context: FewShotContext,
         verbalizer: Verbalizer,
         pieces: list[list[list[int]]],
-        multi_token: str = "mean",
-        aggregate: str = "mean_logprob",
+        multi_token: MultiToken = MultiToken.mean,
+        aggregate: Aggregate = Aggregate.mean_logprob,
         calibrate: bool = False,
         learn_weights: bool = False,
         mask_id: int | None = None,
@@ -87,8 +89,8 @@ class PromptClassifier(MREModule):
         super().__init__(model_cfg, optim_cfg, context.tokenizer, seed, cache_dir, predictions_path, model)
         self.save_hyperparameters(
             {
-                "model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
-                "optim": OmegaConf.to_container(optim_cfg, resolve=True, enum_to_str=True),
+                "model": plain_options(model_cfg),
+                "optim": plain_options(optim_cfg),
                 "verbalizer": verbalizer.as_dict(),
                 "multi_token": str(multi_token),
                 "aggregate": str(aggregate),

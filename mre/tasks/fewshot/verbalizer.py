@@ -26,21 +26,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from mre.data.record import Record
+from mre.setting import StrEnum
+from mre.tasks.fewshot.options import Aggregate, LabelForm, MultiToken, WordUnit
 
 log = logging.getLogger(__name__)
 
-KINDS = ("manual", "knowledgeable")
-SOURCES = ("train", "fewshot")
-UNITS = ("word", "span")
-LABEL_FORMS = ("words", "raw")
-MULTI_TOKEN = ("first", "mean", "max")
-AGGREGATES = ("mean_logprob", "sum_prob")
 EPS = 1e-15
+Choice = TypeVar("Choice", bound=StrEnum)
 PiecesOf = Callable[[str], list[int]]  # a label word -> the token ids it is scored by
 
 
@@ -48,11 +46,13 @@ class VerbalizerError(ValueError):
     """A verbalizer cannot be built, read or used."""
 
 
-def check_choice(name: str, value: str, choices: Sequence[str]) -> str:
-    """Fail with the valid choices when a string option is not one of them."""
-    if value not in choices:
-        raise VerbalizerError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-    return value
+def check_choice(name: str, value: object, choices: type[Choice]) -> Choice:
+    """The member of the option's enum (a plain value too, for callers outside a config); a value that is
+    none of them fails naming the valid ones."""
+    try:
+        return choices(value)
+    except ValueError:
+        raise VerbalizerError(f"{name} must be one of {', '.join(choices)}; got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -77,18 +77,19 @@ class Verbalizer:
 
 
 # ---------- building ----------
-def label_word(label: str, form: str = "words") -> str:
+def label_word(label: str, form: LabelForm = LabelForm.words) -> str:
     """A label as a label word: `words` splits CamelCase / snake_case and lowercases
     (`PlayMusic` -> `play music`, `Sports` -> `sports`); `raw` keeps it as it is."""
-    check_choice("verbalizer.label_form", form, LABEL_FORMS)
-    if form == "raw":
+    if check_choice("verbalizer.label_form", form, LabelForm) is LabelForm.raw:
         return label
     spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", label)
     return " ".join(spaced.replace("_", " ").replace("-", " ").split()).lower()
 
 
 def manual_verbalizer(
-    labels: Sequence[str], words: Mapping[str, Sequence[str]] | None = None, label_form: str = "words"
+    labels: Sequence[str],
+    words: Mapping[str, Sequence[str]] | None = None,
+    label_form: LabelForm = LabelForm.words,
 ) -> Verbalizer:
     """The label names as label words, or the user's words for the classes that have some."""
     words = dict(words or {})
@@ -110,20 +111,22 @@ def manual_verbalizer(
 _STRIP = string.punctuation + "「」『』（）【】、。・！？"
 
 
-def wli_units(record: Record, unit: str = "word") -> list[str]:
+def wli_units(record: Record, unit: WordUnit = WordUnit.word) -> list[str]:
     """The knowledge units of a record: its WLI spans lowercased, split into words (`word`) or kept
     whole (`span`). Commas separate words too (they separate words in the verbalizer file);
     punctuation around a word is stripped."""
-    check_choice("verbalizer.unit", unit, UNITS)
+    whole = check_choice("verbalizer.unit", unit, WordUnit) is WordUnit.span
     out: list[str] = []
     for p in record.wli:
         text = p.span.lower().replace(",", " ")
-        parts = text.split() if unit == "word" else [" ".join(text.split())]
+        parts = [" ".join(text.split())] if whole else text.split()
         out += [w for w in (x.strip(_STRIP) for x in parts) if w]
     return out
 
 
-def count_wli(records: Iterable[Record], labels: Sequence[str], unit: str = "word") -> dict[str, Counter]:
+def count_wli(
+    records: Iterable[Record], labels: Sequence[str], unit: WordUnit = WordUnit.word
+) -> dict[str, Counter]:
     """Occurrences of every WLI unit per class (records of other or no labels are ignored)."""
     counts: dict[str, Counter] = {lab: Counter() for lab in labels}
     for r in records:
@@ -149,10 +152,10 @@ def knowledgeable_verbalizer(
     top_k: int = 100,
     min_count: int = 1,
     drop_shared: bool = False,
-    unit: str = "word",
+    unit: WordUnit = WordUnit.word,
     max_pieces: int | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
-    label_form: str = "words",
+    label_form: LabelForm = LabelForm.words,
     strip_space_piece: bool = True,
     source_name: str = "the training records",
     pieces_of: PiecesOf | None = None,
@@ -270,7 +273,7 @@ def tokenize_verbalizer(
     verbalizer: Verbalizer,
     tokenizer: PreTrainedTokenizerBase,
     strip_space_piece: bool = True,
-    label_form: str = "words",
+    label_form: LabelForm = LabelForm.words,
     pieces_of: PiecesOf | None = None,
 ) -> tuple[Verbalizer, list[list[list[int]]]]:
     """The pieces of every word (`word_pieces`, or `pieces_of` for pieces in the prompt's context). A
@@ -322,14 +325,14 @@ class VerbalizerHead(torch.nn.Module):
     def __init__(
         self,
         pieces: Sequence[Sequence[Sequence[int]]],
-        multi_token: str = "mean",
-        aggregate: str = "mean_logprob",
+        multi_token: MultiToken = MultiToken.mean,
+        aggregate: Aggregate = Aggregate.mean_logprob,
         calibrate: bool = False,
         learn_weights: bool = False,
     ) -> None:
         super().__init__()
-        self.multi_token = check_choice("verbalizer.multi_token", multi_token, MULTI_TOKEN)
-        self.aggregate = check_choice("verbalizer.aggregate", aggregate, AGGREGATES)
+        self.multi_token = check_choice("verbalizer.multi_token", multi_token, MultiToken)
+        self.aggregate = check_choice("verbalizer.aggregate", aggregate, Aggregate)
         self.calibrate = calibrate
         flat = [p for cls in pieces for p in cls]
         if not flat or any(not cls for cls in pieces) or any(not p for p in flat):
@@ -362,9 +365,9 @@ class VerbalizerHead(torch.nn.Module):
     def word_logits(self, vocab_logits: torch.Tensor) -> torch.Tensor:
         """B x W: one score per label word, reduced over its pieces."""
         z = vocab_logits[:, self.piece_ids]  # B x W x P
-        if self.multi_token == "first":
+        if self.multi_token is MultiToken.first:
             return z[..., 0]
-        if self.multi_token == "mean":
+        if self.multi_token is MultiToken.mean:
             m = self.piece_mask.to(z.dtype)
             return (z * m).sum(-1) / m.sum(-1)
         return z.masked_fill(~self.piece_mask, float("-inf")).amax(-1)
@@ -392,7 +395,7 @@ class VerbalizerHead(torch.nn.Module):
         """B x C class scores (see the class docstring)."""
         p = self.word_probs(vocab_logits)[:, self.class_index]  # B x C x Wc
         a = self.class_weights()
-        if self.aggregate == "mean_logprob":
+        if self.aggregate is Aggregate.mean_logprob:
             return (torch.log(p + EPS) * a).sum(-1)
         b = a * self.class_mask.sum(-1, keepdim=True)
         return torch.log((p * b).sum(-1) + EPS)
