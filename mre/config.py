@@ -13,9 +13,7 @@ free-form dicts instantiated with `_target_`.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from mre.data.options import DataConfig, DatasetConfig, DirectionConfig, PromptConfig
 from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig, KnockoutConfig
+from mre.jobdirs import job_dir
 from mre.model_options import ModelConfig
 from mre.rundir import ANALYSIS, CONFIG, RunDirError, resolve_run_dir
 from mre.setting import AnchorKind, StrEnum
@@ -167,30 +166,9 @@ class AnalyzeConfig:
 # registration and composition
 # --------------------------------------------------------------------------------------------------
 
-SLUG_MAX = 80
-
 
 class RunConfigError(ValueError):
     """A run directory's saved config cannot be used with this version."""
-
-
-def job_dir_name(num: Any, override_dirname: str) -> str:
-    """A sweep job's directory name: `<num>_<overrides>`, path-safe (no `/`, `=` or `,`), a path value
-    shortened to its last part, and at most SLUG_MAX characters after the number: whole overrides are
-    left out from the end (never half a value: `seed-4` for `seed=42` would mislead) and a hash keeps
-    two long override lists apart. The full list is in `<job dir>/.hydra/overrides.yaml`."""
-    parts = []
-    for item in filter(None, str(override_dirname).split(",")):
-        key, sep, value = item.partition("=")
-        value = Path(value).name or value if sep and "/" in value else value
-        parts.append(re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{key}-{value}" if sep else key).strip("_"))
-    slug = "_".join(parts)
-    if len(slug) > SLUG_MAX:
-        digest = hashlib.sha1(str(override_dirname).encode("utf-8")).hexdigest()[:8]
-        while parts and len("_".join(parts)) > SLUG_MAX - 9:
-            parts.pop()
-        slug = "_".join([*parts, digest])
-    return f"{num}_{slug}" if slug else str(num)
 
 
 def analysis_dir(output_dir: str | None, run_dir: str | None, sweep_dir: str | None, default: str) -> str:
@@ -243,7 +221,7 @@ def register_configs() -> None:
     cs.store(name="base_config", node=Config)
     cs.store(name="analyze_base", node=AnalyzeConfig)
     resolvers = {
-        "mre_job_dir": job_dir_name,
+        "mre_job_dir": job_dir,
         "mre_analysis_dir": analysis_dir,
         "mre_root": project_root,
         "mre_run_id": run_id,

@@ -75,6 +75,8 @@ def sweep(tmp_path_factory) -> Path:
     assert out.returncode == 0, out.stderr[-4000:]
     runs = sorted(p for p in root.iterdir() if p.is_dir())
     assert len(runs) == 2 and all((r / "metrics.json").exists() for r in runs)
+    # a job directory says what the sweep varied; the many fixed overrides are cut
+    assert [r.name for r in runs] == ["0_with_anchor-False", "1_with_anchor-True"]
     return root
 
 

@@ -25,9 +25,10 @@ from mre.data.context import TaskContext, build_context
 from mre.data.datamodule import MREDataModule
 from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
+from mre.model_options import ModelConfig
 from mre.rundir import FLOW, PREDICTIONS
 from mre.tasks.answers import code_predictions, generate_answers
-from mre.tasks.base import MREModule, TaskParts, classification_metrics
+from mre.tasks.base import MREModule, TaskParts, classification_metrics, plain_options
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,15 @@ def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
     module = make_module(cfg, context, run_dir)
     s = context.setting
     title = f"{context.dataset_name} | {s.direction} | anchor={s.with_anchor}"
-    return TaskParts(
-        MREDataModule(context, cfg.data, cfg.seed), module, title, flow_callbacks(cfg, context, run_dir)
-    )
+    data = MREDataModule(context, OmegaConf.to_object(cfg.data), cfg.seed)
+    return TaskParts(data, module, title, flow_callbacks(cfg, context, run_dir))
 
 
 def make_module(cfg: DictConfig, context: TaskContext, run_dir: Path) -> GenerativeMRE:
     """The module of a config on a built context (its model is made later, in `configure_model`)."""
     return GenerativeMRE(
-        model_cfg=cfg.model,
-        optim_cfg=cfg.optim,
+        model_cfg=OmegaConf.to_object(cfg.model),
+        optim_cfg=OmegaConf.to_object(cfg.optim),
         context=context,
         max_new_tokens=cfg.eval.max_new_tokens,
         seed=cfg.seed,
@@ -77,8 +77,8 @@ class GenerativeMRE(MREModule):
 
     def __init__(
         self,
-        model_cfg: DictConfig,
-        optim_cfg: DictConfig,
+        model_cfg: ModelConfig,
+        optim_cfg: Any,  # mre.config.OptimConfig (config assembles it, above the tasks)
         context: TaskContext,
         max_new_tokens: int = 64,
         seed: int = 42,
@@ -89,8 +89,8 @@ class GenerativeMRE(MREModule):
         self.context, self.builder, self.setting = context, context.builder, context.setting
         self.save_hyperparameters(
             {
-                "model": OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True),
-                "optim": OmegaConf.to_container(optim_cfg, resolve=True, enum_to_str=True),
+                "model": plain_options(model_cfg),
+                "optim": plain_options(optim_cfg),
                 "direction": str(self.setting.direction),
                 "with_anchor": self.setting.with_anchor,
                 "labels": list(context.labels),
