@@ -17,7 +17,7 @@ from mre.data.prompts import PromptError
 from mre.data.record import DataFormatError
 from mre.data.splits import make_splits
 from mre.data.synthetic import generate
-from mre.flow.callback import measurable
+from mre.flow.samples import measurable
 from mre.metrics import WLIF1
 from tests.conftest import REPO
 from tests.test_train import SMALL

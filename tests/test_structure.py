@@ -1,8 +1,10 @@
-"""The package's structure: no import cycles, one training pipeline, heavy optional imports only on demand."""
+"""The package's structure: the layer contract (import-linter: layers, no cycles), no private names imported
+across modules, one training pipeline, heavy optional imports only on demand."""
 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,70 +14,67 @@ from tests.conftest import REPO
 PACKAGE = REPO / "mre"
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(REPO).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    """import-linter's contracts of `root`'s pyproject.toml (the layers, no cycles) over `root/mre`."""
+    code = "import sys, importlinter.cli as c; sys.exit(c.lint_imports(no_cache=True, no_logo=True))"
+    return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the package modules it imports, at module level or inside functions."""
-    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in files.items():
-        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        edges: set[str] = set()
+def private_imports(root: Path) -> list[str]:
+    """`from mre.x import _name` anywhere in the package: a module reaching into another's privates."""
+    found = []
+    for path in sorted((root / "mre").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join([*up, base] if base else up)
-                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
-            else:
-                continue
-            for t in targets:
-                while t and t not in files:
-                    t = t.rpartition(".")[0]
-                if t and t != name:
-                    edges.add(t)
-        graph[name] = edges
-    return graph
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("mre")):
+                found += [
+                    f"{path.relative_to(root)}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
+    return found
 
 
-def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    """One import cycle as a list of modules, or None."""
-    state: dict[str, int] = {}  # 1: on the stack, 2: done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph.get(node, ())):
-            if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt) :], nxt]
-            if nxt not in state and (cycle := visit(nxt)):
-                return cycle
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in sorted(graph):
-        if node not in state and (cycle := visit(node)):
-            return cycle
-    return None
+def test_the_layer_contract_holds():
+    out = lint_imports(REPO)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "2 kept, 0 broken" in out.stdout
 
 
-def test_the_cycle_finder_finds_a_cycle():
-    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert find_cycle({"a": {"b"}, "b": set()}) is None
+def _copy_package(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "mre", tmp_path / "mre", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
 
 
-def test_no_import_cycles():
-    graph = import_graph()
-    assert "mre.tasks" in graph["mre.runner"] and "mre.tasks.base" in graph["mre.tasks.generative"]
-    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+def test_the_contract_refuses_a_planted_upward_import(tmp_path):
+    """The flow layer importing the analysis (one line, inside a function as lazy imports are) breaks the
+    contract, and the report names the edge."""
+    root = _copy_package(tmp_path)
+    with open(root / "mre" / "flow" / "pairs.py", "a", encoding="utf-8") as f:
+        f.write("\n\ndef _planted():\n    from mre.analysis import analyze  # noqa: F401\n")
+    out = lint_imports(root)
+    assert out.returncode != 0 and "BROKEN" in out.stdout
+    assert "mre.flow.pairs -> mre.analysis" in out.stdout, out.stdout[-3000:]
+
+
+def test_the_contract_refuses_an_unplaced_module(tmp_path):
+    """Exhaustive: a new top-level module must be given a layer."""
+    root = _copy_package(tmp_path)
+    (root / "mre" / "stray.py").write_text("X = 1\n", encoding="utf-8")
+    out = lint_imports(root)
+    assert out.returncode != 0 and "mre.stray" in out.stdout, out.stdout[-3000:]
+
+
+def test_no_module_imports_a_private_name_of_another(tmp_path):
+    assert private_imports(REPO) == []
+    root = _copy_package(tmp_path)
+    with open(root / "mre" / "runner.py", "a", encoding="utf-8") as f:
+        f.write("\nfrom mre.results import _planted  # noqa: E402,F401\n")
+    assert private_imports(root) == [f"mre/runner.py:{_last_line(root / 'mre' / 'runner.py')} _planted"]
+
+
+def _last_line(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
 
 
 def test_every_registered_task_has_a_build_function():
