@@ -111,8 +111,8 @@ def test_flow_with_a_control_anchor(tmp_path):
         config_name="analyze",
     )  # fmt: skip
     res = analyze(cfg)
-    assert res["n"] == 8
+    assert all(n == 8 for n in res.stats["S_pq"].n)
     for name in ("S_wp", "S_pq", "S_ww"):
-        assert all(math.isfinite(v) and v >= 0 for v in res["means"][name]), name
+        assert all(math.isfinite(v) and v >= 0 for v in res.stats[name].mean), name
     # the last layer's anchor rows do not reach the loss (only q's row does): S_wp is 0 there
-    assert res["means"]["S_wp"][0] > 0 and all(v > 0 for v in res["means"]["S_pq"])
+    assert res.stats["S_wp"].mean[0] > 0 and all(v > 0 for v in res.stats["S_pq"].mean)
