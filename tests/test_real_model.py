@@ -60,7 +60,8 @@ def test_base_model_flow_analysis(tmp_path):
         config_name="analyze",
     )  # fmt: skip
     res = analyze(cfg)
-    assert res["n"] == 4 and len(res["means"]["S_pq"]) == 30  # SmolLM2-135M has 30 layers
-    for name, means in res["means"].items():
-        assert all(math.isfinite(v) and v >= 0 for v in means), name
+    pq = res.stats["S_pq"]
+    assert all(n == 4 for n in pq.n) and len(pq.mean) == 30  # SmolLM2-135M has 30 layers
+    for name, st in res.stats.items():
+        assert all(math.isfinite(v) and v >= 0 for v in st.mean), name
     assert (out / "flow.png").exists() and len(list((out / "examples").glob("*.png"))) == 1
