@@ -1,4 +1,4 @@
-"""Plain reference for the saliency flow metrics (DESIGN.md), written the obvious way.
+"""Plain reference for the saliency flow metrics (docs/design.md), written the obvious way.
 
 One sample at a time with its padding stripped, eager attention with ``output_attentions=True``,
 ``retain_grad()`` on every returned attention tensor, a full backward, I_l from the full maps, and the
