@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from mre.analysis import analyze
 from mre.config import register_configs
+from mre.errors import exit_status_of_errors
 from mre.loggers import quiet_dependencies
 
 register_configs()
@@ -22,7 +23,8 @@ quiet_dependencies()  # module level: a spawned DDP worker re-imports this file
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    analyze(cfg)
+    with exit_status_of_errors():
+        analyze(cfg)
 
 
 if __name__ == "__main__":

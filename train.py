@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mre.config import register_configs
+from mre.errors import exit_status_of_errors
 from mre.loggers import quiet_dependencies
 from mre.runner import run
 
@@ -19,7 +20,8 @@ quiet_dependencies()  # module level: a spawned DDP worker re-imports this file
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     """Returns test/f1 so Hydra sweepers (e.g. Optuna) can optimize it."""
-    return run(cfg).get("test/f1", float("nan"))
+    with exit_status_of_errors():
+        return run(cfg).get("test/f1", float("nan"))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mre.data.options import DataConfig, DatasetConfig, DirectionConfig, PromptConfig
+from mre.errors import UserError
 from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig, KnockoutConfig
 from mre.jobdirs import job_dir
 from mre.model_options import ModelConfig
@@ -167,7 +168,7 @@ class AnalyzeConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-class RunConfigError(ValueError):
+class RunConfigError(UserError, ValueError):
     """A run directory's saved config cannot be used with this version."""
 
 

@@ -21,12 +21,13 @@ import os
 import shutil
 from pathlib import Path
 
+from mre.errors import MissingInputError
 from mre.model_options import GGUFConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(MissingInputError):
     """A model's weights or tokenizer cannot be found or read (with what to do instead)."""
 
 

@@ -27,6 +27,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from mre.errors import UserError
 from mre.hub import WeightsError, model_folder
 from mre.model_options import DType, LoraConfig, ModelConfig, ModelKind, Quantization
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 DTYPES: dict[DType, torch.dtype] = {d: getattr(torch, d.value) for d in DType}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model cannot be built or loaded from its config."""
 
 

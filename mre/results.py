@@ -17,6 +17,8 @@ import torch.distributed as dist
 from rich.console import Console
 from rich.table import Table
 
+from mre.errors import UserError
+
 
 def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """All ranks' rows on every rank, de-duplicated by `id` and sorted by it (distributed samplers
@@ -60,7 +62,7 @@ def print_metrics(metrics: dict[str, float], title: str, output_dir: Path) -> No
     console.print(f"run directory: {output_dir}", soft_wrap=True)
 
 
-class StreamFileError(ValueError):
+class StreamFileError(UserError, ValueError):
     """A stream CSV file has other columns than the ones asked for (another schema or version)."""
 
 

@@ -3,6 +3,8 @@
 <run dir>/.hydra/config.yaml      the composed config (overrides.yaml: the command-line overrides)
 <run dir>/checkpoints/            last.ckpt and the best checkpoint by val/f1
 <run dir>/metrics.json            flat test metrics ({"test/f1": ...}); present = the run finished
+<run dir>/ending.json             why training stopped (budget, early stopping, NaN guard, a signal) and where
+<run dir>/.lock                   held by the process writing the run (mre.runlock)
 <run dir>/predictions.jsonl       one row per test sample: id, prompt, gold, prediction, correct
 <run dir>/model/                  save_pretrained format (adapters only for LoRA) + tokenizer
 <run dir>/flow/                   the flow callback's per-epoch files
@@ -13,10 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mre.errors import MissingInputError
+
 CONFIG = Path(".hydra") / "config.yaml"
 OVERRIDES = Path(".hydra") / "overrides.yaml"
 CHECKPOINTS = Path("checkpoints")
 METRICS = Path("metrics.json")
+ENDING = Path("ending.json")
 CSV_METRICS = Path("csv") / "metrics.csv"
 PREDICTIONS = Path("predictions.jsonl")
 MODEL = Path("model")
@@ -24,7 +29,7 @@ FLOW = Path("flow")
 ANALYSIS = Path("analysis")
 
 
-class RunDirError(FileNotFoundError):
+class RunDirError(MissingInputError):
     """A path that should name a run directory does not."""
 
 

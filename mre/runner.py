@@ -8,8 +8,12 @@ This is the only place that calls `trainer.fit` and `trainer.test`.
 from __future__ import annotations
 
 import logging
+import shutil
+import signal
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +26,21 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mre.checkpoints import AtomicCheckpointIO, RandomState, newest_readable
 from mre.config import RunConfigError, load_run_config
+from mre.ending import Ending, Reason, SignalRecorder, fit_ending
+from mre.errors import ConfigError, RunInterrupted, UserError, signal_name
 from mre.loggers import truncate_after
 from mre.models import check_model_config
 from mre.results import print_metrics, write_metrics
-from mre.rundir import CHECKPOINTS, CONFIG, CSV_METRICS, METRICS, MODEL, RunDirError, resolve_run_dir
+from mre.rundir import CHECKPOINTS, CONFIG, CSV_METRICS, ENDING, METRICS, MODEL, RunDirError, resolve_run_dir
+from mre.runlock import RunLockedError, run_dir_lock
 from mre.strategies import EndSpawnedProcessGroup, end_process_group
 from mre.tasks import build_task
+from mre.tasks.generative import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A run cannot be resumed (with what to do instead)."""
 
 
@@ -129,7 +137,7 @@ def check_trainer(cfg: DictConfig) -> None:
     options = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key, value in options.items():
         if key in hints and not isinstance(value, dict) and not _fits(value, hints[key]):
-            raise TypeError(f"trainer.{key}={value!r} does not fit the Trainer: expected {hints[key]}")
+            raise ConfigError(f"trainer.{key}={value!r} does not fit the Trainer: expected {hints[key]}")
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -169,11 +177,47 @@ def _continue_logs(run_dir: Path, ckpt: str | None) -> None:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Fit and test one configuration; returns the flat test metrics written to metrics.json."""
-    if cfg.get("resume"):
-        cfg = resume_config(cfg)
+    """Fit and test one configuration; returns the flat test metrics written to metrics.json. The run
+    directory is locked for the whole run: a second writer (a resume started twice) is refused."""
+    if not cfg.get("resume"):
+        check_config(cfg)  # before anything is written
+    run_dir = _run_dir_of(cfg)
+    try:
+        with run_dir_lock(run_dir):
+            if cfg.get("resume"):
+                cfg = resume_config(cfg)  # under the lock: another resume may have just finished it
+                check_config(cfg)
+            return _run(cfg)
+    except RunLockedError:
+        _forget_refused_resume(cfg, run_dir)
+        raise
+
+
+def _run_dir_of(cfg: DictConfig) -> Path:
+    if not cfg.get("resume"):
+        return Path(cfg.paths.output_dir)
+    try:
+        return resolve_run_dir(cfg.resume).resolve()
+    except RunDirError as e:
+        raise ResumeError(f"cannot resume: {e}") from e
+
+
+def _forget_refused_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """A refused resume leaves no trace in the run it was refused: Hydra already wrote this
+    process's copy of the config (`.hydra/resumed-<time>`) there."""
+    if cfg.get("resume") and HydraConfig.initialized():
+        mine = run_dir / HydraConfig.get().output_subdir
+        if mine.name.startswith("resumed-") and mine.is_dir():
+            shutil.rmtree(mine, ignore_errors=True)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """The model and trainer options, checked before any data or model work."""
     check_model_config(OmegaConf.to_object(cfg.model))
     check_trainer(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.paths.output_dir)
     save_resolved_config(cfg, run_dir)
     ckpt = resolve_ckpt(cfg.ckpt_path, run_dir)
@@ -181,19 +225,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
     parts = build_task(cfg, run_dir)
     if cfg.fit:
         _continue_logs(run_dir, ckpt)
+    signals = SignalRecorder()
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=instantiate_all(cfg.logger),
-        callbacks=_callbacks(cfg, parts.callbacks),
+        callbacks=[*_callbacks(cfg, parts.callbacks), signals],
         plugins=_plugins(cfg),
     )
     for lg in trainer.loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     module, dm = parts.module, parts.datamodule
-    if cfg.fit:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        ckpt = _best_checkpoint(trainer)
-    trainer.test(module, datamodule=dm, ckpt_path=ckpt)
+    with _reporting_interruptions(trainer, signals, run_dir):
+        if cfg.fit:
+            _fit(trainer, module, dm, ckpt, run_dir)
+            ckpt = _best_checkpoint(trainer)
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith("test/")}
     if trainer.is_global_zero:
         write_metrics(run_dir / METRICS, metrics)
@@ -202,3 +248,53 @@ def run(cfg: DictConfig) -> dict[str, float]:
         print_metrics(metrics, parts.title, run_dir)
     end_process_group(trainer.strategy)
     return metrics
+
+
+def _fit(
+    trainer: L.Trainer, module: L.LightningModule, dm: L.LightningDataModule, ckpt: str | None, run_dir: Path
+) -> None:
+    """`trainer.fit`, then say in the log and in `ending.json` why training stopped."""
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    except NonFiniteLossError as e:
+        _record(
+            trainer,
+            run_dir,
+            Ending(Reason.nonfinite_loss, trainer.current_epoch, trainer.global_step, str(e)),
+        )
+        raise
+    _record(trainer, run_dir, fit_ending(trainer))
+
+
+def _record(trainer: L.Trainer, run_dir: Path, ending: Ending) -> None:
+    if trainer.is_global_zero:
+        ending.write(run_dir / ENDING)
+        (log.warning if ending.reason is Reason.interrupted else log.info)("%s", ending.detail)
+
+
+@contextmanager
+def _reporting_interruptions(trainer: L.Trainer, signals: SignalRecorder, run_dir: Path) -> Iterator[None]:
+    """Lightning ends a loop stopped by SIGTERM with `SystemExit()` (status 0) and one stopped by
+    Ctrl+C with `SystemExit(1)`, saying nothing of how to go on: say it, and raise `RunInterrupted`
+    (the entry point exits 128 + the signal number)."""
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        if signals.signum is None:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores a second Ctrl+C
+        ending = _interruption(trainer, signals.signum, run_dir)
+        _record(trainer, run_dir, ending)
+        raise RunInterrupted(signals.signum, ending.detail) from None
+
+
+def _interruption(trainer: L.Trainer, signum: int, run_dir: Path) -> Ending:
+    ckpt = newest_readable(run_dir / CHECKPOINTS)
+    if ckpt is None:
+        go_on = "no checkpoint was written yet: start the run again"
+    else:
+        step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        go_on = f"continue with: python train.py resume={run_dir} (from {ckpt.name}, step {step})"
+    epoch, step = trainer.current_epoch, trainer.global_step
+    detail = f"interrupted by {signal_name(signum)} at epoch {epoch}, step {step}; {go_on}"
+    return Ending(Reason.interrupted, epoch, step, detail)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from mre.errors import ConfigError
+
 
 class StrEnum(str, Enum):
     """An enum that prints as its value, so `${direction.name}` interpolates to `wli`."""
@@ -51,7 +53,7 @@ class Setting:
         object.__setattr__(self, "direction", Direction(str(self.direction)))
         object.__setattr__(self, "anchor", AnchorKind(str(self.anchor)))
         if not isinstance(self.with_anchor, bool):
-            raise TypeError(f"with_anchor must be a bool, got {self.with_anchor!r}")
+            raise ConfigError(f"with_anchor must be a bool, got {self.with_anchor!r}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> Setting:

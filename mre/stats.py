@@ -23,6 +23,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mre.errors import UserError
 from mre.metrics import pair_overlap
 from mre.setting import Direction
 
@@ -173,7 +174,7 @@ def bootstrap_layer_shares(
 # --------------------------------------------------------------------------------------------------
 
 
-class MismatchedTestSetError(ValueError):
+class MismatchedTestSetError(UserError, ValueError):
     """Two runs that are compared were not evaluated on the same test samples."""
 
 

@@ -17,6 +17,7 @@ from mre.data.prompts import PromptError
 from mre.data.record import DataFormatError
 from mre.data.splits import make_splits
 from mre.data.synthetic import generate
+from mre.errors import ConfigError
 from mre.flow.samples import measurable
 from mre.metrics import WLIF1
 from tests.conftest import REPO
@@ -149,6 +150,6 @@ def test_progress_bar_off_and_a_bad_trainer_value_fail_or_run_early(tmp_path):
     args = ["trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger=csv", "direction=tli"]
     metrics = run(compose([*SMALL, *args, "flow.enabled=false", f"paths.output_dir={tmp_path}"]))
     assert 0 <= metrics["test/f1"] <= 1
-    with pytest.raises(TypeError, match=r"trainer.max_epochs='abc' does not fit the Trainer"):
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs='abc' does not fit the Trainer"):
         run(compose(["trainer.max_epochs=abc", f"paths.output_dir={tmp_path}/b"]))
     assert not (tmp_path / "b").exists()  # nothing built before the check

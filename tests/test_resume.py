@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -175,3 +176,115 @@ def test_a_run_writes_only_its_directory_and_the_cache_from_any_working_director
     saved = (run / ".hydra" / "config.yaml").read_text()
     assert "${" not in saved and f"root_dir: {root}" in saved  # saved resolved
     assert json.loads((run / "metrics.json").read_text())["test/f1"] >= 0
+
+
+class SignalAt(L.Callback):
+    """Sends a signal to its own process once (a marker file stops it after the resume), at a
+    training step: what SLURM (SIGTERM before preemption) or Ctrl+C (SIGINT) does."""
+
+    def __init__(self, marker: str, signum: int, step: int) -> None:
+        self.marker, self.signum, self.step = Path(marker), signum, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not self.marker.exists():
+            self.marker.write_text("signalled")
+            os.kill(os.getpid(), self.signum)
+
+
+class Gate(L.Callback):
+    """Holds training at its start while a file exists: a run that is alive, for as long as a test needs."""
+
+    def __init__(self, hold: str) -> None:
+        self.hold = Path(hold)
+
+    def on_train_start(self, trainer, pl_module):
+        while self.hold.exists():
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_run_says_so_exits_128_plus_the_signal_and_resumes(uninterrupted, tmp_path, signum):
+    run = tmp_path / "run"
+    out = train(
+        *RUN,
+        f"hydra.run.dir={run}",
+        "+callbacks.sig._target_=tests.test_resume.SignalAt",
+        f"+callbacks.sig.marker={tmp_path / 'sent'}",
+        f"+callbacks.sig.signum={int(signum)}",
+        "+callbacks.sig.step=22",
+    )  # fmt: skip  (mid epoch 1, after the step-20 checkpoint)
+    assert out.returncode == 128 + signum, out.stderr[-3000:]
+    name = signal.Signals(signum).name
+    said = f"interrupted by {name} at epoch 1, step "
+    terminal = out.stdout + out.stderr
+    assert said in terminal
+    assert f"continue with: python train.py resume={run} (from last.ckpt, step 20)" in terminal
+    assert said in (run / "train.log").read_text()  # the run's own log, too
+    ending = json.loads((run / "ending.json").read_text())
+    assert ending["reason"] == "interrupted" and ending["epoch"] == 1
+    assert not (run / "metrics.json").exists()
+    out = train(f"resume={run}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (run / "metrics.json").read_text() == (uninterrupted / "metrics.json").read_text()
+    assert (run / "predictions.jsonl").read_text() == (uninterrupted / "predictions.jsonl").read_text()
+    assert csv_rows(run) == csv_rows(uninterrupted)
+    ending = json.loads((run / "ending.json").read_text())
+    assert ending == {**ending, "reason": "budget", "epoch": 3}
+
+
+def _wait_for_holder(run: Path, proc: subprocess.Popen) -> None:
+    """Until `proc` holds the run's lock (its record is in the lock file)."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        lock = run / ".lock"
+        if lock.exists() and f'"pid": {proc.pid}' in lock.read_text():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the run never took its lock: {proc.poll()=}")
+
+
+def _start(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_one_writer_per_run_directory(uninterrupted, tmp_path):
+    """A resume while the original is alive, a second resume while the first runs, and an analysis
+    of a run still being written are refused at once, naming the holder; the holder finishes as an
+    uninterrupted run would."""
+    run, hold = tmp_path / "run", tmp_path / "hold"
+    hold.write_text("")
+    original = _start(*RUN, f"hydra.run.dir={run}", "+callbacks.gate._target_=tests.test_resume.Gate",
+                      f"+callbacks.gate.hold={hold}")  # fmt: skip
+    try:
+        _wait_for_holder(run, original)
+        for refused in (train(f"resume={run}"), train(f"resume={run}")):  # two resumes, one after the other
+            assert refused.returncode == 2, refused.stderr[-3000:]
+            assert (
+                "is in use by train.py" in refused.stderr and f"(process {original.pid} on " in refused.stderr
+            )
+            assert "Traceback" not in refused.stderr
+        analysis = subprocess.run([sys.executable, "analyze.py", f"run_dir={run}"], cwd=REPO, text=True,
+                                  capture_output=True, timeout=600)  # fmt: skip
+        assert analysis.returncode == 2 and "still being written by train.py" in analysis.stderr
+        assert "Traceback" not in analysis.stderr
+        assert not list((run / ".hydra").glob("resumed-*"))  # the refused resumes left nothing behind
+    finally:
+        hold.unlink()
+        _, err = original.communicate(timeout=600)
+    assert original.returncode == 0, err[-3000:]
+    assert (run / "metrics.json").read_text() == (uninterrupted / "metrics.json").read_text()
+    assert csv_rows(run) == csv_rows(uninterrupted)
+
+
+@pytest.mark.slow
+def test_user_errors_are_one_line_and_exit_2(uninterrupted, tmp_path):
+    out = train("dataset=snips", f"dataset.path={tmp_path / 'nonexistent'}", "trainer=cpu")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.count("error: ") == 1 and "nonexistent does not exist" in out.stderr
+    out = train(f"resume={uninterrupted}")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert "already finished" in out.stderr

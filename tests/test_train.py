@@ -258,3 +258,21 @@ def test_generation_stops_at_the_first_newline(tmp_path):
     _successor_model(module.model, {q: word, word: newline, newline: junk, junk: newline})
     want = tok.decode([word]).strip()
     assert module.generate(batch) == [want] * len(batch["prompt_ids"])  # not "location\nperson\nperson..."
+
+
+def test_early_stopping_ends_a_run_and_says_why(tmp_path):
+    """`early_stopping=val_f1` stops when dev F1 stops improving (here: no gain can reach min_delta=1,
+    so after `patience` checks) and the run records it; a run without it trains its budget."""
+    args = [*SMALL, "direction=tli", "logger=csv", "flow.enabled=false", "trainer.enable_progress_bar=false"]
+    stopped = tmp_path / "stopped"
+    run(compose([*args, "early_stopping=val_f1", "callbacks.early_stopping.patience=1",
+                 "callbacks.early_stopping.min_delta=1.0", "trainer.max_epochs=5",
+                 f"paths.output_dir={stopped}"]))  # fmt: skip
+    ending = json.loads((stopped / "ending.json").read_text())
+    assert ending["reason"] == "early_stopping" and ending["epoch"] == 1, ending
+    assert "val/f1 did not improve for 1 validation checks (patience 1" in ending["detail"]
+    assert (stopped / "metrics.json").exists()
+    full = tmp_path / "full"
+    run(compose([*args, "trainer.max_epochs=1", f"paths.output_dir={full}"]))
+    ending = json.loads((full / "ending.json").read_text())
+    assert ending["reason"] == "budget" and ending["epoch"] == 1 and "max_epochs=1" in ending["detail"]

@@ -23,6 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mre.config import load_run_config
+from mre.errors import ConfigError, MissingInputError
 from mre.flow.files import read_layers
 from mre.rundir import ANALYSIS, CHECKPOINTS, FLOW, METRICS, OVERRIDES
 from mre.stats import LayerStats
@@ -177,7 +178,7 @@ def discover_runs(sweep_dir: str | Path) -> list[Run]:
     `10_...`, so a single sweep's run #k is its job k); analysis dirs skipped."""
     root = Path(sweep_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"sweep_dir {root} is not a directory")
+        raise MissingInputError(f"sweep_dir {root} is not a directory")
     runs = []
     found = sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural_path(p.relative_to(root)))
     for cfg_path in found:
@@ -203,7 +204,7 @@ def _job_lists(overrides: list[str]) -> list[list[str]]:
         elif o.is_discrete_sweep():
             per_key[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
         else:
-            raise ValueError(f"{key}: a {o.value_type.name} sweep names no list of jobs")
+            raise ConfigError(f"{key}: a {o.value_type.name} sweep names no list of jobs")
     return list(per_key.values())
 
 

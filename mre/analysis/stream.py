@@ -35,6 +35,7 @@ from rich.progress import (
 )
 
 from mre.data.prompts import Encoded
+from mre.errors import UserError
 from mre.flow.samples import select_samples
 from mre.results import append_stream_csv, read_stream_csv, write_stream_csv
 
@@ -43,7 +44,7 @@ Row = dict[str, str]
 ChunkFunction = Callable[[int, list[Encoded], set[Hashable]], list[dict[str, Any]]]
 
 
-class AnalysisError(RuntimeError):
+class AnalysisError(UserError, RuntimeError):
     """The analysis cannot run with this input (with what to do instead)."""
 
 

@@ -18,6 +18,7 @@ from mre.analysis.studies import STUDIES
 from mre.analysis.sweep_result import SweepResult
 from mre.analysis.tables import Table, attach_flow, build_table, pair_rows
 from mre.config import SweepOptions
+from mre.errors import MissingInputError
 from mre.flow.options import FlowAnalysisConfig
 from mre.rundir import ANALYSIS
 from mre.setting import Setting
@@ -85,7 +86,7 @@ def analyze_sweep(
     console = Console()
     runs = discover_runs(sweep_dir)
     if not runs:
-        raise FileNotFoundError(f"no runs (directories with .hydra/config.yaml) below {sweep_dir}")
+        raise MissingInputError(f"no runs (directories with .hydra/config.yaml) below {sweep_dir}")
     for r in runs:
         if not r.finished:
             console.print(f"run #{r.index} {r.name}: {r.problem}", style="yellow", markup=False)

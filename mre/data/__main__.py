@@ -7,11 +7,8 @@ import sys
 from rich.console import Console
 
 from mre.config import compose
-from mre.data.prompts import PromptError
-from mre.data.record import DataFormatError
-from mre.data.splits import SplitError
 from mre.data.view import context_for_view, show
-from mre.hub import WeightsError
+from mre.errors import UserError
 
 
 def main(argv: list[str]) -> int:
@@ -19,7 +16,7 @@ def main(argv: list[str]) -> int:
     console = Console()
     try:
         show(context_for_view(compose(argv), console), console)
-    except (DataFormatError, PromptError, SplitError, WeightsError, FileNotFoundError, ValueError) as e:
+    except (UserError, FileNotFoundError, ValueError) as e:
         console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     return 0

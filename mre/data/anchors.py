@@ -24,6 +24,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from mre.data.record import Record
+from mre.errors import UserError
 from mre.setting import AnchorKind
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 MAX_ADJUST = 12  # word additions/removals tried to hit the gold anchor's token length
 
 
-class ControlAnchorError(ValueError):
+class ControlAnchorError(UserError, ValueError):
     """A control anchor cannot be built (e.g. a split with one distinct anchor)."""
 
 

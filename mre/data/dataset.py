@@ -10,6 +10,7 @@ from mre.data.record import Record
 from mre.data.splits import Splits, make_splits
 from mre.data.synthetic import generate
 from mre.data.wli_format import WLIFormat
+from mre.errors import MissingInputError
 
 
 def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict[str, list[Record]]:
@@ -28,7 +29,7 @@ def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict
         return {"all": recs}
     if ds.path is None or not Path(ds.path).exists():
         where = "no path was given" if ds.path is None else f"{ds.path} does not exist"
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"dataset {ds.name!r}: {where}. Expected {ds.expected or f'a {ds.source} file'}; "
             f"give it with dataset.path=/path/to/it"
         )

@@ -41,6 +41,7 @@ from transformers import PreTrainedTokenizerBase
 from mre.data.options import CodeScheme
 from mre.data.record import Record
 from mre.data.wli_format import WLIFormat
+from mre.errors import UserError
 from mre.setting import AnchorKind, Setting
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ CODE_SCHEMES: dict[CodeScheme, str] = {
 }
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """The prompt settings cannot work with this tokenizer or data set."""
 
 

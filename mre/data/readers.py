@@ -26,6 +26,7 @@ from typing import Any
 
 from mre.data.record import DataFormatError, OnBadRow, Record, RowIssues, WLIPair
 from mre.data.wli_format import WLIFormat
+from mre.errors import ConfigError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,9 @@ class _RowError(ValueError):
 # --------------------------------------------------------------------------- shared plumbing
 
 
-def _missing(path: Path, fmt: str) -> FileNotFoundError:
+def _missing(path: Path, fmt: str) -> MissingInputError:
     """The one message for a missing source: what was looked for and what the format is."""
-    return FileNotFoundError(f"{path} not found: the {fmt!r} format expects {_FORMAT_HELP[fmt]}.")
+    return MissingInputError(f"{path} not found: the {fmt!r} format expects {_FORMAT_HELP[fmt]}.")
 
 
 def _need_file(path: str | Path, fmt: str) -> Path:
@@ -576,7 +577,7 @@ def _pick_splits(path: Path, fmt: str, candidates: dict[str, list[Path]]) -> dic
 def _bio_sources(path: Path) -> dict[str, Path]:
     """Split sub-folders (valid -> dev), else the folder itself when it holds seq.in directly."""
     if not path.is_dir():
-        raise NotADirectoryError(f"{path} is not a folder: the 'bio' format expects {_FORMAT_HELP['bio']}.")
+        raise MissingInputError(f"{path} is not a folder: the 'bio' format expects {_FORMAT_HELP['bio']}.")
     candidates: dict[str, list[Path]] = {}
     for name, split in _SPLIT_NAMES.items():
         if (path / name).is_dir():
@@ -604,7 +605,7 @@ def _file_sources(path: Path, fmt: str) -> dict[str, Path]:
     if not found:
         names = " or ".join(f"train{s}" for s in _SPLIT_SUFFIXES[fmt])
         held = sorted(p.name for p in path.iterdir())[:8]
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} is a folder without split files ({names}, and likewise dev/test; it holds "
             f"{held or 'nothing'}): the {fmt!r} format expects {_FORMAT_HELP[fmt]}."
         )
@@ -625,7 +626,7 @@ def load_source(
     Each file gets its own `RowIssues`, so error messages and skip counts name the exact file.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown data format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown data format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     on_bad_row = OnBadRow(on_bad_row)  # before any file is read
     path = Path(path)
     if not path.exists():

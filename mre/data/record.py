@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mre.errors import UserError
 from mre.setting import StrEnum
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class OnBadRow(StrEnum):
     skip = "skip"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError, ValueError):
     """A source file does not match the format its reader expects."""
 
 

@@ -15,11 +15,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from mre.data.record import Record
+from mre.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class SplitError(ValueError):
+class SplitError(UserError, ValueError):
     """The requested splits cannot be made from this source."""
 
 

@@ -52,6 +52,7 @@ import re
 
 from mre.data.options import Language
 from mre.data.record import Record, WLIPair
+from mre.errors import ConfigError
 
 MAX_CLASSES = 8
 CUE_STRENGTH = 0.25
@@ -147,12 +148,12 @@ def _make_names(language: str, count: int) -> list[str]:
 
 def _check_language(language: str) -> None:
     if language not in set(Language):
-        raise ValueError(f"language must be one of {[str(x) for x in Language]}, got {language!r}")
+        raise ConfigError(f"language must be one of {[str(x) for x in Language]}, got {language!r}")
 
 
 def _check_n_classes(n_classes: int) -> None:
     if not isinstance(n_classes, int) or not 2 <= n_classes <= MAX_CLASSES:
-        raise ValueError(f"n_classes must be between 2 and {MAX_CLASSES}, got {n_classes!r}")
+        raise ConfigError(f"n_classes must be between 2 and {MAX_CLASSES}, got {n_classes!r}")
 
 
 def class_names(language: str, n_classes: int) -> list[str]:
@@ -227,9 +228,9 @@ def generate(
     _check_n_classes(n_classes)
     for name, s in (("wli_helps_tli", wli_helps_tli), ("tli_helps_wli", tli_helps_wli)):
         if not 0.0 <= s <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {s!r}")
+            raise ConfigError(f"{name} must be in [0, 1], got {s!r}")
     if n < 0:
-        raise ValueError(f"n must be >= 0, got {n!r}")
+        raise ConfigError(f"n must be >= 0, got {n!r}")
 
     rng = random.Random(seed)
     names = _make_names(language, 8 * _WORDS_PER_A_GROUP + _N_B_WORDS)

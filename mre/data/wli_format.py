@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mre.data.record import WLIPair
+from mre.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class WLIFormat:
         for name in ("pair_sep", "kv_sep", "empty"):
             value = getattr(self, name)
             if not value or "\n" in value:
-                raise ValueError(
+                raise ConfigError(
                     f"prompt.{name}={value!r}: expected a non-empty string without a line break (answers are "
                     "one line: generation stops at the first newline)"
                 )

@@ -70,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mre.errors import ConfigError
 from mre.flow.attention import EAGER_HELP, eager_attention_for, hf_model, self_attending_mask, switched
 from mre.flow.blockwise import BlockwiseAttention, BlockwiseLayer, mask_rows, row_mask
 from mre.flow.options import Backend, FlowLoss, FlowOptions, Normalize, Sources
@@ -267,7 +268,7 @@ def _flow_mode(model: nn.Module, implementation: str) -> Iterator[None]:
 
     peft_cfg = getattr(model, "active_peft_config", None)
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
-        raise ValueError(
+        raise ConfigError(
             "flow engine: prompt-learning PEFT adapters prepend virtual tokens and shift every position; "
             "only weight adapters such as LoRA are supported."
         )
@@ -291,7 +292,7 @@ def _choice(name: str, value: Any, enum: type) -> Any:
     try:
         return enum(str(value))
     except ValueError:
-        raise ValueError(f"FlowEngine: {name}={value!r} is not one of {[e.value for e in enum]}") from None
+        raise ConfigError(f"FlowEngine: {name}={value!r} is not one of {[e.value for e in enum]}") from None
 
 
 def _supports_logits_to_keep(hf: nn.Module) -> bool:
@@ -344,17 +345,17 @@ class FlowEngine:
         if self.exclude_bos and bos_token_id is None:
             log.warning("flow.exclude_bos: the tokenizer has no BOS token, so no pair is excluded")
         if keep_maps not in _KEEP_MAPS:
-            raise ValueError(f"FlowEngine: keep_maps={keep_maps!r} is not one of {_KEEP_MAPS}")
+            raise ConfigError(f"FlowEngine: keep_maps={keep_maps!r} is not one of {_KEEP_MAPS}")
         self.keep_maps = keep_maps
         self.backend = _choice("backend", options.backend, Backend)
         if self.backend == Backend.blockwise and keep_maps is not None:
-            raise ValueError(
+            raise ConfigError(
                 f"FlowEngine: keep_maps={keep_maps!r} returns the L x L saliency maps, which the blockwise "
                 "backend never holds; use flow.backend=eager for maps"
             )
         self.block_size = int(options.block_size)
         if self.block_size < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"FlowEngine: flow.block_size must be a positive number of query rows, got {self.block_size}"
             )
         self.last_stats: dict[str, Any] = {}  # diagnostics of the last pass (tests, debugging)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mre.errors import UserError
 from mre.flow.engine import FlowResult
 from mre.flow.options import Normalize
 from mre.results import read_stream_csv, write_stream_csv
@@ -35,7 +36,7 @@ LAYER_SUFFIXES = ("", "_std", "_lo", "_hi", "_n")
 LAYER_COLUMNS = ["layer", *(f"{m}{s}" for m in METRICS for s in LAYER_SUFFIXES)]
 
 
-class FlowFileError(ValueError):
+class FlowFileError(UserError, ValueError):
     """A flow file is not of this schema."""
 
 

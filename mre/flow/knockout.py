@@ -31,13 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mre.errors import UserError
 from mre.flow.attention import eager_attention_for, self_attending_mask, switched
 from mre.flow.options import EdgeSet
 
 KNOCKOUT_ATTN_IMPLEMENTATION = "mre_knockout"
 
 
-class KnockoutError(ValueError):
+class KnockoutError(UserError, ValueError):
     """A knockout that cannot be run as asked (a bad layer spec, a model without layer indices)."""
 
 

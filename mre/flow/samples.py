@@ -11,6 +11,7 @@ import torch
 
 from mre.data.context import TaskContext
 from mre.data.prompts import Encoded
+from mre.errors import ConfigError
 from mre.flow.options import FlowLoss
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ def select_samples(n_items: int, n: int | None, seed: int) -> list[int]:
     if n is None or n >= n_items:
         return list(range(n_items))
     if n <= 0:
-        raise ValueError(f"n_samples must be positive, got {n}")
+        raise ConfigError(f"n_samples must be positive, got {n}")
     return sorted(random.Random(seed).sample(range(n_items), n))
 
 

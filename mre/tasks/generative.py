@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mre.data.context import TaskContext, build_context
 from mre.data.datamodule import MREDataModule
+from mre.errors import UserError
 from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
 from mre.model_options import ModelConfig
@@ -33,7 +34,7 @@ from mre.tasks.base import MREModule, TaskParts, classification_metrics, plain_o
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN/inf; a checkpoint was saved first."""
 
 

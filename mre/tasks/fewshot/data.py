@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from mre.data.batches import SplitDataModule, position_ids
 from mre.data.record import Record
 from mre.data.splits import k_shot, n_total_sample
+from mre.errors import ConfigError, UserError
 from mre.tasks.fewshot.verbalizer import word_pieces
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 SENTINEL = "<extra_id_0>"
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """A prompt template or tokenizer cannot express the few-shot prompt."""
 
 
@@ -36,10 +37,10 @@ def fewshot_sample(
     labelled = [r for r in records if r.tli is not None]
     if k_per_class is not None:
         if k_per_class < 1:
-            raise ValueError(f"fewshot.k_per_class must be >= 1, got {k_per_class}")
+            raise ConfigError(f"fewshot.k_per_class must be >= 1, got {k_per_class}")
         return k_shot(labelled, k_per_class, seed)
     if n_total is None or n_total < 1:
-        raise ValueError(f"fewshot.n_total must be >= 1 (or set fewshot.k_per_class), got {n_total}")
+        raise ConfigError(f"fewshot.n_total must be >= 1 (or set fewshot.k_per_class), got {n_total}")
     if n_total > len(labelled):
         log.warning("fewshot.n_total=%d but the training split has %d records", n_total, len(labelled))
     return n_total_sample(labelled, n_total, seed)
@@ -49,7 +50,7 @@ def class_labels(train: list[Record]) -> list[str]:
     """The sorted text labels of the training split; a data set without them cannot be classified."""
     labels = sorted({r.tli for r in train if r.tli is not None})
     if len(labels) < 2:
-        raise ValueError(
+        raise ConfigError(
             f"the few-shot classifier needs text labels (TLI) of at least two classes in the training "
             f"split; found {labels}"
         )

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from mre.data.batches import position_ids
+from mre.errors import ConfigError
 from mre.model_options import ModelConfig
 from mre.tasks.base import MREModule, classification_metrics, plain_options
 from mre.tasks.fewshot.data import Collate, Example, FewShotContext
@@ -108,7 +109,7 @@ class PromptClassifier(MREModule):
         self.mask_id, self.sentinel_first = mask_id, sentinel_first
         self.calibration_ids = calibration_ids or []
         if calibrate and not self.calibration_ids:
-            raise ValueError("verbalizer.calibrate needs unlabeled calibration texts")
+            raise ConfigError("verbalizer.calibrate needs unlabeled calibration texts")
         self.eval_batch_size = eval_batch_size
         self.metrics = torch.nn.ModuleDict(
             {s: classification_metrics(len(self.labels)) for s in ("val", "test")}
@@ -121,7 +122,7 @@ class PromptClassifier(MREModule):
         seq2seq = bool(getattr(self.model.config, "is_encoder_decoder", False))
         if seq2seq == self.context.template.causal:
             made_for = "a decoder-only" if self.context.template.causal else "an encoder-decoder"
-            raise ValueError(
+            raise ConfigError(
                 f"the few-shot prompt was built for {made_for} model, but model {self.model_cfg.name!r} is "
                 f"{type(self.model).__name__}"
             )

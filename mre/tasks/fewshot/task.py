@@ -31,6 +31,7 @@ from mre.data.options import DataConfig, DatasetConfig
 from mre.data.record import Record
 from mre.data.splits import Splits, n_total_sample
 from mre.data.tokenizer import load_tokenizer, train_tiny_tokenizer
+from mre.errors import ConfigError
 from mre.hub import model_folder
 from mre.model_options import ModelConfig, ModelKind
 from mre.models import is_encoder_decoder
@@ -144,7 +145,9 @@ def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
     dev = splits.dev if fs.n_dev is None else n_total_sample(splits.dev, fs.n_dev, sample_seed)
     lang = str(dataset.language)
     if lang not in fs.template:
-        raise KeyError(f"fewshot.template has no template for language {lang!r} (has {sorted(fs.template)})")
+        raise ConfigError(
+            f"fewshot.template has no template for language {lang!r} (has {sorted(fs.template)})"
+        )
     template = PromptTemplate(fs.template[lang], causal=not is_encoder_decoder(model, cache_dir))
     log.info(
         "few-shot: %d training samples of %d classes, %d dev, %d test",

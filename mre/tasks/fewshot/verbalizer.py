@@ -32,6 +32,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from mre.data.record import Record
+from mre.errors import UserError
 from mre.setting import StrEnum
 from mre.tasks.fewshot.options import Aggregate, LabelForm, MultiToken, WordUnit
 
@@ -42,7 +43,7 @@ Choice = TypeVar("Choice", bound=StrEnum)
 PiecesOf = Callable[[str], list[int]]  # a label word -> the token ids it is scored by
 
 
-class VerbalizerError(ValueError):
+class VerbalizerError(UserError, ValueError):
     """A verbalizer cannot be built, read or used."""
 
 

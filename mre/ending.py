@@ -1,0 +1,81 @@
+"""How a run's training ended, said in its log and written to `<run dir>/ending.json`, so a sweep,
+a scheduler and a reader of the run directory know whether it completed its budget, stopped early
+on a plateau, stopped on a non-finite loss, or was interrupted by a signal (and where to go on).
+
+Lightning turns SIGTERM into `SIGTERMException` (a `SystemExit` with no status: the process would
+exit 0) and catches Ctrl+C itself (exit 1, nothing said). `SignalRecorder` notes which signal
+stopped the loop, so the runner can say where it stopped and exit 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+
+class Reason(StrEnum):
+    budget = "budget"  # trainer.max_epochs / max_steps reached
+    early_stopping = "early_stopping"  # the monitored metric stopped improving
+    nonfinite_loss = "nonfinite_loss"  # the NaN guard stopped it
+    interrupted = "interrupted"  # SIGTERM or SIGINT
+    no_training = "no_training"  # fit=false: evaluated as loaded
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Where training stopped and why; `detail` is the sentence the log shows."""
+
+    reason: Reason
+    epoch: int
+    global_step: int
+    detail: str
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, path: Path) -> Ending:
+        raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return cls(Reason(raw["reason"]), int(raw["epoch"]), int(raw["global_step"]), str(raw["detail"]))
+
+
+class SignalRecorder(L.Callback):
+    """Notes the signal that interrupted `fit` or `test` (None when none did)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.signum = signal.SIGTERM
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signum = signal.SIGINT
+
+
+def fit_ending(trainer: L.Trainer) -> Ending:
+    """Why a `fit` that returned normally stopped: early stopping if a stopper fired, else the budget."""
+    epoch, step = trainer.current_epoch, trainer.global_step
+    for cb in trainer.callbacks:
+        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+            best = cb.best_score.item() if cb.best_score is not None else float("nan")
+            detail = (
+                f"stopped early at epoch {cb.stopped_epoch}, step {step}: {cb.monitor} did not improve for "
+                f"{cb.wait_count} validation checks (patience {cb.patience}; best {best:.4f})"
+            )
+            return Ending(Reason.early_stopping, cb.stopped_epoch, step, detail)
+    limit = (
+        f"max_steps={trainer.max_steps}"
+        if 0 < trainer.max_steps <= step
+        else f"max_epochs={trainer.max_epochs}"
+    )
+    return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
