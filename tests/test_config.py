@@ -157,8 +157,11 @@ def test_unknown_key_and_wrong_type_fail():
 
 
 @pytest.mark.parametrize("dataset", PAPER)
-def test_paper_dataset_without_path_says_what_is_expected(dataset):
-    cfg = compose([f"dataset={dataset}", "paths.root_dir=/nonexistent"])
+def test_paper_dataset_local_copy_missing_says_what_is_expected(dataset, monkeypatch):
+    """MRE_PAPER_DATA names the folder of local copies; without it the set comes from the hub
+    (tests/test_hub_data.py)."""
+    monkeypatch.setenv("MRE_PAPER_DATA", "/nonexistent/data/mre")
+    cfg = compose([f"dataset={dataset}"])
     with pytest.raises(FileNotFoundError, match=r"dataset\.path=") as e:
         build_context(cfg)
     assert "/nonexistent/data/mre/" in str(e.value) and "does not exist" in str(e.value)

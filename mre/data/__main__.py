@@ -7,6 +7,7 @@ import sys
 from rich.console import Console
 
 from mre.config import compose
+from mre.data.hub_data import source_note
 from mre.data.prompts import PromptError
 from mre.data.record import DataFormatError
 from mre.data.splits import SplitError
@@ -15,10 +16,16 @@ from mre.hub import WeightsError
 
 
 def main(argv: list[str]) -> int:
-    """Show the data; a problem with the data or the settings is one line naming it (exit code 2)."""
+    """Show the data (and, for a hub set, where it came from and its licence); a problem with the data or
+    the settings is one line naming it (exit code 2)."""
     console = Console()
     try:
-        show(context_for_view(compose(argv), console), console)
+        cfg = compose(argv)
+        ctx = context_for_view(cfg, console)
+        note = source_note(cfg.dataset)
+        if note:
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
+        show(ctx, console)
     except (DataFormatError, PromptError, SplitError, WeightsError, FileNotFoundError, ValueError) as e:
         console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
