@@ -119,6 +119,8 @@ def test_group_files_do_not_restate_schema_defaults(group):
         ("flow.loss=ce", "full_vocab, label_restricted"),
         ("flow.backend=flash", "eager, blockwise"),
         ("verbalizer.aggregate=vote", "mean_logprob, sum_prob"),
+        ("dataset.lang=fr", "ja, en, zh"),
+        ("dataset.task=ner", "scnm, scpos_rw, scpos_adj_n, scpos_n, scpos_adj, tcree, oie"),
     ],
 )
 def test_a_typo_in_a_choice_fails_listing_the_valid_values(override, valid):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from hydra.errors import ConfigCompositionException
 from rich.console import Console
 
 from mre.config import compose
@@ -26,6 +27,10 @@ def main(argv: list[str]) -> int:
         if note:
             console.print(note, markup=False, highlight=False, soft_wrap=True)
         show(ctx, console)
+    except ConfigCompositionException as e:  # a bad override: the cause lists the valid choices
+        cause = str(e.__cause__ or "").split("\n")[0]
+        console.print(f"error: {e}: {cause}", style="red", markup=False, highlight=False, soft_wrap=True)
+        return 2
     except (DataFormatError, PromptError, SplitError, WeightsError, FileNotFoundError, ValueError) as e:
         console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
