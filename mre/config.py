@@ -25,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mre.data.hub_data import prompt_language
 from mre.data.options import DataConfig, DatasetConfig, DirectionConfig, PromptConfig
 from mre.errors import UserError
 from mre.flow.options import FlowAnalysisConfig, FlowTrainConfig, KnockoutConfig
@@ -216,6 +217,13 @@ def output_subdir(resume: str | None, stamp: str) -> str:
     return f".hydra/resumed-{stamp}" if resume else ".hydra"
 
 
+def env_file(variable: str, name: str) -> str | None:
+    """`name` in the folder an environment variable names (e.g. MRE_PAPER_DATA), None when it is not set:
+    the paper's data set configs read a local copy where one is given, else the MMM collection's."""
+    folder = os.environ.get(variable)
+    return str(Path(folder) / name) if folder else None
+
+
 def register_configs() -> None:
     """The schemas (`base_config`, `analyze_base`) and the resolvers the YAML files use."""
     cs = ConfigStore.instance()
@@ -228,6 +236,8 @@ def register_configs() -> None:
         "mre_run_id": run_id,
         "mre_run_dir": run_dir,
         "mre_output_subdir": output_subdir,
+        "mre_env_file": env_file,
+        "mre_prompt_language": prompt_language,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -55,16 +55,19 @@ def _local_folder(path: Path) -> Path:
     return path
 
 
-def _cached_snapshot(repo_id: str) -> Path | None:
+def cached_snapshot(repo_id: str, repo_type: str = "model") -> Path | None:
+    """The folder of the repository's snapshot in the Hugging Face cache (no network), or None.
+
+    It holds the files downloaded so far, which need not be all of the repository's."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, repo_type=repo_type, local_files_only=True))
     except Exception:  # not in the cache (LocalEntryNotFoundError) or an unusable entry
         return None
 
 
-def hub_status(repo_id: str, timeout: float = 10.0) -> tuple[bool, str]:
+def hub_status(repo_id: str, timeout: float = 10.0, repo_type: str = "model") -> tuple[bool, str]:
     """(reachable, why not): one metadata request with a short timeout, no retries."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
@@ -72,11 +75,11 @@ def hub_status(repo_id: str, timeout: float = 10.0) -> tuple[bool, str]:
     if constants.HF_HUB_OFFLINE:
         return False, "HF_HUB_OFFLINE is set"
     try:
-        HfApi().model_info(repo_id, timeout=timeout)
+        HfApi().repo_info(repo_id, repo_type=repo_type, timeout=timeout)
     except GatedRepoError:
         return False, f"{repo_id} is gated: accept its licence on the hub and log in (hf auth login)"
     except RepositoryNotFoundError:
-        return False, f"{repo_id} is not a model on the hub (or is private: log in with hf auth login)"
+        return False, f"{repo_id} is not a {repo_type} on the hub (or is private: log in with hf auth login)"
     except Exception as e:  # no network, DNS, proxy, timeout: the transport's own error types vary
         return False, f"the hub is not reachable ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
     return True, ""
@@ -150,7 +153,7 @@ def resolve_weights(
     """A local folder with the model's config, weights and tokenizer (see the module docstring)."""
     if looks_like_path(name_or_path) or Path(name_or_path).is_dir():
         return _local_folder(Path(name_or_path).expanduser())
-    cached = _cached_snapshot(name_or_path)
+    cached = cached_snapshot(name_or_path)
     if cached is not None:
         return cached
     reachable, why = hub_status(name_or_path)

@@ -119,6 +119,8 @@ def test_group_files_do_not_restate_schema_defaults(group):
         ("flow.loss=ce", "full_vocab, label_restricted"),
         ("flow.backend=flash", "eager, blockwise"),
         ("verbalizer.aggregate=vote", "mean_logprob, sum_prob"),
+        ("dataset.lang=fr", "ja, en, zh"),
+        ("dataset.task=ner", "scnm, scpos_rw, scpos_adj_n, scpos_n, scpos_adj, tcree, oie"),
     ],
 )
 def test_a_typo_in_a_choice_fails_listing_the_valid_values(override, valid):
@@ -157,8 +159,11 @@ def test_unknown_key_and_wrong_type_fail():
 
 
 @pytest.mark.parametrize("dataset", PAPER)
-def test_paper_dataset_without_path_says_what_is_expected(dataset):
-    cfg = compose([f"dataset={dataset}", "paths.root_dir=/nonexistent"])
+def test_paper_dataset_local_copy_missing_says_what_is_expected(dataset, monkeypatch):
+    """MRE_PAPER_DATA names the folder of local copies; without it the set comes from the hub
+    (tests/test_hub_data.py)."""
+    monkeypatch.setenv("MRE_PAPER_DATA", "/nonexistent/data/mre")
+    cfg = compose([f"dataset={dataset}"])
     with pytest.raises(FileNotFoundError, match=r"dataset\.path=") as e:
         build_context(cfg)
     assert "/nonexistent/data/mre/" in str(e.value) and "does not exist" in str(e.value)

@@ -113,7 +113,7 @@ def test_experiment_runs_one_batch(name, tmp_path):
         ("paper_kv", None, "fewshot", "verbalizer"),
     ],
 )
-def test_experiments_compose_with_their_sweeps(name, direction, task, sweep_key):
+def test_experiments_compose_with_their_sweeps(name, direction, task, sweep_key, monkeypatch):
     cfg = compose([f"experiment={name}"])
     assert cfg.task == task
     if direction:
@@ -137,8 +137,15 @@ def test_experiments_compose_with_their_sweeps(name, direction, task, sweep_key)
             "tcree",
         }
         for ds in str(params.dataset).split(","):
-            c = compose([f"experiment={name}", f"dataset={ds}"])
-            assert c.dataset.path and c.dataset.path.endswith((".csv", ".json"))
+            # the MMM collection's Japanese set from the hub, sampled 1,000 / 1,000 as in the paper ...
+            monkeypatch.delenv("MRE_PAPER_DATA", raising=False)
+            c = compose([f"experiment={name}", f"dataset={ds}"]).dataset
+            assert c.path is None and (str(c.lang), str(c.task)) == ("ja", ds)
+            assert (c.n_train, c.n_test) == (1000, 1000)
+            # ... or the local copy in the folder MRE_PAPER_DATA names
+            monkeypatch.setenv("MRE_PAPER_DATA", "/data/mre")
+            c = compose([f"experiment={name}", f"dataset={ds}"]).dataset
+            assert c.path.startswith("/data/mre/") and c.path.endswith((".csv", ".json"))
         assert cfg.model.name == ("t5_base_japanese" if task == "fewshot" else "llama2_7b_chat_lora")
         if task == "generative":
             assert cfg.trainer.max_epochs == 3

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import sys
 
+from hydra.errors import ConfigCompositionException
 from rich.console import Console
 
 from mre.config import compose
+from mre.data.hub_data import source_note
 from mre.data.view import context_for_view, show
 from mre.errors import UserError
 
 
 def main(argv: list[str]) -> int:
-    """Show the data; a problem with the data or the settings is one line naming it (exit code 2)."""
+    """Show the data (and, for a hub set, where it came from and its licence); a problem with the data or
+    the settings is one line naming it (exit code 2)."""
     console = Console()
     try:
-        show(context_for_view(compose(argv), console), console)
+        cfg = compose(argv)
+        ctx = context_for_view(cfg, console)
+        note = source_note(cfg.dataset)
+        if note:
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
+        show(ctx, console)
+    except ConfigCompositionException as e:  # a bad override: the cause lists the valid choices
+        cause = str(e.__cause__ or "").split("\n")[0]
+        console.print(f"error: {e}: {cause}", style="red", markup=False, highlight=False, soft_wrap=True)
+        return 2
     except (UserError, FileNotFoundError, ValueError) as e:
         console.print(f"error: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2

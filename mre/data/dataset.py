@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mre.data.hub_data import from_hub, load_mmm
 from mre.data.options import DatasetConfig, Source
 from mre.data.readers import load_source
 from mre.data.record import Record
@@ -14,8 +15,9 @@ from mre.errors import MissingInputError
 
 
 def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict[str, list[Record]]:
-    """Records of a dataset config by named split; a missing path says what file is expected. With
-    `wli_format`, a read WLI pair that format cannot serialize is a bad row."""
+    """Records of a dataset config by named split; a missing path says what file is expected. Without a
+    path, an MMM set (`dataset.lang`, `dataset.task`) comes from the hub. With `wli_format`, a read WLI
+    pair that format cannot serialize is a bad row."""
     if ds.source is Source.synthetic:
         s = ds.synthetic
         recs = generate(
@@ -27,6 +29,8 @@ def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict
             tli_helps_wli=s.tli_helps_wli,
         )
         return {"all": recs}
+    if from_hub(ds):
+        return load_mmm(ds, wli_format)
     if ds.path is None or not Path(ds.path).exists():
         where = "no path was given" if ds.path is None else f"{ds.path} does not exist"
         raise MissingInputError(

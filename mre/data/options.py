@@ -24,6 +24,27 @@ class Language(StrEnum):
     ja = "ja"
 
 
+class MMMLanguage(StrEnum):
+    """The languages of the MMM collection (`dataset=mmm`)."""
+
+    ja = "ja"
+    en = "en"
+    zh = "zh"
+
+
+class MMMTask(StrEnum):
+    """The MRE mix sets of the MMM collection, in the paper's order (their files carry the index 0-5),
+    and `oie`: the collection's open-domain set (text label + NER pairs)."""
+
+    scnm = "scnm"
+    scpos_rw = "scpos_rw"
+    scpos_adj_n = "scpos_adj_n"
+    scpos_n = "scpos_n"
+    scpos_adj = "scpos_adj"
+    tcree = "tcree"
+    oie = "oie"
+
+
 class CodeScheme(StrEnum):
     """TLI answer codes (each must be one token in answer position): `1, 2, ...` as the paper numbers its
     classes, `A, B, ...`, `a, b, ...`; `auto`: digits where they work, else letters, else lower."""
@@ -66,6 +87,9 @@ class DatasetConfig:
     split_seed: int = 42
     on_bad_row: OnBadRow = OnBadRow.error
     sort_multi_labels: bool = False  # BIO intents: `b#a` is the same label as `a#b`
+    # dataset=mmm: the set of the MMM collection on the Hugging Face hub, fetched when `path` is not given
+    lang: MMMLanguage | None = None
+    task: MMMTask | None = None
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
