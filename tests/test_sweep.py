@@ -308,7 +308,7 @@ def test_data_draws_are_one_row_with_three_level_statistics(tmp_path):
     _sweep(root, cells)
     res = analyze_sweep(root)
     t = res.tables["table3_tli"]
-    assert t.label_keys == ("dataset.name",) or "dataset.split_seed" not in t.label_keys
+    assert "dataset.split_seed" not in t.label_keys
     (row,) = t.rows
     assert row.n_draws == 2 and row.n_seeds == 4 and row.draws_disagree and row.ci_lo < 0 < row.ci_hi
     shares = row.variance_shares()
@@ -354,6 +354,7 @@ def test_collapsed_runs_are_marked_and_both_sides_collapsed_is_not_compared(tmp_
     assert one.seeds[0].collapsed_a and one.seeds[0].top_share_a < 0.95
     report = (root / "analysis" / "report.md").read_text()
     assert "| both collapsed |" in report and "(⚠ 1/1 collapsed)" in report
+    assert report.count("(⚠ collapsed)") == 3  # the runs table: both of model x, model y's no-anchor run
     _assert_reads_back(res, root / "analysis")
 
 

@@ -334,7 +334,19 @@ def _anchor_text(r: Run) -> str:
     )
 
 
-def _runs_md(runs: list[Run]) -> str:
+def collapsed_runs(res: SweepResult) -> set[str]:
+    """The names of the runs that some table found collapsed."""
+    return {
+        name
+        for t in res.tables.values()
+        for row in t.rows
+        for x in row.seeds
+        for name, flag in ((x.run_a, x.collapsed_a), (x.run_b, x.collapsed_b))
+        if flag
+    }
+
+
+def _runs_md(runs: list[Run], collapsed: set[str]) -> str:
     lines = [
         "| # | run | status | data set | direction | setting | model | test/f1 | flow | config |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -345,10 +357,11 @@ def _runs_md(runs: list[Run]) -> str:
         src = r.flow_file
         flow = f"[{src}](<../{r.name}/{src}>)" if src else "—"
         overrides = " ".join(r.overrides) or "—"
+        mark = " (⚠ collapsed)" if r.name in collapsed else ""
         lines.append(
             f"| {r.index} | [{_cell(_short(r.name))}](<../{r.name}/>) | {status} | {r.get('dataset.name')} "
             f"| {r.get('direction.name') if r.get('task') != 'fewshot' else 'tli (few-shot)'} | {setting} "
-            f"| {r.get('model.name')} | {_num(r.f1)} | {flow} "
+            f"| {r.get('model.name')} | {_num(r.f1)}{mark} | {flow} "
             f"| [config](<../{r.name}/.hydra/config.yaml>) `{_cell(overrides)}` |"
         )
     return "\n".join(lines)
@@ -448,7 +461,7 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
         ]
         for key, path in figures.items():
             md += [f"### {key}", "", f"![{key}]({path.name})", ""]
-    md += ["## Runs", "", _runs_md(runs), "", _shared_config(runs), ""]
+    md += ["## Runs", "", _runs_md(runs, collapsed_runs(res)), "", _shared_config(runs), ""]
     return "\n".join(md)
 
 
