@@ -138,6 +138,8 @@ class SweepOptions:
     n_perm: int = 2000  # permutations of the paired test over seeds x samples
     on_mismatch: OnMismatch = OnMismatch.error  # skip: a pair on different test ids is marked refused
     compute_flow: bool = False  # run the flow analysis (flow: options) on with-anchor runs lacking one
+    # a run whose most frequent test answer goes to at least this share of the texts collapsed
+    collapse_share: float = 0.95  # = mre.stats.COLLAPSE_SHARE (not imported: it would import torch)
     # config keys that do not make two runs different settings (prefixes match sub-keys)
     ignore_keys: list[str] = field(default_factory=lambda: list(DEFAULT_IGNORE))
 

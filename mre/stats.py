@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -294,21 +295,131 @@ def pair_counts(
 
 
 # --------------------------------------------------------------------------------------------------
-# comparisons over seeds and test samples
+# a run that answers (nearly) the same for every text
 # --------------------------------------------------------------------------------------------------
+
+COLLAPSE_SHARE = 0.95  # a run collapsed when its most frequent answer is given to at least this share
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """Whether a run's test predictions collapsed onto one answer, and the baseline it then sits at.
+
+    * `top_share`: the share of the test texts that got the run's most frequent prediction (for TLI
+      the most frequent class; for WLI the most frequent whole answer, e.g. ``none``);
+    * `majority_f1`: the F1 of answering the most frequent gold answer for every text, scored as the
+      run is (`PairCounts`): what a run that learned only the class prior reaches;
+    * `collapsed`: `top_share` >= the threshold (`COLLAPSE_SHARE` unless given).
+    """
+
+    top_share: float
+    majority_f1: float
+    collapsed: bool
+
+
+def majority_f1(rows: list[dict], level: Direction, fmt: AnswerParser | None = None) -> float:
+    """F1 of predicting the most frequent gold answer of `rows` for every row (ties: the first in
+    sorted order, so the baseline does not depend on the rows' order)."""
+    counts = Counter(str(r["gold"]) for r in rows)
+    top = max(sorted(counts), key=counts.__getitem__)
+    constant = [{**r, "prediction": top} for r in rows]
+    return pair_counts(constant, constant, level, fmt).f1_a()
+
+
+def collapse(
+    rows: list[dict], level: Direction, fmt: AnswerParser | None = None, share: float = COLLAPSE_SHARE
+) -> Collapse:
+    """The collapse measure of one run's prediction rows (see `Collapse`)."""
+    if not rows:
+        raise ValueError("collapse needs at least one prediction row")
+    top = Counter(str(r["prediction"]) for r in rows).most_common(1)[0][1] / len(rows)
+    return Collapse(top, majority_f1(rows, level, fmt), top >= share)
+
+
+# --------------------------------------------------------------------------------------------------
+# comparisons over data draws, seeds and test samples
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VarianceSplit:
+    """How the variance of one run's Δ splits between data draws, training seeds and test samples.
+
+    The estimator (`variance_components`) is the ANOVA (method-of-moments) estimator of the nested
+    random-effects model Δ_ds = μ + a_d + b_ds + e_ds (draw d, seed s within it), with the variance of
+    the test-sample error e_ds known from the within-run bootstrap. The estimates are unbiased and can
+    come out negative (no evidence for that component); `shares` counts a negative one as 0. None:
+    not estimable from this design (one draw: no draw component; one seed per draw: no seed
+    component, and then the draw component cannot be told from it either).
+    """
+
+    draw: float | None
+    seed: float | None
+    test: float
+
+    def shares(self) -> dict[str, float]:
+        """Each estimable component's share of their sum, negative estimates counted as 0."""
+        parts = {k: max(v, 0.0) for k, v in (("draw", self.draw), ("seed", self.seed), ("test", self.test))
+                 if v is not None}  # fmt: skip
+        total = sum(parts.values())
+        return {k: v / total if total > 0 else 0.0 for k, v in parts.items()}
+
+
+def variance_components(
+    deltas: Sequence[Sequence[float]], test_vars: Sequence[Sequence[float]]
+) -> VarianceSplit:
+    """`VarianceSplit` of the runs' Δ (`deltas[d][s]`: draw d, seed s) given each run's test-sample
+    variance of Δ (`test_vars[d][s]`).
+
+    Nested one-way ANOVA, unbalanced designs allowed: with N runs in D draws of S_d seeds,
+    MS_within = sum (Δ_ds - mean_d)^2 / (N - D) has expectation σ²_seed + mean(v), and
+    MS_between = sum S_d (mean_d - mean)^2 / (D - 1) has σ²_seed + mean(v) + n0 σ²_draw with
+    n0 = (N - sum S_d^2 / N) / (D - 1); σ²_test = mean(v). The test-sample errors of a draw's seeds
+    are taken as independent (a test text that is hard for one setting in every seed of a draw adds to
+    the test component and takes as much from the seed component)."""
+    groups = [np.asarray(g, dtype=np.float64) for g in deltas]
+    test = float(np.mean(np.concatenate([np.asarray(v, dtype=np.float64) for v in test_vars])))
+    sizes = np.array([len(g) for g in groups])
+    n, d = int(sizes.sum()), len(groups)
+    if n - d <= 0:
+        return VarianceSplit(None, None, test)
+    means = np.array([g.mean() for g in groups])
+    ms_within = sum(float(((g - m) ** 2).sum()) for g, m in zip(groups, means, strict=True)) / (n - d)
+    seed = ms_within - test
+    if d < 2:
+        return VarianceSplit(None, seed, test)
+    grand = float(np.concatenate(groups).mean())
+    ms_between = float((sizes * (means - grand) ** 2).sum()) / (d - 1)
+    n0 = (n - float((sizes**2).sum()) / n) / (d - 1)
+    return VarianceSplit((ms_between - ms_within) / n0, seed, test)
+
+
+def within_run_variance(pair: PairCounts, n_boot: int = 1000, seed: int = 0) -> float:
+    """The test-sample variance of one run pair's Δ: the paired bootstrap variance over its test
+    samples, times n / (n - 1) (the bootstrap variance of a mean is (n - 1) / n of the unbiased one)."""
+    n = len(pair)
+    diffs = np.concatenate(
+        [pair.f1(w @ pair.b) - pair.f1(w @ pair.a) for w in resample_blocks(n, n_boot, seed)]
+    )
+    return float(np.var(diffs, ddof=1)) * n / max(n - 1, 1)
 
 
 @dataclass
 class Comparison:
-    """F1 of settings A and B, each the mean over seeds, and Δ = B - A with:
+    """F1 of settings A and B, each the mean over data draws of the mean over the draw's seeds, and
+    Δ = B - A with:
 
-    * `lo`, `hi`: 95% percentile interval of a hierarchical bootstrap (`hierarchical_diffs`): seeds
-      are resampled, then each drawn seed's test samples (the same resample scores A and B), so the
-      interval covers training noise as well as test-sample noise; with one seed it is the paired
-      bootstrap over test samples;
-    * `p`: a two-sided paired permutation test over seeds x samples (`permutation_p`): under "A and B
-      are exchangeable", each (seed, sample)'s two predictions are swapped at random;
-    * `p_adj`: `p` adjusted with Benjamini-Hochberg across the rows of a table (`adjust_bh`).
+    * `lo`, `hi`: 95% percentile interval of a hierarchical bootstrap (`hierarchical_diffs`): draws
+      are resampled, then each drawn draw's seeds, then each drawn seed's test samples (the same
+      resample scores A and B), so the interval covers the draw of the data and training noise as well
+      as test-sample noise; with one draw it is the seeds-then-samples bootstrap, with one seed the
+      paired bootstrap over test samples;
+    * `a_lo`, `a_hi`, `b_lo`, `b_hi`: the same resampling's interval of each setting's F1;
+    * `p`: a two-sided paired permutation test over (draw, seed, sample) (`permutation_p`): under "A
+      and B are exchangeable", each sample's two predictions are swapped at random;
+    * `p_adj`: `p` adjusted with Benjamini-Hochberg across the rows of a table (`adjust_bh`);
+    * `variance`: how the variance of one run's Δ splits between draws, seeds and test samples;
+    * `per_draw`: Δ of each draw (the mean over its seeds), in the order of the draws.
     """
 
     f1_a: float
@@ -317,12 +428,24 @@ class Comparison:
     lo: float
     hi: float
     p: float
-    n_seeds: int
-    n: int  # test samples per seed
+    n_seeds: int  # runs per side (draws x seeds)
+    n: int  # test samples per run (the smallest, when draws differ)
     n_boot: int
     n_perm: int
-    per_seed: list[tuple[float, float]]  # (F1 A, F1 B) of each seed
+    per_seed: list[tuple[float, float]]  # (F1 A, F1 B) of each run pair, draw by draw
     p_adj: float | None = None
+    n_draws: int = 1
+    per_draw: list[float] = field(default_factory=list)
+    variance: VarianceSplit | None = None
+    a_lo: float | None = None
+    a_hi: float | None = None
+    b_lo: float | None = None
+    b_hi: float | None = None
+
+    @property
+    def draws_disagree(self) -> bool:
+        """Some draw's Δ is above 0 and another's below: the sign depends on the data drawn."""
+        return any(x > 0 for x in self.per_draw) and any(x < 0 for x in self.per_draw)
 
     def p_text(self, adjusted: bool = False) -> str:
         """The p-value to 3 digits; at the floor of a random permutation test (2 / (n_perm + 1): the
@@ -338,34 +461,90 @@ def p_text(p: float | None, n_perm: int) -> str:
     return f"≤{floor:.2g}" if p <= floor * (1 + 1e-9) else f"{p:.3g}"
 
 
-def hierarchical_diffs(pairs: list[PairCounts], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """[n_boot] bootstrap replicates of the mean over seeds of F1(B) - F1(A): seeds drawn with
-    replacement, then each drawn seed's samples drawn with replacement (a fresh draw for every
-    occurrence of a seed)."""
+Statistic = Callable[[PairCounts, np.ndarray], np.ndarray]  # (pair, [B, n] count vectors) -> [B]
+
+
+def _diff(pair: PairCounts, w: np.ndarray) -> np.ndarray:
+    return pair.f1(w @ pair.b) - pair.f1(w @ pair.a)
+
+
+def _side(side: str) -> Statistic:
+    """The F1 of one setting ("a" or "b") of a pair, as a bootstrap statistic."""
+    return lambda pair, w: pair.f1(w @ getattr(pair, side))
+
+
+def group_draws(pairs: Sequence[PairCounts], draws: Sequence[Hashable] | None) -> list[list[PairCounts]]:
+    """The pairs grouped by their draw label, draws in order of first appearance (None: one draw)."""
+    if draws is None:
+        return [list(pairs)]
+    if len(draws) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(draws)} draw labels")
+    grouped: dict[Hashable, list[PairCounts]] = {}
+    for pair, d in zip(pairs, draws, strict=True):
+        grouped.setdefault(d, []).append(pair)
+    return list(grouped.values())
+
+
+def hierarchical_bootstrap(
+    groups: Sequence[Sequence[PairCounts]], statistic: Statistic, n_boot: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """[n_boot] bootstrap replicates of the mean over draws of the mean over the draw's seeds of
+    `statistic`: draws drawn with replacement, then each drawn draw's seeds with replacement, then each
+    drawn seed's test samples with replacement (a fresh draw for every occurrence).
+
+    A level with one unit is not resampled (drawing one of one gives it back), so one draw consumes
+    the random stream exactly as the two-level bootstrap (seeds, then samples) did."""
     rng = np.random.default_rng(seed)
-    n_seeds = len(pairs)
-    chosen = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    n_draws = len(groups)
+    picked = (
+        rng.integers(0, n_draws, size=(n_boot, n_draws))
+        if n_draws > 1
+        else np.zeros((n_boot, 1), dtype=np.int64)
+    )
     total = np.zeros(n_boot)
-    for s, pair in enumerate(pairs):
-        rows = np.nonzero(chosen == s)[0]  # one entry per occurrence of seed s
-        n = len(pair)
-        for start in range(0, len(rows), BLOCK):
-            part = rows[start : start + BLOCK]
-            w = rng.multinomial(n, np.full(n, 1.0 / n), size=len(part)).astype(np.float64)
-            np.add.at(total, part, pair.f1(w @ pair.b) - pair.f1(w @ pair.a))
-    return total / n_seeds
+    for d, pairs in enumerate(groups):
+        occurrences = np.nonzero(picked == d)[0]  # the replicate of each occurrence of draw d
+        if not occurrences.size:
+            continue
+        n_seeds = len(pairs)
+        chosen = rng.integers(0, n_seeds, size=(occurrences.size, n_seeds))
+        within = np.zeros(occurrences.size)
+        for s, pair in enumerate(pairs):
+            rows = np.nonzero(chosen == s)[0]  # one entry per occurrence of seed s
+            n = len(pair)
+            for start in range(0, len(rows), BLOCK):
+                part = rows[start : start + BLOCK]
+                w = rng.multinomial(n, np.full(n, 1.0 / n), size=len(part)).astype(np.float64)
+                np.add.at(within, part, statistic(pair, w))
+        np.add.at(total, occurrences, within / n_seeds)
+    return total / n_draws
 
 
-def permutation_p(pairs: list[PairCounts], n_perm: int = 2000, seed: int = 0) -> float:
-    """Two-sided p-value of the mean F1 difference under random swaps of A and B within each
-    (seed, sample), by `scipy.stats.permutation_test` on sample indices into one table of counts."""
+def hierarchical_diffs(
+    pairs: Sequence[PairCounts], n_boot: int = 1000, seed: int = 0, draws: Sequence[Hashable] | None = None
+) -> np.ndarray:
+    """[n_boot] hierarchical bootstrap replicates (`hierarchical_bootstrap`) of Δ = F1(B) - F1(A);
+    `draws` labels each pair's data draw (None: all from one draw)."""
+    return hierarchical_bootstrap(group_draws(pairs, draws), _diff, n_boot, seed)
+
+
+def permutation_p(
+    pairs: Sequence[PairCounts], n_perm: int = 2000, seed: int = 0, draws: Sequence[Hashable] | None = None
+) -> float:
+    """Two-sided p-value of Δ (the mean over draws of the mean over seeds) under random swaps of A and
+    B within each (draw, seed, sample), by `scipy.stats.permutation_test` on sample indices into one
+    table of counts."""
     from scipy.stats import permutation_test
 
-    table = np.concatenate([*(p.a for p in pairs), *(p.b for p in pairs)])
-    sizes = [len(p) for p in pairs]
+    groups = group_draws(pairs, draws)
+    flat = [p for g in groups for p in g]
+    weights = np.array([1.0 / (len(groups) * len(g)) for g in groups for _ in g])
+    table = np.concatenate([*(p.a for p in flat), *(p.b for p in flat)])
+    sizes = [len(p) for p in flat]
     bounds = np.cumsum([0, *sizes])
     n_total = int(bounds[-1])
-    f1 = pairs[0].f1
+    f1 = flat[0].f1
+    balanced = np.all(weights == weights[0])
 
     def statistic(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
         fa, fb = table[x], table[y]  # [..., N, k]
@@ -373,7 +552,7 @@ def permutation_p(pairs: list[PairCounts], n_perm: int = 2000, seed: int = 0) ->
             f1(fb[..., lo:hi, :].sum(-2)) - f1(fa[..., lo:hi, :].sum(-2))
             for lo, hi in itertools.pairwise(bounds)
         ]
-        return np.mean(diffs, axis=0)
+        return np.mean(diffs, axis=0) if balanced else np.average(diffs, axis=0, weights=weights)
 
     x, y = np.arange(n_total), np.arange(n_total) + n_total
     res = permutation_test(
@@ -389,23 +568,46 @@ def permutation_p(pairs: list[PairCounts], n_perm: int = 2000, seed: int = 0) ->
     return float(res.pvalue)
 
 
-def compare(pairs: list[PairCounts], n_boot: int = 1000, n_perm: int = 2000, seed: int = 0) -> Comparison:
-    """Seed-aware comparison of two settings (see `Comparison`); `pairs` holds one `PairCounts` per
-    seed, each on that seed's test samples."""
+def _mean_of_means(groups: list[list[float]]) -> float:
+    return float(np.mean([np.mean(g) for g in groups]))
+
+
+def compare(
+    pairs: Sequence[PairCounts],
+    n_boot: int = 1000,
+    n_perm: int = 2000,
+    seed: int = 0,
+    draws: Sequence[Hashable] | None = None,
+) -> Comparison:
+    """Draw- and seed-aware comparison of two settings (see `Comparison`); `pairs` holds one
+    `PairCounts` per run pair, each on its own draw's test samples, and `draws` labels each pair's data
+    draw (None: one draw). The seeds of one draw must share their test samples' count."""
     if not pairs:
         raise ValueError("compare needs at least one pair of runs")
-    if len({len(p) for p in pairs}) > 1:
-        raise MismatchedTestSetError(
-            f"the seeds were evaluated on different numbers of samples: {[len(p) for p in pairs]}"
-        )
-    per_seed = [(p.f1_a(), p.f1_b()) for p in pairs]
-    f1_a = float(np.mean([a for a, _ in per_seed]))
-    f1_b = float(np.mean([b for _, b in per_seed]))
-    lo, hi = percentile_interval(hierarchical_diffs(pairs, n_boot, seed))
+    groups = group_draws(pairs, draws)
+    for g in groups:
+        if len({len(p) for p in g}) > 1:
+            raise MismatchedTestSetError(
+                f"the seeds were evaluated on different numbers of samples: {[len(p) for p in g]}"
+            )
+    per_seed = [(p.f1_a(), p.f1_b()) for g in groups for p in g]
+    f1_a = _mean_of_means([[p.f1_a() for p in g] for g in groups])
+    f1_b = _mean_of_means([[p.f1_b() for p in g] for g in groups])
+    lo, hi = percentile_interval(hierarchical_bootstrap(groups, _diff, n_boot, seed))
+    sides = [percentile_interval(hierarchical_bootstrap(groups, _side(s), n_boot, seed)) for s in ("a", "b")]
+    deltas = [[b - a for a, b in ((p.f1_a(), p.f1_b()) for p in g)] for g in groups]
+    test_vars = [[within_run_variance(p, n_boot, seed + i) for i, p in enumerate(g)] for g in groups]
+    flat = [p for g in groups for p in g]
     return Comparison(
-        f1_a, f1_b, f1_b - f1_a, lo, hi, permutation_p(pairs, n_perm, seed), len(pairs),
-        len(pairs[0]), n_boot, n_perm, per_seed,
+        f1_a, f1_b, f1_b - f1_a, lo, hi, permutation_p(flat, n_perm, seed, _labels(groups)), len(flat),
+        min(len(p) for p in flat), n_boot, n_perm, per_seed, n_draws=len(groups),
+        per_draw=[float(np.mean(d)) for d in deltas], variance=variance_components(deltas, test_vars),
+        a_lo=sides[0][0], a_hi=sides[0][1], b_lo=sides[1][0], b_hi=sides[1][1],
     )  # fmt: skip
+
+
+def _labels(groups: list[list[PairCounts]]) -> list[int]:
+    return [d for d, g in enumerate(groups) for _ in g]
 
 
 def adjust_bh(comparisons: list[Comparison]) -> None:

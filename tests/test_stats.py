@@ -18,11 +18,14 @@ from mre.stats import (
     align_predictions,
     bootstrap_layer_means,
     bootstrap_statistic,
+    collapse,
     compare,
     hierarchical_diffs,
+    majority_f1,
     pair_counts,
     percentile_interval,
     permutation_p,
+    variance_components,
 )
 
 LABELS = ["Music", "Sports", "Travel", "Technology"]
@@ -245,3 +248,115 @@ def test_benjamini_hochberg_by_hand():
     adjust_bh(comps)
     assert [c.p_adj for c in comps] == pytest.approx([0.04, 0.16 / 3, 0.16 / 3, 0.5])
     assert comps[1].p_text(adjusted=True) == "0.0533"
+
+
+def _two_level_reference(pairs: list[PairCounts], n_boot: int, seed: int) -> np.ndarray:
+    """The two-level bootstrap (seeds, then test samples) as it was before data draws were a level."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+    total = np.zeros(n_boot)
+    for s, pair in enumerate(pairs):
+        rows = np.nonzero(chosen == s)[0]
+        n = len(pair)
+        for start in range(0, len(rows), 100):
+            part = rows[start : start + 100]
+            w = rng.multinomial(n, np.full(n, 1.0 / n), size=len(part)).astype(np.float64)
+            np.add.at(total, part, pair.f1(w @ pair.b) - pair.f1(w @ pair.a))
+    return total / len(pairs)
+
+
+def test_one_draw_is_the_two_level_bootstrap():
+    """One data draw (no labels, or every pair labelled alike) gives exactly the replicates of the
+    two-level bootstrap for the same random seed; two draws resample the draws too."""
+    pairs = [tli_pair(0.5, 0.6 + 0.05 * i, 80, seed=30 + i) for i in range(3)]
+    ref = _two_level_reference(pairs, 700, seed=5)
+    assert np.array_equal(hierarchical_diffs(pairs, 700, seed=5), ref)
+    assert np.array_equal(hierarchical_diffs(pairs, 700, seed=5, draws=["d0"] * 3), ref)
+    two = hierarchical_diffs(pairs, 700, seed=5, draws=[0, 0, 1])
+    assert not np.array_equal(two, ref) and two.shape == ref.shape
+    c = compare(pairs, n_boot=300, n_perm=99, seed=1)
+    assert c.n_draws == 1 and c.variance.draw is None and not c.draws_disagree
+
+
+def test_draws_that_disagree_in_sign_widen_the_interval():
+    """Two draws with opposite gains, each seed's interval clear of 0: the three-level interval
+    contains 0 and the row is flagged; Δ is the mean over draws of the mean over their seeds."""
+    up = [tli_pair(0.5, 0.7, 400, seed=40 + i) for i in range(2)]
+    down = [tli_pair(0.7, 0.5, 400, seed=50 + i) for i in range(3)]
+    c = compare([*up, *down], n_boot=1000, n_perm=200, seed=0, draws=["u", "u", "d", "d", "d"])
+    assert c.n_draws == 2 and c.n_seeds == 5 and c.draws_disagree
+    assert c.per_draw[0] > 0.1 > -0.1 > c.per_draw[1] and c.lo < 0 < c.hi
+    assert c.diff == pytest.approx(np.mean(c.per_draw))
+    assert c.a_lo <= c.f1_a <= c.a_hi and c.b_lo <= c.f1_b <= c.b_hi
+    assert c.variance.draw > c.variance.seed
+
+
+def _tolerance(estimates: np.ndarray) -> float:
+    """Four Monte Carlo standard errors of the mean of the replicate estimates."""
+    return 4 * float(estimates.std(ddof=1)) / np.sqrt(len(estimates))
+
+
+def test_variance_components_recover_planted_ones():
+    """Per-sample scores x_dsi = a_d + b_ds + e_dsi with known variances (draws, seeds within a draw,
+    test samples), an unbalanced design; over R simulated studies the mean estimate of each component
+    must be within 4 Monte Carlo standard errors of the planted value (the estimator is unbiased)."""
+    rng = np.random.default_rng(0)
+    var_draw, var_seed, var_sample, n = 0.05**2, 0.03**2, 0.5**2, 200
+    seeds_per_draw, reps = (3, 2, 4, 3), 2000
+    est = []
+    for _ in range(reps):
+        deltas, test_vars = [], []
+        for k in seeds_per_draw:
+            a = rng.normal(0, np.sqrt(var_draw))
+            x = a + rng.normal(0, np.sqrt(var_seed), (k, 1)) + rng.normal(0, np.sqrt(var_sample), (k, n))
+            deltas.append(x.mean(1))
+            test_vars.append(x.var(1, ddof=1) / n)
+        v = variance_components(deltas, test_vars)
+        est.append((v.draw, v.seed, v.test))
+    est = np.array(est)
+    for k, truth in enumerate((var_draw, var_seed, var_sample / n)):
+        assert abs(est[:, k].mean() - truth) < _tolerance(est[:, k]), (k, est[:, k].mean(), truth)
+    assert _tolerance(est[:, 0]) < var_draw / 2  # the check has power: the error is small against the value
+
+
+def test_compare_recovers_planted_components_through_its_bootstrap():
+    """The same recovery through `compare` on prediction counts (WLI micro-F1 with one gold and one
+    predicted pair per sample is the mean of per-sample hits): setting B hits with probability
+    0.6 + a_d + b_ds, A with 0.6, so the test-sample variance of a run's Δ is
+    (0.6 * 0.4 - var_draw - var_seed + 0.6 * 0.4) / n on average."""
+    rng = np.random.default_rng(1)
+    var_draw, var_seed, n, reps = 0.06**2, 0.04**2, 100, 150
+    est = []
+    for _ in range(reps):
+        pairs, draws = [], []
+        for d in range(3):
+            a = rng.normal(0, np.sqrt(var_draw))
+            for _s in range(3):
+                p = 0.6 + a + rng.normal(0, np.sqrt(var_seed))
+                hits_a, hits_b = rng.random(n) < 0.6, rng.random(n) < p
+                counts = [np.stack([h, np.ones(n), np.ones(n)], 1).astype(float) for h in (hits_a, hits_b)]
+                pairs.append(PairCounts(*counts, Direction.wli))
+                draws.append(d)
+        v = compare(pairs, n_boot=200, n_perm=9, seed=int(rng.integers(1 << 30)), draws=draws).variance
+        est.append((v.draw, v.seed, v.test))
+    est = np.array(est)
+    truths = (var_draw, var_seed, (0.48 - var_draw - var_seed) / n)
+    for k, truth in enumerate(truths):
+        assert abs(est[:, k].mean() - truth) < _tolerance(est[:, k]), (k, est[:, k].mean(), truth)
+
+
+def test_collapse_of_a_run_that_answers_one_class():
+    """A run that gives one class to 98 of 100 texts collapsed; its F1 sits at the majority baseline
+    (the F1 of answering the most frequent gold class everywhere: 2m / (n + m) / gold classes)."""
+    golds = [LABELS[i % 4] if i % 2 else "Music" for i in range(100)]  # Music 50, Sports 25, Technology 25
+    rows = [{"id": i, "gold": g, "prediction": "Music" if i >= 4 else g} for i, g in enumerate(golds)]
+    c = collapse(rows, Direction.tli)
+    m = golds.count("Music")
+    assert m == 50 and c.majority_f1 == pytest.approx(2 * m / (100 + m) / 3)
+    assert c.collapsed and c.top_share == 0.98  # texts 1 and 3 keep their own class
+    assert not collapse(rows, Direction.tli, share=0.99).collapsed
+    healthy = [{**r, "prediction": r["gold"]} for r in rows]
+    assert not collapse(healthy, Direction.tli).collapsed
+    wli = [{"id": i, "gold": "none" if i % 3 else "person:Ann", "prediction": "none"} for i in range(30)]
+    w = collapse(wli, Direction.wli, WLIFormat())
+    assert w.collapsed and w.majority_f1 == majority_f1(wli, Direction.wli, WLIFormat())

@@ -279,3 +279,104 @@ def test_expected_jobs_are_every_combination_of_params_and_command_line(tmp_path
     ran = [Run(root / "0", "0", None, {}, ["with_anchor=True", "model=a", "seed=3"], None)]
     assert never_started(root, ran) == [" ".join(j) for j in jobs[1:]]
     assert expected_jobs(_multirun(tmp_path / "i", {}, ["lr=interval(0,1)"])) is None  # no list of jobs
+
+
+# --------------------------------------------------------------------------------------------------
+# data draws, collapsed runs and learning curves
+# --------------------------------------------------------------------------------------------------
+
+
+def _sweep(root: Path, cells: list[tuple[float, tuple[str, ...], int]], n: int = 200) -> None:
+    """One run per (accuracy, overrides, seed): with_anchor is among the overrides."""
+    for k, (acc, extra, seed) in enumerate(cells):
+        anchor = "with_anchor=True" in extra
+        _fake_run(
+            root, k, 1.0, anchor, acc, n, *[e for e in extra if not e.startswith("with_anchor")], seed=seed
+        )
+
+
+def test_data_draws_are_one_row_with_three_level_statistics(tmp_path):
+    """Two data draws (split_seed) x two seeds: one row; the anchor helps in one draw and hurts in the
+    other, so the row is flagged, its interval contains 0 and the draw component dominates the variance."""
+    root = tmp_path / "draws"
+    cells = []
+    for split, gain in ((1, 0.25), (2, -0.25)):
+        for seed in (42, 1):
+            for anchor in (False, True):
+                extra = (f"dataset.split_seed={split}", f"with_anchor={anchor}")
+                cells.append((0.6 + gain * anchor, extra, seed))
+    _sweep(root, cells)
+    res = analyze_sweep(root)
+    t = res.tables["table3_tli"]
+    assert "dataset.split_seed" not in t.label_keys
+    (row,) = t.rows
+    assert row.n_draws == 2 and row.n_seeds == 4 and row.draws_disagree and row.ci_lo < 0 < row.ci_hi
+    shares = row.variance_shares()
+    assert shares["draw"] > 0.5 and set(shares) == {"draw", "seed", "test"}
+    assert [(x.draw, x.seed) for x in row.seeds] == [("1", "1"), ("1", "42"), ("2", "1"), ("2", "42")]
+    report = (root / "analysis" / "report.md").read_text()
+    assert "draws disagree in sign" in report and "variance of Δ: draw / seed / test" in report
+    assert read_csv(root / "analysis" / "table3_tli.csv")[0]["draws_disagree"] == "True"
+    _assert_reads_back(res, root / "analysis")
+
+
+def _collapse(run: Path, answer: str) -> None:
+    """Rewrite a run's predictions to one answer for every text (and its test/f1 to match)."""
+    from mre.results import read_jsonl
+
+    rows = [
+        {**r, "prediction": answer, "correct": r["gold"] == answer}
+        for r in read_jsonl(run / "predictions.jsonl")
+    ]
+    write_jsonl(run / "predictions.jsonl", rows)
+    (run / "metrics.json").write_text(json.dumps({"test/f1": pair_counts(rows, rows, Direction.tli).f1_a()}))
+
+
+def test_collapsed_runs_are_marked_and_both_sides_collapsed_is_not_compared(tmp_path):
+    """Model x: both settings answer "Music" everywhere: the row says "both collapsed" and has no Δ or
+    interval. Model y: the no-anchor run predicts well but its dev F1 never beat the dev majority
+    baseline (csv/metrics.csv): it is marked collapsed; the anchored run is not."""
+    root = tmp_path / "collapse"
+    cells = [(0.6 + 0.2 * a, (f"model={m}", f"with_anchor={a}"), 42) for m in ("tiny_llama", "tiny_qwen2")
+             for a in (False, True)]  # fmt: skip
+    _sweep(root, cells)
+    runs = sorted(root.iterdir(), key=lambda p: int(p.name.split("_")[0]))
+    _collapse(runs[0], "Music")
+    _collapse(runs[1], "Music")
+    (runs[2] / "csv").mkdir()
+    (runs[2] / "csv" / "metrics.csv").write_text("step,val/f1,val/majority_f1\n9,0.20,\n9,,0.25\n19,0.24,\n")
+    res = analyze_sweep(root)
+    both, one = res.tables["table3_tli"].rows
+    assert both.both_collapsed and both.diff is None and not both.compared
+    assert both.collapsed_a == both.collapsed_b == 1 and both.majority_f1 == pytest.approx(2 * 50 / 250 / 4)
+    assert "both settings collapsed in every run" in both.note
+    assert one.compared and (one.collapsed_a, one.collapsed_b) == (1, 0) and not one.both_collapsed
+    assert one.seeds[0].collapsed_a and one.seeds[0].top_share_a < 0.95
+    report = (root / "analysis" / "report.md").read_text()
+    assert "| both collapsed |" in report and "(⚠ 1/1 collapsed)" in report
+    assert report.count("(⚠ collapsed)") == 3  # the runs table: both of model x, model y's no-anchor run
+    _assert_reads_back(res, root / "analysis")
+
+
+def test_learning_curve_of_a_sweep_over_the_training_size(tmp_path):
+    """n_train 30, 60, 120 x anchor x 2 seeds: the gain shrinks with data; one curve, its CSV and figure."""
+    from mre.analysis.learning_curve import LearningCurve
+
+    root = tmp_path / "curve"
+    cells = [(0.5 + (0.3 - 0.1 * i) * a, (f"dataset.n_train={size}", f"with_anchor={a}"), seed)
+             for i, size in enumerate((30, 60, 120)) for seed in (42, 1) for a in (False, True)]  # fmt: skip
+    _sweep(root, cells)
+    res = analyze_sweep(root)
+    curve = res.curves["table3_tli"]
+    assert [p.n_train for p in curve.points] == [30, 60, 120]
+    assert {p.group for p in curve.points} == {"dataset.name=synthetic_en"}
+    assert all(p.f1_b_lo <= p.f1_b <= p.f1_b_hi and p.n_seeds == 2 for p in curve.points)
+    assert curve.points[0].diff > curve.points[2].diff > 0
+    out = root / "analysis"
+    assert LearningCurve.read(out, "table3_tli") == curve
+    lines = read_csv(out / "learning_curve_table3_tli.csv")
+    assert [line["n_train"] for line in lines] == ["30", "60", "120"]
+    png = out / "learning_curve_table3_tli.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "### Learning curve (table3_tli)" in (out / "report.md").read_text()
+    _assert_reads_back(res, out)

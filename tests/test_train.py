@@ -91,6 +91,16 @@ def test_same_seed_same_metrics_and_tli_without_anchor(tmp_path):
     assert m1["test/micro_f1"] == pytest.approx(m1["test/acc"])
     rows = read_jsonl(tmp_path / "a" / "predictions.jsonl")
     assert all(r["gold"] in {"Music", "Sports", "Technology", "Travel"} for r in rows)
+    # the run records its collapse measure, computed from its own prediction rows
+    from mre.analysis.runs import dev_below_majority
+    from mre.setting import Direction
+    from mre.stats import collapse
+
+    c = collapse(rows, Direction.tli)
+    assert m1["test/majority_f1"] == pytest.approx(c.majority_f1) and 0 < c.majority_f1 < 1
+    assert m1["test/top_share"] == pytest.approx(c.top_share)
+    assert m1["test/collapsed"] == float(c.collapsed)
+    assert dev_below_majority(tmp_path / "a" / "csv" / "metrics.csv") is not None  # val/majority_f1 logged
 
 
 @pytest.mark.slow

@@ -18,11 +18,12 @@ from omegaconf import OmegaConf
 
 from mre.analysis.flow_gain import MIN_INFORMATIVE, MIN_POINTS, POINTS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
+from mre.analysis.learning_curve import LearningCurve
 from mre.analysis.runs import Run, describe_sources, run_flow
 from mre.analysis.studies import STUDIES
 from mre.analysis.sweep_result import SweepResult
 from mre.analysis.tables import REFUSED, RowResult, SweepTable
-from mre.flow.plots import plot_flow_gain, plot_grid
+from mre.flow.plots import plot_flow_gain, plot_grid, plot_learning_curve
 from mre.setting import Direction
 from mre.stats import p_text
 
@@ -63,7 +64,8 @@ def _label_header(key: str) -> str:
 def table_columns(t: SweepTable) -> list[str]:
     s = STUDIES[t.study]
     cols = [_label_header(k) for k in t.label_keys]
-    cols += [s.label_a, s.label_b, "Δ", "95% CI", "p", "p (BH)", "seeds", "n"]
+    cols += [s.label_a, s.label_b, "majority F1", "Δ", "95% CI", "p", "p (BH)", "draws", "seeds", "n"]
+    cols.append("variance of Δ: draw / seed / test")
     if s.anchored:
         cols.append(f"S_pq ({s.label_b})")
     return [*cols, "runs", "note"]
@@ -80,19 +82,42 @@ def _note(row: RowResult) -> str:
     return "**refused**: " + row.note.removeprefix(REFUSED).removesuffix("; ")
 
 
+def _f1_cell(f1: float | None, collapsed: int | None, row: RowResult) -> str:
+    """F1, with how many of the compared runs collapsed when any did."""
+    runs = sum(1 for x in row.seeds if x.collapsed_a is not None)
+    return _num(f1) + (f" (⚠ {collapsed}/{runs} collapsed)" if collapsed else "")
+
+
+def _diff_cell(row: RowResult) -> str:
+    if row.both_collapsed:
+        return "both collapsed"
+    return _signed(row.diff) + (" (⚠ draws disagree in sign)" if row.draws_disagree else "")
+
+
+def variance_text(row: RowResult) -> str:
+    """The shares of the variance of one run's Δ (— where a component is not estimable)."""
+    shares = row.variance_shares()
+    if shares is None:
+        return "—"
+    return " / ".join(f"{shares[k]:.0%}" if k in shares else "—" for k in ("draw", "seed", "test"))
+
+
 def _row_cells(res: SweepResult, t: SweepTable, row: RowResult, link_prefix: str | None) -> list[str]:
     cells = [_cell(row.labels[k]) for k in t.label_keys]
-    cells += [_num(row.f1_a), _num(row.f1_b), _signed(row.diff)]
+    cells += [_f1_cell(row.f1_a, row.collapsed_a, row), _f1_cell(row.f1_b, row.collapsed_b, row)]
+    cells += [_num(row.majority_f1), _diff_cell(row)]
     if row.compared:
         cells += [
             f"[{row.ci_lo:+.4f}, {row.ci_hi:+.4f}]",
             p_text(row.p, row.n_perm),
             p_text(row.p_bh, row.n_perm),
+            str(row.n_draws),
             str(row.n_seeds),
             str(row.n),
+            variance_text(row),
         ]
     else:
-        cells += ["—"] * 5
+        cells += ["—"] * 7
     if STUDIES[t.study].anchored:
         cells.append(_sig(row.s_pq_b))
     cells.append(_pairs_links(res, row, link_prefix))
@@ -155,20 +180,73 @@ def plot_gain(fg: FlowGain, path: Path) -> Path:
     return plot_flow_gain(points, path)
 
 
+def curve_png(key: str) -> str:
+    """The learning curve figure's file name of a study."""
+    return f"learning_curve_{key}.png"
+
+
+def plot_curve(curve: LearningCurve, path: Path) -> Path:
+    """learning_curve_<study>.png: per group, F1 of both settings and Δ against the training-set size."""
+    s = STUDIES[curve.study]
+    panels = []
+    for group, pts in curve.groups().items():
+        x = [p.n_train for p in pts]
+        sides = {
+            s.label_a: ([p.f1_a for p in pts], [p.f1_a_lo for p in pts], [p.f1_a_hi for p in pts]),
+            s.label_b: ([p.f1_b for p in pts], [p.f1_b_lo for p in pts], [p.f1_b_hi for p in pts]),
+        }
+        diff = ([p.diff for p in pts], [p.ci_lo for p in pts], [p.ci_hi for p in pts])
+        panels.append((group, x, sides, diff, [p.majority_f1 for p in pts]))
+    return plot_learning_curve(panels, path)
+
+
+def curve_markdown(curve: LearningCurve) -> str:
+    """The learning curve's points as a table."""
+    s = STUDIES[curve.study]
+    lines = [
+        f"| group | training texts | {s.label_a} | 95% CI | {s.label_b} | 95% CI | majority F1 | Δ | 95% CI "
+        "| draws | seeds | collapsed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in curve.points:
+        ci = [
+            "—" if lo is None else f"[{lo:.4f}, {hi:.4f}]"
+            for lo, hi in ((p.f1_a_lo, p.f1_a_hi), (p.f1_b_lo, p.f1_b_hi))
+        ]
+        d_ci = "—" if p.ci_lo is None else f"[{p.ci_lo:+.4f}, {p.ci_hi:+.4f}]"
+        collapsed = "—" if p.collapsed_a is None else f"{p.collapsed_a} / {p.collapsed_b}"
+        lines.append(
+            f"| {_cell(p.group)} | {p.n_train} | {_num(p.f1_a)} | {ci[0]} | {_num(p.f1_b)} | {ci[1]} "
+            f"| {_num(p.majority_f1)} | {_signed(p.diff)} | {d_ci} | {p.n_draws or '—'} | {p.n_seeds or '—'} "
+            f"| {collapsed} |"
+        )
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------------------------------
 # report.md
 # --------------------------------------------------------------------------------------------------
 
 STATS_NOTE = (
-    "{a} and {b}: F1 averaged over the training seeds (runs that differ only in `seed`); Δ = F1({b}) − "
-    "F1({a}) on the same test samples. 95% CI: hierarchical bootstrap, {n_boot} resamples: the seeds are "
-    "resampled, then each drawn seed's test samples (the same resample scores both settings), percentile "
-    "interval; with one seed it covers test-sample noise only, which is often smaller than the "
-    "seed-to-seed spread (`{key}_seeds.csv`). p: two-sided paired permutation test, {n_perm} random "
-    "swaps of the two settings' predictions within each (seed, test sample): it asks whether these "
+    "{a} and {b}: F1 averaged over the data draws (`dataset.split_seed`) of the mean over each draw's "
+    "training seeds (runs that differ only in `seed` and `dataset.split_seed` are one row); Δ = F1({b}) − "
+    "F1({a}), each run pair on its draw's test samples. 95% CI: hierarchical bootstrap, {n_boot} "
+    "resamples: the draws are resampled, then each drawn draw's seeds, then each drawn seed's test "
+    "samples (the same resample scores both settings), percentile interval; with one draw it covers "
+    "seeds and test samples only, not which texts were drawn, and with one seed test-sample noise only "
+    "(`{key}_seeds.csv` has every run pair). p: two-sided paired permutation test, {n_perm} random "
+    "swaps of the two settings' predictions within each (draw, seed, test sample): it asks whether these "
     "trained runs differ, so with few seeds it can be small while the CI, which also covers training "
     "noise, contains 0; read the CI for the effect of the setting. p (BH): Benjamini–Hochberg "
-    "adjusted across this table's rows. F1 is recomputed from each run's `predictions.jsonl` ({metric})."
+    "adjusted across this table's rows. Variance of Δ: the shares of the variance of one run's Δ due "
+    "to the data draw, the training seed and the test samples (ANOVA estimator of a nested "
+    "random-effects model, the test-sample part from each run's bootstrap; a negative estimate counts "
+    'as 0; — where the design cannot estimate it: one draw, or one seed per draw). "draws disagree in '
+    "sign\": one draw's Δ is above 0 and another's below. Majority F1: the F1 of answering the most "
+    "frequent gold answer for every test text; a run collapsed when it gave one answer to at least "
+    "{share:.0%} of the test texts or its dev F1 never rose above the dev majority baseline (⚠ k/n: k "
+    'of the n compared runs); a row whose runs all collapsed on both sides is not compared ("both '
+    "collapsed\"). F1 is recomputed from each run's `predictions.jsonl` ({metric})."
 )
 FEW_POINTS = "too few points: the interval says little (a resample of n points holds at most n distinct)"
 
@@ -256,7 +334,19 @@ def _anchor_text(r: Run) -> str:
     )
 
 
-def _runs_md(runs: list[Run]) -> str:
+def collapsed_runs(res: SweepResult) -> set[str]:
+    """The names of the runs that some table found collapsed."""
+    return {
+        name
+        for t in res.tables.values()
+        for row in t.rows
+        for x in row.seeds
+        for name, flag in ((x.run_a, x.collapsed_a), (x.run_b, x.collapsed_b))
+        if flag
+    }
+
+
+def _runs_md(runs: list[Run], collapsed: set[str]) -> str:
     lines = [
         "| # | run | status | data set | direction | setting | model | test/f1 | flow | config |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -267,10 +357,11 @@ def _runs_md(runs: list[Run]) -> str:
         src = r.flow_file
         flow = f"[{src}](<../{r.name}/{src}>)" if src else "—"
         overrides = " ".join(r.overrides) or "—"
+        mark = " (⚠ collapsed)" if r.name in collapsed else ""
         lines.append(
             f"| {r.index} | [{_cell(_short(r.name))}](<../{r.name}/>) | {status} | {r.get('dataset.name')} "
             f"| {r.get('direction.name') if r.get('task') != 'fewshot' else 'tli (few-shot)'} | {setting} "
-            f"| {r.get('model.name')} | {_num(r.f1)} | {flow} "
+            f"| {r.get('model.name')} | {_num(r.f1)}{mark} | {flow} "
             f"| [config](<../{r.name}/.hydra/config.yaml>) `{_cell(overrides)}` |"
         )
     return "\n".join(lines)
@@ -329,6 +420,7 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
                 key=key,
                 n_boot=res.n_boot,
                 n_perm=res.n_perm,
+                share=res.collapse_share,
                 metric=_metric_text(s.kind),
             ),
             "Files: "
@@ -340,6 +432,20 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
             md += ["Rows marked **refused** compared runs evaluated on different test samples.", ""]
         if key in res.known:
             md += [known_answer_markdown(res.known[key]), ""]
+        if key in res.curves:
+            md += [
+                f"### Learning curve ({key})",
+                "",
+                "F1 of both settings and Δ against the number of training texts (`dataset.n_train`); bands "
+                "and intervals are the three-level bootstrap's (data draws, seeds, test samples), the dashed "
+                "line the majority baseline; collapsed: runs of each side that collapsed. "
+                f"Points: [learning_curve_{key}.csv](learning_curve_{key}.csv).",
+                "",
+                curve_markdown(res.curves[key]),
+                "",
+                f"![learning curve {key}]({curve_png(key)})",
+                "",
+            ]
     if res.flow_gain is not None and gain_png is not None:
         md += ["## Flow and gain across settings", "", flow_gain_markdown(res.flow_gain), ""]
         md += [f"![flow and gain]({gain_png.name})", ""]
@@ -355,7 +461,7 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
         ]
         for key, path in figures.items():
             md += [f"### {key}", "", f"![{key}]({path.name})", ""]
-    md += ["## Runs", "", _runs_md(runs), "", _shared_config(runs), ""]
+    md += ["## Runs", "", _runs_md(runs, collapsed_runs(res)), "", _shared_config(runs), ""]
     return "\n".join(md)
 
 
@@ -368,6 +474,8 @@ def render_sweep(res: SweepResult, out_dir: Path) -> Path:
         (out_dir / f"{key}.md").write_text(f"# {s.title}\n\n{table_markdown(res, t)}\n", encoding="utf-8")
         if s.figure and (fig := plot_flow_grid(res, t, out_dir / f"{s.figure}.png")) is not None:
             figures[s.figure] = fig
+    for key, curve in res.curves.items():
+        plot_curve(curve, out_dir / curve_png(key))
     gain_png = None if res.flow_gain is None else plot_gain(res.flow_gain, out_dir / "flow_gain.png")
     path = out_dir / "report.md"
     path.write_text(report_markdown(res, figures, gain_png), encoding="utf-8")

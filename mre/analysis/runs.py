@@ -10,6 +10,7 @@ stops at its first failed job) are listed too.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import logging
@@ -25,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from mre.config import load_run_config
 from mre.errors import ConfigError, MissingInputError
 from mre.flow.files import read_layers
-from mre.rundir import ANALYSIS, CHECKPOINTS, FLOW, METRICS, OVERRIDES
+from mre.rundir import ANALYSIS, CHECKPOINTS, CSV_METRICS, FLOW, METRICS, OVERRIDES
 from mre.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class Run:
         return None if self.metrics is None else self.metrics.get("test/f1")
 
     @cached_property
+    def dev_below_majority(self) -> bool | None:
+        """True when no validation of the run reached a dev F1 above the dev majority baseline
+        (`val/f1` against `val/majority_f1` in csv/metrics.csv); None when the run logged neither."""
+        return dev_below_majority(self.path / CSV_METRICS)
+
+    @cached_property
     def flow_file(self) -> str | None:
         """The run's flow file (see `flow_source`) relative to the run directory, looked up once."""
         src = flow_source(self.path)
@@ -77,6 +84,22 @@ class Run:
             if self.flow_file is None
             else RunFlow(self.flow_file, read_layers(self.path / self.flow_file))
         )
+
+
+def dev_below_majority(path: Path) -> bool | None:
+    """See `Run.dev_below_majority`; `path` is a run's CSV log."""
+    if not path.exists():
+        return None
+    f1, majority = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            if row.get("val/f1"):
+                f1.append(float(row["val/f1"]))
+            if row.get("val/majority_f1"):
+                majority.append(float(row["val/majority_f1"]))
+    if not f1 or not majority:
+        return None
+    return max(f1) <= max(majority)
 
 
 def run_flow(run: Run) -> RunFlow | None:

@@ -1,5 +1,5 @@
 """The result of a sweep analysis: its runs, the jobs that never started, the studies' tables, the
-known-answer checks and the flow-gain analysis.
+known-answer checks, the learning curves and the flow-gain analysis.
 
 `write(dir)` writes each part's files and ``sweep.json`` (what the sweep holds: its directory, the
 jobs that never started, the statistics' settings and which studies have a table or a check);
@@ -10,11 +10,12 @@ jobs that never started, the statistics' settings and which studies have a table
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mre.analysis.flow_gain import CORRELATIONS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
+from mre.analysis.learning_curve import LearningCurve
 from mre.analysis.runs import Run, discover_runs
 from mre.analysis.tables import SweepTable
 
@@ -31,6 +32,8 @@ class SweepResult:
     tables: dict[str, SweepTable]  # by study key, in the order of `STUDIES`
     known: dict[str, KnownAnswer]  # by study key
     flow_gain: FlowGain | None
+    curves: dict[str, LearningCurve] = field(default_factory=dict)  # by study key: sweeps of n_train
+    collapse_share: float = 0.95  # the share of one answer at which a run counts as collapsed
 
     @property
     def unfinished(self) -> list[Run]:
@@ -44,6 +47,7 @@ class SweepResult:
         """Every part's files and `sweep.json`."""
         files = [p for t in self.tables.values() for p in t.write(out_dir)]
         files += [k.write(out_dir) for k in self.known.values()]
+        files += [c.write(out_dir) for c in self.curves.values()]
         if self.flow_gain is not None:
             files += self.flow_gain.write(out_dir)
         summary = {
@@ -53,6 +57,8 @@ class SweepResult:
             "n_perm": self.n_perm,
             "tables": list(self.tables),
             "known_answer": list(self.known),
+            "learning_curves": list(self.curves),
+            "collapse_share": self.collapse_share,
         }
         path = out_dir / SUMMARY
         path.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -71,4 +77,6 @@ class SweepResult:
             {k: SweepTable.read(out_dir, k) for k in s["tables"]},
             {k: KnownAnswer.read(out_dir, k) for k in s["known_answer"]},
             FlowGain.read(out_dir) if (out_dir / CORRELATIONS).exists() else None,
+            {k: LearningCurve.read(out_dir, k) for k in s.get("learning_curves", [])},
+            s.get("collapse_share", 0.95),
         )

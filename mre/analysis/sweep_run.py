@@ -1,6 +1,7 @@
 """The sweep analysis of a multirun directory: find its runs, compute the flow they lack (when asked),
-build the studies' tables with seed-aware statistics, the flow-gain analysis and the known-answer
-checks (`measure_sweep`), then write the result and render it (`analyze_sweep`).
+build the studies' tables with draw- and seed-aware statistics, the flow-gain analysis, the
+known-answer checks and the learning curves (`measure_sweep`), then write the result and render it
+(`analyze_sweep`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from rich.console import Console
 
 from mre.analysis.flow_gain import flow_gain
 from mre.analysis.known_answer import known_answer
+from mre.analysis.learning_curve import learning_curve
 from mre.analysis.report import flow_gain_markdown, render_sweep, table_markdown
 from mre.analysis.runs import Run, discover_runs, never_started
 from mre.analysis.studies import STUDIES
@@ -58,6 +60,7 @@ def measure_sweep(
         tables.append(t)
     results = {t.study.key: t.result() for t in tables}
     known = {k: ka for k, t in results.items() if (ka := known_answer(t)) is not None}
+    curves = {k: c for k, t in results.items() if (c := learning_curve(t)) is not None}
     return SweepResult(
         sweep_dir,
         runs,
@@ -67,6 +70,8 @@ def measure_sweep(
         results,
         known,
         flow_gain(tables, opts.n_boot, seed),
+        curves,
+        opts.collapse_share,
     )
 
 

@@ -4,11 +4,15 @@ the table as a result that is written to and read back from CSV.
 Two runs are paired when their configs are equal except for the compared setting (``with_anchor``,
 or the ``verbalizer`` node) and the keys that do not change the result (``sweep.ignore_keys``: paths,
 loggers, callbacks, device placement). Keys other than the data set that vary between pairs (a model,
-the synthetic generator's strengths) become extra label columns; runs that differ only in ``seed`` are
-one row. Each row gets a seed-aware comparison of its F1 difference on the same test ids
-(``mre.stats.compare``: hierarchical bootstrap interval, paired permutation test, Benjamini-Hochberg
-across the table); two runs with different test ids are refused (``MismatchedTestSetError``), or,
-with ``sweep.on_mismatch=skip``, reported as refused in their row.
+the synthetic generator's strengths) become extra label columns; runs that differ only in ``seed`` and
+``dataset.split_seed`` (the data draw) are one row. Each row gets a draw- and seed-aware comparison of
+its F1 difference, each run pair on its draw's test ids (``mre.stats.compare``: three-level bootstrap
+interval, paired permutation test, Benjamini-Hochberg across the table, the split of the variance of
+Δ between draws, seeds and test samples); two runs of one draw with different test ids are refused
+(``MismatchedTestSetError``), or, with ``sweep.on_mismatch=skip``, reported as refused in their row.
+Every compared run's collapse (``mre.stats.collapse``: one answer for nearly every test text, or a dev
+F1 never above the dev majority baseline) is marked; a row whose runs all collapsed on both sides is
+not compared.
 
 `Table` is the working form (rows hold the runs); `SweepTable` is the result: exactly what
 ``<key>.csv`` and ``<key>_seeds.csv`` hold, so `SweepTable.read(dir, key) == table.result()`.
@@ -30,7 +34,17 @@ from mre.config import OnMismatch, SweepOptions
 from mre.data.wli_format import WLIFormat
 from mre.results import read_jsonl
 from mre.rundir import METRICS, PREDICTIONS
-from mre.stats import Comparison, MismatchedTestSetError, PairCounts, adjust_bh, align_predictions, compare
+from mre.stats import (
+    Collapse,
+    Comparison,
+    MismatchedTestSetError,
+    PairCounts,
+    VarianceSplit,
+    adjust_bh,
+    align_predictions,
+    collapse,
+    compare,
+)
 from mre.stats import pair_counts as count_pairs
 
 log = logging.getLogger(__name__)
@@ -43,11 +57,20 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SeedPair:
-    """The two runs of one training seed in a comparison (None: missing or unfinished)."""
+    """The two runs of one training seed and data draw in a comparison (None: missing or unfinished),
+    and their collapse once compared."""
 
     seed: Any
     a: Run | None
     b: Run | None
+    draw: Any = None  # dataset.split_seed
+    collapse_a: Collapse | None = None
+    collapse_b: Collapse | None = None
+
+    def collapsed(self, side: str) -> bool | None:
+        """The run answered (nearly) one thing, or its dev F1 never rose above the majority baseline."""
+        c, run = getattr(self, f"collapse_{side}"), getattr(self, side)
+        return None if c is None else c.collapsed or run.dev_below_majority is True
 
 
 @dataclass
@@ -61,6 +84,7 @@ class Row:
     flow_source: str | None = None
     refused: str | None = None  # why the pair was refused (sweep.on_mismatch=skip)
     compared: list[SeedPair] = field(default_factory=list)  # the seeds of `comparison.per_seed`, in order
+    both_collapsed: bool = False  # every compared run of both sides collapsed: not compared
 
     @property
     def complete(self) -> list[SeedPair]:
@@ -85,7 +109,7 @@ class Row:
     def diff(self) -> float | None:
         if self.comparison:
             return self.comparison.diff
-        if self.f1_a is None or self.f1_b is None or self.refused:
+        if self.f1_a is None or self.f1_b is None or self.refused or self.both_collapsed:
             return None
         return self.f1_b - self.f1_a
 
@@ -145,27 +169,32 @@ def _latest_finished(runs: list[Run]) -> Run | None:
     return max(fin, key=lambda r: (r.path / METRICS).stat().st_mtime) if fin else None
 
 
+DRAW_KEY = "dataset.split_seed"  # the data draw: which texts are drawn for train, dev and test
+
+
 def _seed_pairs(study: Study, group: list[Run]) -> tuple[list[SeedPair], list[str]]:
-    """The group's runs paired by training seed, and notes on what is missing."""
-    by_seed: dict[Any, dict[str, list[Run]]] = {}
+    """The group's runs paired by data draw and training seed, and notes on what is missing."""
+    by_seed: dict[tuple[Any, Any], dict[str, list[Run]]] = {}
     for r in group:
-        by_seed.setdefault(r.get("seed"), {"a": [], "b": []})[study.side(r)].append(r)
+        by_seed.setdefault((r.get(DRAW_KEY), r.get("seed")), {"a": [], "b": []})[study.side(r)].append(r)
+    several_draws = len({d for d, _ in by_seed}) > 1
     pairs, notes = [], []
-    for seed in sorted(by_seed, key=_natural):
-        sides = by_seed[seed]
+    for draw, seed in sorted(by_seed, key=lambda k: (_natural(k[0]), _natural(k[1]))):
+        sides = by_seed[draw, seed]
+        where = f"split_seed {draw}, seed {seed}" if several_draws else f"seed {seed}"
         chosen = {}
         for s, rs in sides.items():
             label = study.label_a if s == "a" else study.label_b
             chosen[s] = _latest_finished(rs)
             if not rs:
-                notes.append(f"no {label} run (seed {seed})")
+                notes.append(f"no {label} run ({where})")
             elif chosen[s] is None:
-                notes.append(f"{label} (seed {seed}): run #{rs[0].index} not finished")
+                notes.append(f"{label} ({where}): run #{rs[0].index} not finished")
             elif sum(r.finished for r in rs) > 1:
                 notes.append(
-                    f"{label} (seed {seed}): several finished runs; used #{chosen[s].index} (the latest)"
+                    f"{label} ({where}): several finished runs; used #{chosen[s].index} (the latest)"
                 )
-        pairs.append(SeedPair(seed, chosen["a"], chosen["b"]))
+        pairs.append(SeedPair(seed, chosen["a"], chosen["b"], draw))
     return pairs, notes
 
 
@@ -174,7 +203,7 @@ def build_table(study: Study, runs: list[Run], opts: SweepOptions) -> Table | No
     members = [r for r in runs if r.cfg is not None and study.select(r) and study.side(r) is not None]
     if not members or (study.control and not any(has_anchor(r, study.control) for r in members)):
         return None
-    ignore = [*opts.ignore_keys, *study.compare, "seed"]
+    ignore = [*opts.ignore_keys, *study.compare, "seed", DRAW_KEY]
     groups: dict[frozenset, list[Run]] = {}
     for r in members:
         base = frozenset((k, v) for k, v in r.flat.items() if not _ignored(k, ignore))
@@ -203,14 +232,18 @@ def wli_format(run: Run) -> WLIFormat:
     )
 
 
-def _pair_counts(table: Table, pair: SeedPair) -> PairCounts:
+def _pair_counts(table: Table, pair: SeedPair, share: float) -> tuple[PairCounts, frozenset[str]]:
+    """The pair's counts on its shared test ids (and those ids); sets the two runs' collapse."""
     ra, rb = align_predictions(
         read_jsonl(pair.a.path / PREDICTIONS),
         read_jsonl(pair.b.path / PREDICTIONS),
         f"run #{pair.a.index} ({pair.a.name})",
         f"run #{pair.b.index} ({pair.b.name})",
     )
-    counts = count_pairs(ra, rb, table.study.kind, wli_format(pair.a))
+    fmt = wli_format(pair.a)
+    counts = count_pairs(ra, rb, table.study.kind, fmt)
+    pair.collapse_a = collapse(ra, table.study.kind, fmt, share)
+    pair.collapse_b = collapse(rb, table.study.kind, fmt, share)
     for run, f in ((pair.a, counts.f1_a()), (pair.b, counts.f1_b())):
         if run.f1 is not None and abs(run.f1 - f) > 1e-4:
             log.warning(
@@ -219,12 +252,14 @@ def _pair_counts(table: Table, pair: SeedPair) -> PairCounts:
                 f,
                 run.f1,
             )
-    return counts
+    return counts, frozenset(r["id"] for r in ra)
 
 
 def pair_rows(table: Table, opts: SweepOptions, seed: int) -> None:
-    """The seed-aware comparison of every row (over its seeds whose two runs finished with
-    predictions), then Benjamini-Hochberg adjusted p-values across the table's rows."""
+    """The draw- and seed-aware comparison of every row (over its run pairs that finished with
+    predictions), then Benjamini-Hochberg adjusted p-values across the table's rows. A row whose
+    compared runs all collapsed, on both sides, is marked and not compared: its Δ would be the
+    difference of two majority baselines, not an effect of the setting."""
     for row in table.rows:
         pairs = [
             p for p in row.complete if (p.a.path / PREDICTIONS).exists() and (p.b.path / PREDICTIONS).exists()
@@ -234,18 +269,28 @@ def pair_rows(table: Table, opts: SweepOptions, seed: int) -> None:
         if not pairs:
             continue
         try:
-            counts = [_pair_counts(table, p) for p in pairs]
-            if len({frozenset(r["id"] for r in read_jsonl(p.a.path / PREDICTIONS)) for p in pairs}) > 1:
+            counted = [_pair_counts(table, p, opts.collapse_share) for p in pairs]
+            ids: dict[Any, set[frozenset[str]]] = {}
+            for p, (_, shared) in zip(pairs, counted, strict=True):
+                ids.setdefault(p.draw, set()).add(shared)
+            if any(len(v) > 1 for v in ids.values()):
                 raise MismatchedTestSetError(
                     f"the seeds of row {row.labels} were evaluated on different test samples"
+                    + (" within one data draw (dataset.split_seed)" if len(ids) > 1 else "")
                 )
         except MismatchedTestSetError as e:
             if opts.on_mismatch == OnMismatch.skip:
                 row.refused = str(e)
                 continue
             raise
-        row.comparison = compare(counts, n_boot=opts.n_boot, n_perm=opts.n_perm, seed=seed)
         row.compared = pairs
+        if all(p.collapsed("a") and p.collapsed("b") for p in pairs):
+            row.both_collapsed = True
+            row.note = _join(row.note, "both settings collapsed in every run: not compared")
+            continue
+        row.comparison = compare(
+            [c for c, _ in counted], opts.n_boot, opts.n_perm, seed, draws=[p.draw for p in pairs]
+        )
     adjust_bh([row.comparison for row in table.rows if row.comparison is not None])
 
 
@@ -282,12 +327,21 @@ ROW_COLUMNS = [
     "f1_a", "f1_b", "diff", "ci_lo", "ci_hi", "p", "p_bh", "n_seeds", "n", "n_boot", "n_perm", "s_pq_b",
     "s_pq_ww_b", "setting_a", "setting_b", "runs_a", "runs_b", "flow_source_b", "note",
 ]  # fmt: skip
-SEED_COLUMNS = ["seed", "f1_a", "f1_b", "diff", "run_a", "run_b"]
+ROW_COLUMNS_DRAWS = [
+    "n_draws", "draws_disagree", "var_draw", "var_seed", "var_test", "f1_a_lo", "f1_a_hi", "f1_b_lo",
+    "f1_b_hi", "majority_f1", "collapsed_a", "collapsed_b", "both_collapsed",
+]  # fmt: skip
+SEED_COLUMNS = [
+    "draw", "seed", "f1_a", "f1_b", "diff", "run_a", "run_b", "majority_f1", "top_share_a", "top_share_b",
+    "collapsed_a", "collapsed_b",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SeedResult:
-    """One training seed of a row: its two runs (names; "" when missing) and their `test/f1`."""
+    """One data draw and training seed of a row: its two runs (names; "" when missing), their
+    `test/f1` and, once compared, the majority baseline of the draw's test set and each run's collapse
+    (the share of its most frequent answer; collapsed: see `SeedPair.collapsed`)."""
 
     seed: str
     f1_a: float | None
@@ -295,6 +349,12 @@ class SeedResult:
     diff: float | None
     run_a: str
     run_b: str
+    draw: str = ""
+    majority_f1: float | None = None
+    top_share_a: float | None = None
+    top_share_b: float | None = None
+    collapsed_a: bool | None = None
+    collapsed_b: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +379,19 @@ class RowResult:
     flow_source: str
     note: str  # "refused: <why>; <note>" for a refused row
     seeds: tuple[SeedResult, ...]
+    n_draws: int | None = None
+    draws_disagree: bool | None = None  # some draw's Δ above 0 and another's below
+    var_draw: float | None = None  # the split of the variance of one run's Δ (`mre.stats.VarianceSplit`)
+    var_seed: float | None = None
+    var_test: float | None = None
+    f1_a_lo: float | None = None  # the three-level interval of each setting's F1
+    f1_a_hi: float | None = None
+    f1_b_lo: float | None = None
+    f1_b_hi: float | None = None
+    majority_f1: float | None = None  # of the compared test sets (mean over draws)
+    collapsed_a: int | None = None  # compared runs of each side that collapsed
+    collapsed_b: int | None = None
+    both_collapsed: bool = False
 
     @property
     def compared(self) -> bool:
@@ -330,6 +403,12 @@ class RowResult:
 
     def runs(self, side: str) -> list[str]:
         return [name for s in self.seeds if (name := getattr(s, f"run_{side}"))]
+
+    def variance_shares(self) -> dict[str, float] | None:
+        """The estimable variance components' shares (negative estimates as 0), None when uncompared."""
+        if self.var_test is None:
+            return None
+        return VarianceSplit(self.var_draw, self.var_seed, self.var_test).shares()
 
 
 @dataclass(frozen=True)
@@ -346,26 +425,27 @@ class SweepTable:
         path, seeds_path = out_dir / f"{self.study}.csv", out_dir / f"{self.study}_seeds.csv"
         with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow([*self.label_keys, *ROW_COLUMNS])
+            w.writerow([*self.label_keys, *ROW_COLUMNS, *ROW_COLUMNS_DRAWS])
             for r in self.rows:
                 w.writerow(
                     [*r.labels.values(), r.f1_a, r.f1_b, r.diff, r.ci_lo, r.ci_hi, r.p, r.p_bh, r.n_seeds,
                      r.n, r.n_boot, r.n_perm, r.s_pq_b, r.s_pq_ww_b, s.label_a, s.label_b,
-                     " ".join(r.runs("a")), " ".join(r.runs("b")), r.flow_source, r.note]
+                     " ".join(r.runs("a")), " ".join(r.runs("b")), r.flow_source, r.note,
+                     *(_cell(getattr(r, k)) for k in ROW_COLUMNS_DRAWS)]
                 )  # fmt: skip
         with open(seeds_path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow([*self.label_keys, *SEED_COLUMNS])
             for r in self.rows:
                 for x in r.seeds:
-                    w.writerow([*r.labels.values(), x.seed, x.f1_a, x.f1_b, x.diff, x.run_a, x.run_b])
+                    w.writerow([*r.labels.values(), *(_cell(getattr(x, k)) for k in SEED_COLUMNS)])
         return [path, seeds_path]
 
     @classmethod
     def read(cls, out_dir: Path, study: str) -> SweepTable:
         """The table `write` wrote for the study `study` (a key in `STUDIES`)."""
         lines = _read_csv(out_dir / f"{study}.csv")
-        label_keys = tuple(lines[0])[: -len(ROW_COLUMNS)] if lines else ()
+        label_keys = tuple(lines[0])[: -len(ROW_COLUMNS) - len(ROW_COLUMNS_DRAWS)] if lines else ()
         seeds = _read_csv(out_dir / f"{study}_seeds.csv")
         rows = []
         for line in lines:
@@ -375,14 +455,18 @@ class SweepTable:
                 x = seeds.pop(0)
                 mine.append(
                     SeedResult(x["seed"], _float(x["f1_a"]), _float(x["f1_b"]), _float(x["diff"]),
-                               x["run_a"], x["run_b"])
+                               x["run_a"], x["run_b"], x["draw"], _float(x["majority_f1"]),
+                               _float(x["top_share_a"]), _float(x["top_share_b"]), _bool(x["collapsed_a"]),
+                               _bool(x["collapsed_b"]))
                 )  # fmt: skip
             rows.append(
                 RowResult(
                     labels, *(_float(line[k]) for k in ROW_COLUMNS[:7]),
                     *(_int(line[k]) for k in ROW_COLUMNS[7:11]),
                     _float(line["s_pq_b"]), _float(line["s_pq_ww_b"]), line["flow_source_b"], line["note"],
-                    tuple(mine),
+                    tuple(mine), _int(line["n_draws"]), _bool(line["draws_disagree"]),
+                    *(_float(line[k]) for k in ROW_COLUMNS_DRAWS[2:10]), _int(line["collapsed_a"]),
+                    _int(line["collapsed_b"]), line["both_collapsed"] == "True",
                 )
             )  # fmt: skip
         return cls(study, label_keys, tuple(rows))
@@ -401,23 +485,55 @@ def _int(s: str) -> int | None:
     return None if s == "" else int(s)
 
 
+def _bool(s: str) -> bool | None:
+    return None if s == "" else s == "True"
+
+
+def _cell(v: Any) -> Any:
+    """A value as its CSV cell holds it (None: empty)."""
+    return "" if v is None else v
+
+
 def _label(v: Any) -> str:
     """A label as its CSV cell holds it."""
     return "" if v is None else str(v)
 
 
+def _seed_result(p: SeedPair) -> SeedResult:
+    fa = p.a.f1 if p.a is not None and p.a.finished else None
+    fb = p.b.f1 if p.b is not None and p.b.finished else None
+    diff = fb - fa if fa is not None and fb is not None else None
+    names = (p.a.name if p.a else "", p.b.name if p.b else "")
+    ca, cb = p.collapse_a, p.collapse_b
+    return SeedResult(
+        _label(p.seed), fa, fb, diff, *names, _label(p.draw), ca and ca.majority_f1, ca and ca.top_share,
+        cb and cb.top_share, p.collapsed("a"), p.collapsed("b"),
+    )  # fmt: skip
+
+
+def _collapse_stats(row: Row) -> tuple:
+    """(majority F1: mean over draws, collapsed runs of side a, of side b) of the compared pairs."""
+    if not row.compared:
+        return None, None, None
+    by_draw: dict[Any, float] = {p.draw: p.collapse_a.majority_f1 for p in row.compared}
+    count = [sum(bool(p.collapsed(s)) for p in row.compared) for s in ("a", "b")]
+    return float(np.mean(list(by_draw.values()))), *count
+
+
+def _draw_stats(c: Comparison | None) -> tuple:
+    """The draw-level statistics of a comparison, in `ROW_COLUMNS_DRAWS` order up to the F1 intervals."""
+    if c is None:
+        return (None,) * 9
+    v = c.variance
+    return (c.n_draws, c.draws_disagree, v.draw, v.seed, v.test, c.a_lo, c.a_hi, c.b_lo, c.b_hi)
+
+
 def _row_result(table: Table, row: Row) -> RowResult:
     c = row.comparison
     stats = (c.lo, c.hi, c.p, c.p_adj, c.n_seeds, c.n, c.n_boot, c.n_perm) if c else (None,) * 8
-    seeds = []
-    for p in row.pairs:
-        fa = p.a.f1 if p.a is not None and p.a.finished else None
-        fb = p.b.f1 if p.b is not None and p.b.finished else None
-        diff = fb - fa if fa is not None and fb is not None else None
-        names = (p.a.name if p.a else "", p.b.name if p.b else "")
-        seeds.append(SeedResult(_label(p.seed), fa, fb, diff, *names))
     return RowResult(
         {k: _label(row.labels[k]) for k in table.label_keys}, row.f1_a, row.f1_b, row.diff, *stats,
         row.s_pq, row.s_pq_ratio, row.flow_source or "",
-        (f"{REFUSED}{row.refused}; " if row.refused else "") + row.note, tuple(seeds),
+        (f"{REFUSED}{row.refused}; " if row.refused else "") + row.note,
+        tuple(_seed_result(p) for p in row.pairs), *_draw_stats(c), *_collapse_stats(row), row.both_collapsed,
     )  # fmt: skip

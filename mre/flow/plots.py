@@ -234,3 +234,45 @@ def plot_group_curves(curves: list[tuple[str, LayerStats]], path: str | Path, ti
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _save(fig, path)
+
+
+Band = tuple[list[float], list[float | None], list[float | None]]  # mean, lower, upper per x
+
+
+def _band(ax, x: list[int], band: Band, label: str, color: Any) -> None:
+    """A line with its interval shaded where the interval is known."""
+    mean, lo, hi = band
+    ax.plot(x, mean, marker="o", color=color, label=label, linewidth=1.4)
+    known = [i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a is not None and b is not None]
+    if known:
+        ax.fill_between([x[i] for i in known], [lo[i] for i in known], [hi[i] for i in known],
+                        color=color, alpha=0.18, linewidth=0)  # fmt: skip
+
+
+def plot_learning_curve(
+    panels: list[tuple[str, list[int], dict[str, Band], Band, list[float | None]]], path: str | Path
+) -> Path:
+    """Per group (data set and other settings) two panels against the training-set size (log scale):
+    F1 of each setting with its 95% band, the majority baseline dashed, and Δ with its 95% band."""
+    fig, axes = plt.subplots(len(panels), 2, figsize=(10, 3.6 * len(panels)), squeeze=False)
+    use_cjk_font([title for title, *_ in panels])
+    for (ax_f1, ax_d), (title, x, sides, diff, majority) in zip(axes, panels, strict=True):
+        for i, (label, band) in enumerate(sides.items()):
+            _band(ax_f1, x, band, label, plt.cm.tab10(i))
+        known = [(a, m) for a, m in zip(x, majority, strict=True) if m is not None]
+        if known:
+            ax_f1.plot(*zip(*known, strict=True), linestyle="--", color="grey", label="majority baseline")
+        ax_f1.set_ylabel("F1")
+        ax_f1.set_title(title, fontsize=9)
+        ax_f1.legend(fontsize=7)
+        _band(ax_d, x, diff, "Δ F1", plt.cm.tab10(2))
+        ax_d.axhline(0, color="black", linewidth=0.6)
+        ax_d.set_ylabel("Δ F1")
+        ax_d.set_title(f"{title}: Δ", fontsize=9)
+        for ax in (ax_f1, ax_d):
+            ax.set_xscale("log")
+            ax.set_xticks(x, [str(v) for v in x])
+            ax.minorticks_off()
+            ax.set_xlabel("training texts (dataset.n_train)")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,6 +1,8 @@
 """What every task shares: the parts a task hands the runner, and the LightningModule base class with
 the model built in `configure_model`, the optimizer, per-stage metric logging and the test prediction
-rows (one row per sample, gathered from all ranks, written to `predictions.jsonl`)."""
+rows (one row per sample, gathered from all ranks, written to `predictions.jsonl`) and the collapse
+measure of those rows (`test/majority_f1`, `test/top_share`, `test/collapsed`; `val/majority_f1` from
+the dev golds), so a run that answers one class everywhere says so in its own metrics."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from mre.model_options import ModelConfig
 from mre.models import build_model, save_for_tools
 from mre.optim import adamw_with_warmup
 from mre.results import gather_rows, write_jsonl
+from mre.setting import Direction
+from mre.stats import AnswerParser, collapse, majority_f1
 
 
 @dataclass
@@ -71,6 +75,7 @@ class MREModule(L.LightningModule):
         self.seed, self.cache_dir, self.predictions_path = seed, cache_dir, predictions_path
         self.model = model
         self.predictions: list[dict[str, Any]] = []
+        self.val_golds: list[dict[str, Any]] = []
 
     def configure_model(self) -> None:
         """Build the network here (not in __init__) so FSDP/DeepSpeed can shard it as it is made."""
@@ -93,6 +98,14 @@ class MREModule(L.LightningModule):
             {"id": rid, "prompt": prompt, "gold": gold, "prediction": prediction, "correct": correct}
         )
 
+    def add_val_gold(self, rid: str, gold: Any) -> None:
+        """A dev sample's gold answer, for the dev majority baseline (`val/majority_f1`)."""
+        self.val_golds.append({"id": rid, "gold": gold, "prediction": gold})
+
+    def answer_level(self) -> tuple[Direction, AnswerParser | None]:
+        """How the answers are scored (the level, and the WLI answer parser): text labels by default."""
+        return Direction.tli, None
+
     def _log_metrics(self, stage: str) -> None:
         metric: Metric | MetricCollection = self.metrics[stage]
         values = metric.compute()
@@ -102,6 +115,9 @@ class MREModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
+        golds, self.val_golds = gather_rows(self.val_golds), []
+        if golds:
+            self.log("val/majority_f1", majority_f1(golds, *self.answer_level()), sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
         self.predictions = []
@@ -109,5 +125,10 @@ class MREModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
         self.predictions = gather_rows(self.predictions)
+        if self.predictions:
+            c = collapse(self.predictions, *self.answer_level())
+            self.log("test/majority_f1", c.majority_f1, sync_dist=True)
+            self.log("test/top_share", c.top_share, sync_dist=True)
+            self.log("test/collapsed", float(c.collapsed), sync_dist=True)
         if self.predictions_path and self.trainer.is_global_zero:
             write_jsonl(self.predictions_path, self.predictions)

@@ -23,11 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mre.data.context import TaskContext, build_context
 from mre.data.datamodule import MREDataModule
+from mre.data.wli_format import WLIFormat
 from mre.errors import UserError
 from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
 from mre.model_options import ModelConfig
 from mre.rundir import FLOW, PREDICTIONS
+from mre.setting import Direction
 from mre.tasks.answers import code_predictions, generate_answers
 from mre.tasks.base import MREModule, TaskParts, classification_metrics, plain_options
 
@@ -150,6 +152,10 @@ class GenerativeMRE(MREModule):
             f"checkpoint saved to {path}. Lower optim.lr, check the data, or use precision=32-true."
         )
 
+    def answer_level(self) -> tuple[Direction, WLIFormat]:
+        """Answers are scored at the setting's output level, WLI answers read in the run's format."""
+        return self.setting.direction, self.builder.wli_format
+
     # ---------- evaluation ----------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -173,6 +179,9 @@ class GenerativeMRE(MREModule):
             golds = [e.answer for e in items]  # as encoded: the pairs of a shortened text's kept part
             self.metrics[stage].update(pred_pairs, [self.builder.wli_format.parse(g) for g in golds])
             rows = zip(golds, texts, strict=True)
+        if stage == "val":
+            for e, (gold, _) in zip(items, rows, strict=True):
+                self.add_val_gold(e.record.id, gold)
         if stage == "test":
             for e, (gold, pred) in zip(items, rows, strict=True):
                 rec = e.record

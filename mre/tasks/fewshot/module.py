@@ -205,6 +205,10 @@ class PromptClassifier(MREModule):
         self.log(f"{stage}/loss", loss, batch_size=int(known.sum().clamp(min=1)), sync_dist=True)
         preds = scores.argmax(-1)
         self.metrics[stage].update(preds, golds)
+        if stage == "val":
+            for i in batch["index"].tolist():
+                rec = self.context.records("val")[i]
+                self.add_val_gold(rec.id, rec.tli)
         if stage == "test":
             for i, p in zip(batch["index"].tolist(), preds.tolist(), strict=True):
                 rec = self.context.records("test")[i]
