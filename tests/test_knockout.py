@@ -9,7 +9,7 @@ import torch
 
 from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
 from mre.flow.options import EdgeSet
-from tests.flow_models import VOCAB, collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
+from tests.flow_models import VOCAB, collate, make_samples, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_mistral
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,7 +76,9 @@ def test_random_edges_are_seeded_draws_from_the_pool():
     assert torch.equal(huge, pool)  # a pool smaller than the count: all of it
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_mistral, tiny_gpt2], ids=["llama", "mistral", "gpt2"])
+@pytest.mark.parametrize(
+    "make", [tiny_llama, tiny_mistral, tiny_gpt2, tiny_gemma3], ids=["llama", "mistral", "gpt2", "gemma3"]
+)
 def test_blocked_edges_get_zero_attention_in_the_listed_layers_only(make):
     """With output_attentions the attention function's own probabilities come back: blocked edges are
     exactly 0 in the knocked-out layers (each row renormalised over the rest), untouched elsewhere."""
