@@ -3,6 +3,7 @@
     python bench/flow_speed.py            # ~2-3 minutes on 2 CPU cores
     python bench/flow_speed.py --smoke    # toy sizes, seconds: a rot check, numbers mean nothing
     python bench/flow_speed.py --device cuda   # on a GPU: larger sizes (CUDA_SIZES), ~2 minutes on an H200
+    python bench/flow_speed.py --model smollm2_135m_lora   # a real model (also gemma3_270m_lora)
 
 Same tiny LLaMA (8 layers x 256 hidden, 4 heads, intermediate 688, vocab 2000, random weights, float32)
 and the same 32 samples of 256 tokens for every method:
@@ -102,8 +103,11 @@ SMOKE_SIZES = {
         "vocab_size": 200,
     },
 }
-# --model <conf/model name>: a real model (e.g. smollm2_135m_lora: SmolLM2-135M-Instruct + LoRA); the
-# train step is then the model's own training step (LoRA: adapter gradients only), random token ids
+# --model <conf/model name>: a real model (e.g. smollm2_135m_lora: SmolLM2-135M-Instruct + LoRA,
+# gemma3_270m_lora: Gemma 3 270M + LoRA); the train step is then the model's own training step (LoRA:
+# adapter gradients only; the loss on the last ANSWER_TOKENS positions' logits only, as the project's
+# training loss keeps them: with Gemma's 262k vocabulary the output head over every position would
+# otherwise be most of the step), random token ids
 REAL_SIZES = {
     "n_samples": 8,
     "seq": 128,
@@ -111,6 +115,8 @@ REAL_SIZES = {
     "text": (4, 90),
     "anchor": (95, 120),
 }
+ANSWER_TOKENS = 16  # --model: the train step's loss positions (about a WLI answer)
+MATMUL_N = 2048  # the machine's rate: float32 matmuls of two N x N matrices
 SMOKE = False
 MODEL: str | None = None
 DEVICE = "cpu"
@@ -135,7 +141,7 @@ def _configure(smoke: bool, model: str | None = None, device: str = "cpu") -> No
         MODEL, SIZES = model, {**REAL_SIZES, "model": None}
     if smoke:
         SMOKE, REPEATS = True, 1
-        SIZES = SMOKE_SIZES if not model else {**REAL_SIZES, "n_samples": 2, "batch_sizes": (1, 2)}
+        SIZES = SMOKE_SIZES if not model else {**SIZES, "n_samples": 2, "batch_sizes": (1, 2)}
     N_SAMPLES, SEQ, BATCH_SIZES = SIZES["n_samples"], SIZES["seq"], SIZES["batch_sizes"]
 
 
@@ -284,7 +290,16 @@ def worker(method: str, bs: int) -> dict:
             logits = model(inputs_embeds=emb, use_cache=False, logits_to_keep=1).logits
             torch.nn.functional.cross_entropy(logits[:, -1], target[lo:hi], reduction="sum").backward()
 
-    elif method == "train":  # with LoRA only the adapters get gradients: a LoRA training step
+    elif method == "train" and MODEL:  # with LoRA only the adapters get gradients: a LoRA training step
+        model.train()
+
+        def run(lo, hi):
+            logits = model(input_ids=ids[lo:hi], use_cache=False, logits_to_keep=ANSWER_TOKENS).logits
+            gold = ids[lo:hi, SEQ - ANSWER_TOKENS + 1 :]
+            torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), gold.flatten()).backward()
+            model.zero_grad(set_to_none=True)
+
+    elif method == "train":
         model.train()
 
         def run(lo, hi):
@@ -322,6 +337,27 @@ def worker(method: str, bs: int) -> dict:
 # ------------------------------------------------------------------------------------------------
 # driver
 # ------------------------------------------------------------------------------------------------
+
+
+def matmul_rate() -> float:
+    """GFLOP/s of float32 MATMUL_N x MATMUL_N matmuls on DEVICE with THREADS threads (best of 3 loops):
+    the machine's yardstick beside the models' rates, measured in the same run."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    n, reps = MATMUL_N, 3 if SMOKE else 10
+    a = torch.randn(n, n, device=DEVICE)
+    b = torch.randn(n, n, device=DEVICE)
+    best = float("inf")
+    a @ b  # warm-up
+    for _ in range(3):
+        _sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 * reps / best / 1e9
 
 
 def _spawn(method: str, bs: int) -> dict:
@@ -407,6 +443,12 @@ def main() -> None:
         show("train step", train_fast)
     floor = _spawn("floor", best["bs"])
     show("floor", floor)
+    gflops = _spawn("matmul", 1)["gflops"]
+    step = f"LoRA/model training step (loss on the last {ANSWER_TOKENS} positions)" if MODEL else "train step"
+    print(
+        f"{step} at bs={train['bs']}: {N_SAMPLES * SEQ / train['seconds']:.0f} tokens/s; this machine's "
+        f"float32 matmul rate ({MATMUL_N}x{MATMUL_N}, {THREADS} threads): {gflops:.1f} GFLOP/s"
+    )
     print(
         f"best engine batch size: {best['bs']} (fastest within the reference's peak memory; fastest overall: "
         f"bs={fastest['bs']}, {fastest['samples_per_s']:.2f} samples/s, peak +{fastest['peak_mb']:.1f} MB)"
@@ -431,14 +473,16 @@ def main() -> None:
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worker", choices=["engine", "reference", "train", "floor"])
+    ap.add_argument("--worker", choices=["engine", "reference", "train", "floor", "matmul"])
     ap.add_argument("--bs", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="toy sizes, one repeat: a seconds-long rot check")
     ap.add_argument("--model", help="a conf/model name (e.g. smollm2_135m_lora) instead of the tiny LLaMA")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where every method runs")
     args = ap.parse_args()
     _configure(args.smoke, args.model, check_device(args.device, "flow_speed"))
-    if args.worker:
+    if args.worker == "matmul":
+        print(json.dumps({"gflops": matmul_rate()}))
+    elif args.worker:
         print(json.dumps(worker(args.worker, args.bs)))
     else:
         main()

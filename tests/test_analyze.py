@@ -366,12 +366,15 @@ def test_knockout_of_a_run_writes_effects_and_resumes(sweep, tmp_path):
     out = tmp_path / "ko"
     res = analyze(analyze_cfg(f"run_dir={run}", f"output_dir={out}", *KNOCK))
     rows = read_csv(out / "knockout.csv")
-    # 2 layer specs x 2 edge sets: knockout and random vs the baseline, then knockout vs random
-    assert len(rows) == 12 and len(res.effects) == 12
+    # 2 layer specs x 2 edge sets: knockout and both controls vs the baseline, then knockout vs each control
+    assert len(rows) == 20 and len(res.effects) == 20
     assert {r["reference"] for r in rows} == {
         "baseline",
-        *(f"random:{e}@{s}" for e in ("text_anchor", "anchor_q") for s in ("first:1", "last:1")),
-    }
+        *(f"{c}:{e}@{s}" for c in ("random", "receiver") for e in ("text_anchor", "anchor_q")
+          for s in ("first:1", "last:1")),
+    }  # fmt: skip
+    receiver = next(r for r in rows if r["condition"] == "receiver" and r["edges"] == "anchor_q")
+    assert float(receiver["blocked_per_sample"]) > 0
     assert (out / "knockout.png").stat().st_size > 0 and "| p (BH) |" in (out / "knockout.md").read_text()
     for r in rows:
         assert int(r["n"]) == 12 and float(r["d_f1_lo"]) <= float(r["d_f1"]) <= float(r["d_f1_hi"])

@@ -30,6 +30,7 @@ EXPECTED: dict[str, list[str]] = {
         rf"peak memory\s+engine/reference:\s+{NUM}\s+\(target <= 1\)",
         rf"CPU time per sample\s+engine/floor:\s+{NUM}",
         rf"agreement\s+max rel\. diff engine vs reference metrics: {NUM}",
+        rf"tokens/s; this machine's float32 matmul rate \(2048x2048, \d+ threads\): {NUM} GFLOP/s",
     ],
     "flow_memory.py": [
         rf"eager\s+L=\d+\s+peak \+\s*{NUM} MB",

@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 from transformers.masking_utils import causal_mask_function, eager_mask
+from transformers.models.gemma3 import modeling_gemma3
 from transformers.models.gpt2 import modeling_gpt2
 from transformers.models.llama import modeling_llama
 
@@ -36,6 +37,7 @@ from tests.flow_models import (
     collate,
     make_samples,
     tiny_gemma2,
+    tiny_gemma3,
     tiny_gpt2,
     tiny_llama,
     tiny_mistral,
@@ -110,11 +112,14 @@ def _attention_case(arch: str):
     if arch == "llama":  # grouped-query heads (4 query heads, 2 key-value heads), float32 softmax
         attn = tiny_llama(seed=20).model.layers[1].self_attn
         return attn, modeling_llama.eager_attention_forward, 4, 2
+    if arch == "gemma3":  # one key-value head for four query heads, query_pre_attn_scalar scaling
+        attn = tiny_gemma3(seed=20).model.layers[1].self_attn
+        return attn, modeling_gemma3.eager_attention_forward, 4, 1
     attn = tiny_gpt2(seed=20, scale_attn_by_inverse_layer_idx=True).transformer.h[1].attn
     return attn, modeling_gpt2.eager_attention_forward, 4, 4  # softmax in the input dtype
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3"])
 @pytest.mark.parametrize("block_size", [1, 3, 64])
 def test_attention_gradients_and_sums_equal_autograd_through_eager(arch, block_size):
     module, eager, heads, kv_heads = _attention_case(arch)
@@ -235,6 +240,7 @@ MODELS = {
     "gpt2": tiny_gpt2,
     "gpt2_layer_scaled": lambda seed: tiny_gpt2(seed, scale_attn_by_inverse_layer_idx=True),
     "gemma2": tiny_gemma2,  # attention-logit softcapping
+    "gemma3": tiny_gemma3,  # one key-value head, QK norm, sliding window 8 before a global layer
 }
 
 

@@ -40,6 +40,7 @@ from tests.flow_models import (
     hf_of,
     make_samples,
     map_tolerance,
+    tiny_gemma3,
     tiny_gpt2,
     tiny_llama,
     tiny_mistral,
@@ -134,9 +135,12 @@ def test_batched_left_padding_and_maps():
     assert (head.maps.sum(2) + 1e-12 >= res.maps).all()
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "mistral", "gpt2"])
+@pytest.mark.parametrize("arch", ["qwen2", "mistral", "gpt2", "gemma3"])
 def test_other_architectures(arch):
-    model = {"qwen2": tiny_qwen2, "mistral": tiny_mistral, "gpt2": tiny_gpt2}[arch](seed=3)
+    """gemma3: one key-value head, QK norm, a sliding window (8) shorter than every prompt."""
+    model = {"qwen2": tiny_qwen2, "mistral": tiny_mistral, "gpt2": tiny_gpt2, "gemma3": tiny_gemma3}[arch](
+        seed=3
+    )
     check(model, make_samples(3, seed=3), extra_pad=1)
 
 

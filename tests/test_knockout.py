@@ -7,9 +7,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
+from mre.flow.knockout import (
+    KnockoutError,
+    edge_masks,
+    knockout,
+    parse_layers,
+    random_edges,
+    receiver_matched_edges,
+    receiver_pools,
+)
 from mre.flow.options import EdgeSet
-from tests.flow_models import VOCAB, collate, make_samples, tiny_gpt2, tiny_llama, tiny_mistral
+from tests.flow_models import VOCAB, collate, make_samples, tiny_gemma3, tiny_gpt2, tiny_llama, tiny_mistral
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -76,7 +84,42 @@ def test_random_edges_are_seeded_draws_from_the_pool():
     assert torch.equal(huge, pool)  # a pool smaller than the count: all of it
 
 
-@pytest.mark.parametrize("make", [tiny_llama, tiny_mistral, tiny_gpt2], ids=["llama", "mistral", "gpt2"])
+def _pairs(edges: torch.Tensor) -> set[tuple[int, int]]:
+    return set(map(tuple, edges.nonzero().tolist()))
+
+
+@pytest.mark.parametrize("edges", list(EdgeSet))
+def test_receiver_matched_control_blocks_only_the_sets_own_rows(edges):
+    """The same rows with as many edges each, from sources outside the set's span (not the anchor,
+    resp. not the text): unlike the uniform control, q's own row for anchor_q."""
+    batch = _batch()
+    mask = batch["attention_mask"] != 0
+    spans = (batch["q"], batch["text_range"], batch["anchor_range"])
+    sets, pool = edge_masks(mask, *spans)
+    rows = receiver_pools(sets, mask, *spans)
+    block = sets[edges]
+    got = receiver_matched_edges(block, rows[edges], torch.Generator().manual_seed(1))
+    assert torch.equal(got, receiver_matched_edges(block, rows[edges], torch.Generator().manual_seed(1)))
+    for b in range(block.shape[0]):
+        span = batch["text_range" if edges is EdgeSet.text_anchor else "anchor_range"][b].tolist()
+        pad, q = int((~mask[b]).sum()), int(batch["q"][b])
+        drawn = _pairs(got[b])
+        assert drawn and not drawn & _pairs(block[b])
+        assert all(pad <= j < i <= q and not span[0] <= j < span[1] for i, j in drawn)  # causal, outside
+        for i in range(block.shape[1]):  # row by row: as many as the set blocks, or every other source
+            others = sum(1 for j in range(pad, i) if not span[0] <= j < span[1])
+            assert int(got[b, i].sum()) == min(int(block[b, i].sum()), others), (b, i)
+    if edges is EdgeSet.anchor_q:  # every drawn edge is q's; the uniform control lands elsewhere
+        rows_of = got.nonzero()[:, :2]
+        assert all(int(i) == int(batch["q"][b]) for b, i in rows_of.tolist())
+        uniform = random_edges(pool, block.flatten(1).sum(1), torch.Generator().manual_seed(1))
+        q_rows = uniform[torch.arange(block.shape[0]), batch["q"]].sum()
+        assert q_rows < uniform.sum()
+
+
+@pytest.mark.parametrize(
+    "make", [tiny_llama, tiny_mistral, tiny_gpt2, tiny_gemma3], ids=["llama", "mistral", "gpt2", "gemma3"]
+)
 def test_blocked_edges_get_zero_attention_in_the_listed_layers_only(make):
     """With output_attentions the attention function's own probabilities come back: blocked edges are
     exactly 0 in the knocked-out layers (each row renormalised over the rest), untouched elsewhere."""

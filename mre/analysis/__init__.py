@@ -7,7 +7,8 @@ Four modes (conf/analyze.yaml, schema `mre.config.AnalyzeConfig`):
 * `python analyze.py model=tiny_llama dataset=... direction=... with_anchor=...`: the same for an
   untrained base model -> the Hydra run directory (`outputs/analysis/...`);
 * `python analyze.py run_dir=<run> knockout.layers=first:5` (or a model config): the attention
-  knockout of text -> anchor and anchor -> q edges against random edges -> `<run_dir>/analysis/`
+  knockout of text -> anchor and anchor -> q edges against two controls (random edges; receiver-matched
+  edges: the same rows, other sources) -> `<run_dir>/analysis/`
   (`mre.analysis.knockout_run`);
 * `python analyze.py sweep_dir=<a multirun directory>`: Tables 2-4 with seed-aware
   intervals and adjusted p-values, flow grids and

@@ -2,10 +2,11 @@
 
 For N test samples (a seeded subset) the model answers once unchanged (the baseline) and once per
 condition: for every edge set in `knockout.edges` and every layer spec in `knockout.layers`, with
-those edges blocked in those layers, and with as many random edges blocked in the same layers (the
-control; `mre.flow.knockout`). Per sample it records the prediction (TLI: the arg-max code at q; WLI:
-greedy generation, the prompt pass knocked out) and the log-probability of the gold target token at q
-(the token the flow's loss is taken on).
+those edges blocked in those layers, and with two controls in the same layers (`mre.flow.knockout`):
+as many random edges of the whole prompt (`random:`), and as many edges into the same rows from
+sources outside the set's span (`receiver:`, receiver-matched). Per sample it records the
+prediction (TLI: the arg-max code at q; WLI: greedy generation, the prompt pass knocked out) and the
+log-probability of the gold target token at q (the token the flow's loss is taken on).
 
 Files in the analysis directory:
 
@@ -14,8 +15,9 @@ Files in the analysis directory:
   refused, `knockout.restart=true` starts over);
 * `knockout.csv`: per condition, ΔF1 against the baseline with its paired bootstrap interval and
   permutation p-value, and the mean Δ log-probability with its bootstrap interval; for each knockout,
-  the same against its random control (Benjamini-Hochberg adjusted across the knockouts);
-* `knockout.png` (ΔF1 and Δ log p, knockout vs random, per edge set and layers) and `knockout.md`.
+  the same against each of its two controls (Benjamini-Hochberg adjusted across these rows);
+* `knockout.png` (ΔF1 and Δ log p, knockout vs both controls, per edge set and layers) and
+  `knockout.md`.
 """
 
 from __future__ import annotations
@@ -37,10 +39,19 @@ from mre.config import EvalConfig
 from mre.data.batches import Collator
 from mre.data.prompts import Encoded
 from mre.flow.attention import hf_model
-from mre.flow.knockout import KnockoutError, edge_masks, knockout, parse_layers, random_edges
+from mre.flow.knockout import (
+    KnockoutError,
+    edge_masks,
+    knockout,
+    parse_layers,
+    random_edges,
+    receiver_matched_edges,
+    receiver_pools,
+)
 from mre.flow.options import EdgeSet, KnockoutConfig
 from mre.flow.plots import plot_knockout
 from mre.results import read_stream_csv
+from mre.setting import StrEnum
 from mre.stats import Comparison, adjust_bh, bootstrap_layer_means, compare, pair_counts
 from mre.tasks.answers import code_predictions, generate_answers
 
@@ -52,20 +63,35 @@ RESULT_FILE = "knockout.csv"
 SAMPLE_COLUMNS = ["id", "condition", "gold", "prediction", "logp", "blocked"]
 
 
+class Control(StrEnum):
+    """The two controls of a knockout: as many edges blocked in the same layers, drawn from"""
+
+    random = "random"  # the prompt's other causal pairs, uniformly (rarely q's row for anchor_q)
+    receiver = "receiver"  # the same rows' other sources (not the anchor, resp. not the text)
+
+
 @dataclass(frozen=True)
 class Condition:
-    """The baseline (edges None) or a knockout of an edge set in some layers (random: the control)."""
+    """The baseline (edges None), a knockout of an edge set in some layers, or one of its controls."""
 
     edges: EdgeSet | None = None
     spec: str = ""
     layers: tuple[int, ...] = ()
-    random: bool = False
+    control: Control | None = None
 
     @property
     def name(self) -> str:
         if self.edges is None:
             return "baseline"
-        return f"{'random:' if self.random else ''}{self.edges}@{self.spec}"
+        return f"{f'{self.control}:' if self.control else ''}{self.edges}@{self.spec}"
+
+    @property
+    def kind(self) -> str:
+        """`knockout`, or the control's name (the `condition` column of knockout.csv)."""
+        return str(self.control) if self.control else "knockout"
+
+    def controlled(self, control: Control) -> Condition:
+        return Condition(self.edges, self.spec, self.layers, control)
 
 
 def layer_specs(layers: Any) -> list[Any]:
@@ -85,8 +111,8 @@ def conditions(opts: KnockoutConfig, n_layers: int) -> list[Condition]:
             raise AnalysisError(str(e)) from e
         text = spec if isinstance(spec, str) else ",".join(str(x) for x in layers)
         for edges in opts.edges:
-            e = EdgeSet(str(edges))
-            out += [Condition(e, text, layers), Condition(e, text, layers, random=True)]
+            cond = Condition(EdgeSet(str(edges)), text, layers)
+            out += [cond, *(cond.controlled(c) for c in Control)]
     return out
 
 
@@ -130,13 +156,17 @@ def _answer(
 def _blocks(batch: dict[str, torch.Tensor], conds: list[Condition], gen: torch.Generator) -> list:
     """The blocked-edge mask [B, L, L] of each condition (None for the baseline)."""
     mask = batch["prompt_mask"] != 0
-    sets, pool = edge_masks(mask, batch["q"], batch["text_range"], batch["anchor_range"])
+    spans = (batch["q"], batch["text_range"], batch["anchor_range"])
+    sets, pool = edge_masks(mask, *spans)
+    rows = receiver_pools(sets, mask, *spans)
     out = []
     for c in conds:
         if c.edges is None:
             out.append(None)
-        elif c.random:
+        elif c.control is Control.random:
             out.append(random_edges(pool, sets[c.edges].flatten(1).sum(1), gen))
+        elif c.control is Control.receiver:
+            out.append(receiver_matched_edges(sets[c.edges], rows[c.edges], gen))
         else:
             out.append(sets[c.edges])
     return out
@@ -247,16 +277,17 @@ def _effect(
 def effects(
     subject: Subject, conds: list[Condition], out_dir: Path, opts: KnockoutConfig, seed: int
 ) -> list[Effect]:
-    """Every condition against the baseline, then every knockout against its random control."""
+    """Every condition against the baseline, then every knockout against each of its controls."""
     rows = _by_condition(read_stream_csv(out_dir / SAMPLES_FILE, SAMPLE_COLUMNS))
     vs_base = [_effect(c, "baseline", rows, subject, opts, seed) for c in conds if c.edges is not None]
-    vs_random = [
-        _effect(c, Condition(c.edges, c.spec, c.layers, True).name, rows, subject, opts, seed)
+    vs_control = [
+        _effect(c, c.controlled(control).name, rows, subject, opts, seed)
         for c in conds
-        if c.edges is not None and not c.random
+        if c.edges is not None and c.control is None
+        for control in Control
     ]
-    adjust_bh([e.f1 for e in vs_random])
-    return vs_base + vs_random
+    adjust_bh([e.f1 for e in vs_control])
+    return vs_base + vs_control
 
 
 RESULT_COLUMNS = [
@@ -268,14 +299,15 @@ MD_FILE = "knockout.md"
 
 def _effect_row(e: Effect) -> list[Any]:
     c = e.condition
-    return [c.edges, c.spec, " ".join(map(str, c.layers)), "random" if c.random else "knockout",
+    return [c.edges, c.spec, " ".join(map(str, c.layers)), c.kind,
             e.reference, e.f1.n, e.blocked, e.f1.f1_a, e.f1.f1_b, e.f1.diff, e.f1.lo, e.f1.hi,
             e.f1.p, "" if e.f1.p_adj is None else e.f1.p_adj, e.d_logp, e.d_logp_lo, e.d_logp_hi]  # fmt: skip
 
 
 def _read_effect(r: dict[str, str], n_boot: int, n_perm: int) -> Effect:
     layers = tuple(int(x) for x in r["layer_ids"].split())
-    cond = Condition(EdgeSet(r["edges"]), r["layers"], layers, r["condition"] == "random")
+    control = None if r["condition"] == "knockout" else Control(r["condition"])
+    cond = Condition(EdgeSet(r["edges"]), r["layers"], layers, control)
     f1_a, f1_b = float(r["f1_reference"]), float(r["f1"])
     f1 = Comparison(
         f1_a, f1_b, float(r["d_f1"]), float(r["d_f1_lo"]), float(r["d_f1_hi"]), float(r["p"]), n_seeds=1,
@@ -320,7 +352,7 @@ class KnockoutEffects:
         return effects_markdown(self.effects, self.meta["title"])
 
     def figure(self, out_dir: str | Path) -> Path:
-        """`knockout.png`: ΔF1 and Δ log p, knockout vs random, per edge set and layers."""
+        """`knockout.png`: ΔF1 and Δ log p, knockout vs both controls, per edge set and layers."""
         title = f"attention knockout, {self.meta['title']}"
         return plot_knockout(_plot_rows(self.effects), Path(out_dir) / "knockout.png", title)
 
@@ -332,7 +364,8 @@ def effects_markdown(items: list[Effect], title: str) -> str:
         "ΔF1 and Δ log p (the gold target token's log-probability at q, mean over samples) of each "
         "condition against its reference, with 95% bootstrap intervals over the test samples and a "
         "paired permutation p-value for ΔF1 (p (BH): Benjamini–Hochberg across the knockout-vs-random "
-        "rows). `random:` blocks as many random edges per sample in the same layers.",
+        "rows). `random:` blocks as many random edges per sample in the same layers; `receiver:` as many "
+        "edges into the same rows from sources outside the set's span (not the anchor, resp. the text).",
         "",
         "| edges | layers | condition | vs | edges blocked / sample | F1 (vs) | F1 | ΔF1 | 95% CI | p "
         "| p (BH) | Δ log p | 95% CI |",
@@ -340,9 +373,8 @@ def effects_markdown(items: list[Effect], title: str) -> str:
     ]
     for e in items:
         c = e.condition
-        kind = "random" if c.random else "knockout"
         lines.append(
-            f"| {c.edges} | {c.spec} | {kind} | {e.reference} | {e.blocked:.1f} "
+            f"| {c.edges} | {c.spec} | {c.kind} | {e.reference} | {e.blocked:.1f} "
             f"| {e.f1.f1_a:.4f} | {e.f1.f1_b:.4f} | {e.f1.diff:+.4f} | [{e.f1.lo:+.4f}, {e.f1.hi:+.4f}] "
             f"| {e.f1.p_text()} | {e.f1.p_text(adjusted=True)} | {e.d_logp:+.4f} "
             f"| [{e.d_logp_lo:+.4f}, {e.d_logp_hi:+.4f}] |"
@@ -352,9 +384,9 @@ def effects_markdown(items: list[Effect], title: str) -> str:
 
 def _plot_rows(items: list[Effect]) -> list[dict[str, Any]]:
     return [
-        {"group": f"{e.condition.edges}\n{e.condition.spec}", "kind": "random" if e.condition.random
-         else "knockout", "d_f1": e.f1.diff, "d_f1_lo": e.f1.lo, "d_f1_hi": e.f1.hi,
-         "d_logp": e.d_logp, "d_logp_lo": e.d_logp_lo, "d_logp_hi": e.d_logp_hi}
+        {"group": f"{e.condition.edges}\n{e.condition.spec}", "kind": e.condition.kind, "d_f1": e.f1.diff,
+         "d_f1_lo": e.f1.lo, "d_f1_hi": e.f1.hi, "d_logp": e.d_logp, "d_logp_lo": e.d_logp_lo,
+         "d_logp_hi": e.d_logp_hi}
         for e in items
         if e.reference == "baseline"
     ]  # fmt: skip

@@ -11,7 +11,12 @@ Edge sets (i: the attending row, j: the attended column, positions of the left-p
 * `anchor_after`: i after P up to q, j in P (no later position reads the anchor: q nor the tokens
   between, e.g. a chat template's end of turn and assistant header, which could relay it to q);
 * the random control of a set: as many edges per sample, drawn uniformly from the other causal
-  pairs j < i <= q of non-pad positions (never the diagonal, so no row is left empty).
+  pairs j < i <= q of non-pad positions (never the diagonal, so no row is left empty);
+* the receiver-matched control of a set: the same rows, each with as many edges as the set blocks in
+  it, from sources outside the set's source span (non-anchor sources for `anchor_q` and
+  `anchor_after`, non-text sources for `text_anchor`). For `anchor_q` the uniform control almost
+  never touches q's row; this one blocks q's reads of as many other tokens, so "q reads the anchor in
+  these layers" is told apart from "q reads anything in these layers".
 
 Blocking adds the dtype's minimum to the pre-softmax scores of the blocked edges (the row is
 renormalised over the edges left), in the listed layers only, through a custom attention function
@@ -73,16 +78,23 @@ def _inside(r: Tensor, x: Tensor) -> Tensor:
     return (x >= r[:, 0].view(-1, 1, 1)) & (x < r[:, 1].view(-1, 1, 1))
 
 
+def _grid(mask: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Row and column positions [1, L, 1], [1, 1, L] and the causal pairs j < i <= q of non-pad
+    positions [B, L, L]."""
+    bsz, seq = mask.shape
+    pos = torch.arange(seq, device=mask.device)
+    i, j = pos.view(1, seq, 1), pos.view(1, 1, seq)
+    valid = mask.view(bsz, seq, 1) & mask.view(bsz, 1, seq)
+    return i, j, (j < i) & (i <= q.view(bsz, 1, 1)) & valid
+
+
 def edge_masks(
     mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor
 ) -> tuple[dict[EdgeSet, Tensor], Tensor]:
     """Per edge set the blocked edges [B, L, L] (bool), and the pool of other causal pairs the random
     controls draw from."""
-    bsz, seq = mask.shape
-    pos = torch.arange(seq, device=mask.device)
-    i, j = pos.view(1, seq, 1), pos.view(1, 1, seq)
-    valid = mask.view(bsz, seq, 1) & mask.view(bsz, 1, seq)
-    causal = (j < i) & (i <= q.view(bsz, 1, 1)) & valid
+    bsz = mask.shape[0]
+    i, j, causal = _grid(mask, q)
     reads_anchor = causal & _inside(anchor_range, j)
     sets = {
         EdgeSet.text_anchor: causal & _inside(anchor_range, i) & _inside(text_range, j),
@@ -93,6 +105,34 @@ def edge_masks(
     for edges in sets.values():
         pool = pool & ~edges
     return sets, pool
+
+
+def receiver_pools(
+    sets: dict[EdgeSet, Tensor], mask: Tensor, q: Tensor, text_range: Tensor, anchor_range: Tensor
+) -> dict[EdgeSet, Tensor]:
+    """Per edge set the pairs its receiver-matched control draws from [B, L, L]: the causal pairs of
+    the rows the set blocks edges in, from sources outside its source span (the text for
+    `text_anchor`, the anchor otherwise)."""
+    _, j, causal = _grid(mask, q)
+    out = {}
+    for name, edges in sets.items():
+        span = text_range if name is EdgeSet.text_anchor else anchor_range
+        rows = edges.any(-1, keepdim=True)
+        out[name] = causal & rows & ~_inside(span, j)
+    return out
+
+
+def receiver_matched_edges(edges: Tensor, pool: Tensor, generator: torch.Generator) -> Tensor:
+    """Per sample and row, as many edges as `edges` blocks in that row, drawn uniformly without
+    replacement from the row's pairs in `pool` (all of them when there are fewer)."""
+    out = torch.zeros_like(pool)
+    counts = edges.sum(-1)  # [B, L]
+    for b, i in counts.nonzero().tolist():
+        cols = pool[b, i].nonzero().squeeze(1)
+        n = min(int(counts[b, i]), cols.numel())
+        if n:
+            out[b, i, cols[torch.randperm(cols.numel(), generator=generator)[:n].to(cols.device)]] = True
+    return out
 
 
 def random_edges(pool: Tensor, counts: Tensor, generator: torch.Generator) -> Tensor:

@@ -173,9 +173,9 @@ def plot_token_example(ex: dict[str, Any], path: Path, title: str) -> Path:
 
 def plot_knockout(rows: list[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Attention knockout: ΔF1 and Δ log p against the baseline, per edge set and layers (`group`),
-    the knockout next to its random control (`kind`), with 95% intervals (`*_lo`, `*_hi`)."""
+    the knockout next to its controls (`kind`: random, receiver), with 95% intervals (`*_lo`, `*_hi`)."""
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    kinds = {"knockout": ("tab:red", -0.2), "random": ("tab:gray", 0.2)}
+    kinds = {"knockout": ("tab:red", -0.27), "random": ("tab:gray", 0.0), "receiver": ("tab:blue", 0.27)}
     fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.6 * len(groups) + 3), 3.8))
     for ax, (key, ylabel) in zip(axes, (("d_f1", "Δ F1"), ("d_logp", "Δ log p(gold target)")), strict=True):
         for kind, (color, shift) in kinds.items():
@@ -184,7 +184,7 @@ def plot_knockout(rows: list[dict[str, Any]], path: str | Path, title: str) -> P
             y = np.array([r[key] for r in sel if r is not None])
             err = np.array([[r[key] - r[f"{key}_lo"], r[f"{key}_hi"] - r[key]] for r in sel if r is not None])
             if len(x):
-                ax.bar(x, y, width=0.38, color=color, label=kind, yerr=err.T, capsize=3)
+                ax.bar(x, y, width=0.26, color=color, label=kind, yerr=err.T, capsize=3)
         ax.axhline(0, color="black", linewidth=0.8)
         ax.set_xticks(range(len(groups)), groups, fontsize=8)
         ax.set_ylabel(ylabel)
