@@ -78,6 +78,11 @@ def newest_readable(folder: Path) -> Path | None:
     return None
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The global step a checkpoint was taken at (memory-mapped: the weights are not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+
+
 class StepCheckpoint(ModelCheckpoint):
     """A `ModelCheckpoint` with `every_n_train_steps` that skips an epoch's last batch (see above)."""
 

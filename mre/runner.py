@@ -19,12 +19,11 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mre.checkpoints import AtomicCheckpointIO, RandomState, newest_readable
+from mre.checkpoints import AtomicCheckpointIO, RandomState, checkpoint_step, newest_readable
 from mre.config import RunConfigError, load_run_config
 from mre.ending import Ending, Reason, SignalRecorder, fit_ending
 from mre.errors import ConfigError, RunInterrupted, UserError, signal_name
@@ -170,7 +169,7 @@ def _continue_logs(run_dir: Path, ckpt: str | None) -> None:
     """Cut what a killed run logged after its checkpoint: it is logged again from there."""
     if ckpt is None or not (run_dir / CSV_METRICS).exists():
         return
-    step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    step = checkpoint_step(ckpt)
     dropped = truncate_after(run_dir / CSV_METRICS, step)
     if dropped:
         log.info("%s: %d rows after step %d dropped (logged again)", run_dir / CSV_METRICS, dropped, step)
@@ -293,7 +292,7 @@ def _interruption(trainer: L.Trainer, signum: int, run_dir: Path) -> Ending:
     if ckpt is None:
         go_on = "no checkpoint was written yet: start the run again"
     else:
-        step = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+        step = checkpoint_step(ckpt)
         go_on = f"continue with: python train.py resume={run_dir} (from {ckpt.name}, step {step})"
     epoch, step = trainer.current_epoch, trainer.global_step
     detail = f"interrupted by {signal_name(signum)} at epoch {epoch}, step {step}; {go_on}"
