@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mre.data.options import DatasetConfig, Source
+from mre.data.options import DatasetConfig, Source, TLIField
 from mre.data.readers import load_source
 from mre.data.record import Record
 from mre.data.splits import Splits, make_splits
@@ -26,6 +26,11 @@ def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict
             tli_helps_wli=s.tli_helps_wli,
         )
         return {"all": recs}
+    if ds.tli_field is not TLIField.scenario and ds.source is not Source.slurp:
+        raise ValueError(
+            f"dataset.tli_field={ds.tli_field} applies to source slurp only; dataset {ds.name!r} has source "
+            f"{ds.source}, whose text label is fixed by its format (leave dataset.tli_field unset)"
+        )
     if ds.path is None or not Path(ds.path).exists():
         where = "no path was given" if ds.path is None else f"{ds.path} does not exist"
         raise FileNotFoundError(
@@ -38,6 +43,7 @@ def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict
         on_bad_row=ds.on_bad_row,
         sort_multi_labels=ds.sort_multi_labels,
         wli_format=wli_format,
+        tli_field=str(ds.tli_field),
     )
 
 

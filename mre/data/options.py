@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from mre.data.readers import FORMATS
+from mre.data.readers import FORMATS, SLURP_TLI_FIELDS
 from mre.data.record import OnBadRow
 from mre.setting import Direction, StrEnum
 
 # the embedded generator, then every reader format of mre/data/readers.py (a new reader is a new choice)
 Source = StrEnum("Source", {name: name for name in ("synthetic", *FORMATS)})
+
+
+# which SLURP field is the text label: the scenario (18), the intent (`scenario_action`, 71-77) or the action
+TLIField = StrEnum("TLIField", {name: name for name in SLURP_TLI_FIELDS})
 
 
 class Language(StrEnum):
@@ -66,6 +70,7 @@ class DatasetConfig:
     split_seed: int = 42
     on_bad_row: OnBadRow = OnBadRow.error
     sort_multi_labels: bool = False  # BIO intents: `b#a` is the same label as `a#b`
+    tli_field: TLIField = TLIField.scenario  # type: ignore[valid-type]  # source slurp: the text label's field
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -166,6 +166,12 @@ class PromptBuilder:
         """The scheme, codes and their token ids; fails naming the offending code and a scheme that works."""
         auto = self.code_scheme is CodeScheme.auto
         fits = [k for k, v in CODE_SCHEMES.items() if len(v) >= len(self.labels)]
+        if not fits:
+            sizes = ", ".join(f"{k} {len(v)}" for k, v in CODE_SCHEMES.items())
+            raise PromptError(
+                f"the data set has {len(self.labels)} text labels, more than any TLI code scheme has "
+                f"one-token codes ({sizes}); use a coarser text label (SLURP: dataset.tli_field=scenario)"
+            )
         if not auto and self.code_scheme not in fits:
             n = len(CODE_SCHEMES[self.code_scheme])
             raise PromptError(
