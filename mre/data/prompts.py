@@ -26,7 +26,8 @@ the WLI pairs inside the kept text, in the answer and in a WLI anchor alike (`sh
 TLI answers are one-token codes listed in the instruction, as in the paper, which numbers its
 classes: `digits` (`1`..`9`) where the tokenizer makes each a single token in answer position and
 there are at most nine labels, letters (`A`, `B`, ...) otherwise (`code_scheme: auto`). The builder
-checks every code is exactly one distinct token in context under the tokenizer in use.
+checks every code is exactly one distinct token in context under the tokenizer in use; more labels than
+the largest scheme has codes (26) is an error, since a code must stay one token for the flow's q.
 """
 
 from __future__ import annotations
