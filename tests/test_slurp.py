@@ -16,6 +16,7 @@ from mre.data.context import build_context
 from mre.data.prompts import PromptError
 from mre.data.readers import load_source
 from mre.data.record import DataFormatError
+from mre.data.splits import make_splits
 from mre.hub import gguf_source
 from mre.model_options import GGUFConfig
 from tests.conftest import shared_data
@@ -68,6 +69,21 @@ def test_real_files_every_entity_lands_on_its_annotation() -> None:
     assert n_entities == 2022 + 2823
     assert {len({r.tli for r in recs}) for recs in data.values()} == {18}
     assert [len({p.type for r in recs for p in r.wli}) for recs in data.values()] == [53, 53]  # 55 in all
+
+
+def test_real_splits_train_and_dev_from_devel_test_from_test() -> None:
+    """The study's sizes: train and dev both drawn from devel.jsonl (disjoint), test from test.jsonl;
+    `dataset.split_seed` redraws them."""
+    root = shared_data("slurp")
+    sources = load_source("slurp", root)
+    devel, test = ({r.id for r in sources[k]} for k in ("train", "test"))
+    ds = compose(["dataset=slurp", f"dataset.path={root}", "experiment=real_slurp_tli"]).dataset
+    splits = make_splits(sources, ds.n_train, ds.n_test, ds.n_dev, ds.split_seed)
+    assert splits.sizes() == {"train": 240, "dev": 24, "test": 150}
+    train, dev = {r.id for r in splits.train}, {r.id for r in splits.dev}
+    assert train | dev <= devel and not train & dev and {r.id for r in splits.test} <= test
+    other = make_splits(sources, ds.n_train, ds.n_test, ds.n_dev, seed=ds.split_seed + 1)
+    assert {r.id for r in other.train} != train
 
 
 def test_real_files_text_label_fields() -> None:
