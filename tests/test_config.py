@@ -33,7 +33,7 @@ PAPER = ["scnm", "scpos_rw", "scpos_n", "scpos_adj", "scpos_adj_n", "tcree"]
 
 
 def test_config_groups_present():
-    assert {"synthetic_en", "synthetic_ja", "snips", "ner_wikipedia_ja", *PAPER} <= set(DATASETS)
+    assert {"synthetic_en", "synthetic_ja", "snips", "slurp", "ner_wikipedia_ja", *PAPER} <= set(DATASETS)
     assert {
         "tiny_llama",
         "tiny_qwen2",
@@ -114,6 +114,7 @@ def test_group_files_do_not_restate_schema_defaults(group):
         ("model.tokenizer.kind=sentencepiece", "bpe, llama"),
         ("task=fewshoot", "generative, fewshot"),
         ("prompt.code_scheme=numbers", "auto, digits, letters, lower"),
+        ("dataset.tli_field=slot", "scenario, intent, action"),
         ("prompt.chat_template=yes", "auto, on, off"),
         ("flow.sources=everything", "text, all_prior"),
         ("flow.loss=ce", "full_vocab, label_restricted"),
@@ -176,7 +177,7 @@ def test_missing_path_names_the_path(tmp_path):
         build_context(cfg)
 
 
-REAL_SETS = [("snips", "MRE_SNIPS"), ("ner_wikipedia_ja", "MRE_NER_WIKIPEDIA_JA")]
+REAL_SETS = [("snips", "MRE_SNIPS"), ("slurp", "MRE_SLURP"), ("ner_wikipedia_ja", "MRE_NER_WIKIPEDIA_JA")]
 
 
 @pytest.mark.parametrize(("name", "env"), REAL_SETS)
@@ -220,6 +221,8 @@ def test_data_view_synthetic():
 def test_data_view_real_sets():
     out = _data_view("dataset=snips", f"dataset.path={shared_data('snips')}")
     assert "snips: splits" in out and "PlayMusic" in out and "playlist" in out
+    out = _data_view("dataset=slurp", f"dataset.path={shared_data('slurp')}", "direction=tli")
+    assert "slurp: splits" in out and "calendar" in out and "place_name" in out and "R=weather" in out
     ner = shared_data("ner-wikipedia-ja") / "ner.json"
     out = _data_view("dataset=ner_wikipedia_ja", f"dataset.path={ner}")
     assert "showing with_anchor=false instead" in out and "人名" in out

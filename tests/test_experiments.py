@@ -22,7 +22,8 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 STAND_IN_MODEL = {"t5": "tiny_t5"}
 STAND_IN_LORA_MODEL = "tiny_llama_lora"
 STAND_IN_DATASET = "synthetic_ja"
-SHARED_FOLDERS = {"snips": "snips"}  # data sets whose real files the tests read from ../shared/data
+# data sets whose real files the tests read from ../shared/data
+SHARED_FOLDERS = {"snips": "snips", "slurp": "slurp"}
 
 
 def sweep_jobs(name: str) -> list[list[str]]:

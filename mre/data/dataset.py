@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from mre.data.hub_data import from_hub, load_mmm
-from mre.data.options import DatasetConfig, Source
+from mre.data.options import DatasetConfig, Source, TLIField
 from mre.data.readers import load_source
 from mre.data.record import Record
 from mre.data.splits import Splits, make_splits
 from mre.data.synthetic import generate
 from mre.data.wli_format import WLIFormat
-from mre.errors import MissingInputError
+from mre.errors import ConfigError, MissingInputError
 
 
 def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict[str, list[Record]]:
@@ -29,6 +29,11 @@ def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict
             tli_helps_wli=s.tli_helps_wli,
         )
         return {"all": recs}
+    if ds.tli_field is not TLIField.scenario and ds.source is not Source.slurp:
+        raise ConfigError(
+            f"dataset.tli_field={ds.tli_field} applies to source slurp only; dataset {ds.name!r} has source "
+            f"{ds.source}, whose text label is fixed by its format (leave dataset.tli_field unset)"
+        )
     if from_hub(ds):
         return load_mmm(ds, wli_format)
     if ds.path is None or not Path(ds.path).exists():
@@ -43,6 +48,7 @@ def load_sources(ds: DatasetConfig, wli_format: WLIFormat | None = None) -> dict
         on_bad_row=ds.on_bad_row,
         sort_multi_labels=ds.sort_multi_labels,
         wli_format=wli_format,
+        tli_field=str(ds.tli_field),
     )
 
 

@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from mre.data.readers import FORMATS
+from mre.data.readers import FORMATS, SLURP_TLI_FIELDS
 from mre.data.record import OnBadRow
 from mre.setting import Direction, StrEnum
 
 # the embedded generator, then every reader format of mre/data/readers.py (a new reader is a new choice)
 Source = StrEnum("Source", {name: name for name in ("synthetic", *FORMATS)})
+
+
+# which SLURP field is the text label: the scenario (18), the intent (`scenario_action`, 71-77) or the action
+TLIField = StrEnum("TLIField", {name: name for name in SLURP_TLI_FIELDS})
 
 
 class Language(StrEnum):
@@ -90,6 +94,7 @@ class DatasetConfig:
     # dataset=mmm: the set of the MMM collection on the Hugging Face hub, fetched when `path` is not given
     lang: MMMLanguage | None = None
     task: MMMTask | None = None
+    tli_field: TLIField = TLIField.scenario  # type: ignore[valid-type]  # source slurp: the text label's field
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -26,7 +26,8 @@ the WLI pairs inside the kept text, in the answer and in a WLI anchor alike (`sh
 TLI answers are one-token codes listed in the instruction, as in the paper, which numbers its
 classes: `digits` (`1`..`9`) where the tokenizer makes each a single token in answer position and
 there are at most nine labels, letters (`A`, `B`, ...) otherwise (`code_scheme: auto`). The builder
-checks every code is exactly one distinct token in context under the tokenizer in use.
+checks every code is exactly one distinct token in context under the tokenizer in use; more labels than
+the largest scheme has codes (26) is an error, since a code must stay one token for the flow's q.
 """
 
 from __future__ import annotations
@@ -167,6 +168,12 @@ class PromptBuilder:
         """The scheme, codes and their token ids; fails naming the offending code and a scheme that works."""
         auto = self.code_scheme is CodeScheme.auto
         fits = [k for k, v in CODE_SCHEMES.items() if len(v) >= len(self.labels)]
+        if not fits:
+            sizes = ", ".join(f"{k} {len(v)}" for k, v in CODE_SCHEMES.items())
+            raise PromptError(
+                f"the data set has {len(self.labels)} text labels, more than any TLI code scheme has "
+                f"one-token codes ({sizes}); use a coarser text label (SLURP: dataset.tli_field=scenario)"
+            )
         if not auto and self.code_scheme not in fits:
             n = len(CODE_SCHEMES[self.code_scheme])
             raise PromptError(

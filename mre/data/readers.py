@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import io
 import json
 import logging
@@ -30,7 +31,8 @@ from mre.errors import ConfigError, MissingInputError
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("records", "bio", "ner_json", "mmm", "giellm", "csv_pairs")
+FORMATS = ("records", "bio", "ner_json", "mmm", "giellm", "csv_pairs", "slurp")
+SLURP_TLI_FIELDS = ("scenario", "intent", "action")  # the SLURP fields a text label can come from
 MULTI_LABEL_SEP = "#"  # SNIPS/ATIS multi-intent labels: atis_flight#atis_airfare
 
 _FORMAT_HELP: dict[str, str] = {
@@ -61,6 +63,11 @@ _FORMAT_HELP: dict[str, str] = {
         "a two-column csv of (source, target) in the GIELLM style, with or without a header row, "
         "like SCNM_Dataset.csv or TCREE_dataset.csv, or a folder of train/dev/test .csv files"
     ),
+    "slurp": (
+        'a SLURP .jsonl file of {"slurp_id", "sentence", "sentence_annotation", "scenario", "action", '
+        '"intent", "tokens": [{"surface", "id"}], "entities": [{"type", "span": [token ids]}]} objects, '
+        "or the folder of SLURP's text part holding devel.jsonl (the training split) and test.jsonl"
+    ),
 }
 
 _SPLIT_NAMES = {"train": "train", "dev": "dev", "valid": "dev", "test": "test"}
@@ -70,7 +77,10 @@ _SPLIT_SUFFIXES = {
     "mmm": (".json", ".jsonl"),
     "giellm": (".json", ".jsonl"),
     "csv_pairs": (".csv",),
+    "slurp": (".jsonl",),
 }
+# SLURP's text part ships without its large training file: devel.jsonl is the training split here
+_SLURP_SPLITS = {"devel": "train", "test": "test"}
 _MMM_TASKS = (
     "NER",
     "Sentiment Relation Word",
@@ -549,6 +559,136 @@ def read_csv_pairs(path: str | Path, issues: RowIssues) -> list[Record]:
     return col.records
 
 
+# --------------------------------------------------------------------------- SLURP
+
+# `[type : words]` in SLURP's sentence_annotation
+_SLURP_ANNOTATION = re.compile(r"\[\s*([^\[\]:]+?)\s*:\s*([^\[\]]*?)\s*\]")
+_SPAN_EDGE = " ,.;:!?"  # trimmed off a mapped span: SLURP's annotations never start or end with these
+
+
+def _words_key(s: str) -> str:
+    """What an entity's words and its annotation must share: letters and digits, case-folded.
+
+    SLURP's tokens split clitics (`restaurant 's`) and keep case the sentence lower-cases; neither
+    is a disagreement about which words the entity is.
+    """
+    return re.sub(r"[\W_]", "", s.casefold())
+
+
+def _align_chars(a: str, b: str) -> tuple[list[int], list[int]]:
+    """For each character of `a`: where it starts and ends in `b` (case-insensitive character diff).
+
+    SLURP's tokens are the transcript before normalization (`Friday`, `rihana`, `@comcast`), its
+    sentence the normalized text (`friday`, `rihanna`, `at comcast`): a replaced stretch maps to the
+    whole stretch of `b` that replaced it, so an entity still lands on the sentence's own words.
+    """
+    first, after = [0] * len(a), [0] * len(a)
+    ops = difflib.SequenceMatcher(None, a.lower(), b.lower(), autojunk=False).get_opcodes()
+    for tag, i1, i2, j1, j2 in ops:
+        for i in range(i1, i2):
+            first[i], after[i] = (j1 + i - i1, j1 + i - i1 + 1) if tag == "equal" else (j1, j2)
+    return first, after
+
+
+def _slurp_tokens(obj: dict[str, Any]) -> list[str]:
+    """Token surfaces in id order; ids must be 0, 1, 2, ... since entity spans index them."""
+    tokens = obj.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, dict) for t in tokens):
+        raise _RowError(
+            "missing field 'tokens'" if tokens is None else "field 'tokens' must be a list of objects"
+        )
+    surfaces = []
+    for n, tok in enumerate(tokens):
+        (surface,) = _str_fields(tok, "surface")
+        if not surface:
+            raise _RowError(f"token {n} has an empty surface")
+        if tok.get("id") != n:
+            raise _RowError(f"token {n} has id {tok.get('id')!r}; expected ids 0, 1, 2, ... in order")
+        surfaces.append(surface)
+    return surfaces
+
+
+def _slurp_entity(ent: Any, n_tokens: int) -> tuple[str, int, int]:
+    """(type, first token, last token) of one `{"type", "span": [token ids]}` entity."""
+    (typ,) = _str_fields(_as_object(ent), "type")
+    span = ent.get("span")
+    if not (
+        isinstance(span, list) and span and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+    ):
+        raise _RowError(f"entity {typ!r}: bad span {span!r}, expected a non-empty list of token ids")
+    if min(span) < 0 or max(span) >= n_tokens:
+        raise _RowError(f"entity {typ!r}: span {span} is out of range for {n_tokens} tokens")
+    if span != list(range(span[0], span[-1] + 1)):
+        raise _RowError(f"entity {typ!r}: span {span} is not consecutive token ids")
+    return typ, span[0], span[-1]
+
+
+def _token_offsets(surfaces: list[str], sentence: str) -> list[tuple[int, int]]:
+    """(start, end) of each token in the sentence, through a character alignment of the tokens
+    (joined by spaces) with the sentence."""
+    first, after = _align_chars(" ".join(surfaces), sentence)
+    out, pos = [], 0
+    for s in surfaces:
+        out.append((first[pos], after[pos + len(s) - 1]))
+        pos += len(s) + 1
+    return out
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    """`text[start:end]` without the spaces and punctuation at its ends (a token `,` inside an entity)."""
+    span = text[start:end]
+    return start + len(span) - len(span.lstrip(_SPAN_EDGE)), end - len(span) + len(span.rstrip(_SPAN_EDGE))
+
+
+def _slurp_pairs(obj: dict[str, Any], sentence: str, annotation: str) -> tuple[WLIPair, ...]:
+    """The entities as sentence offsets, each checked against its `[type : words]` in the annotation
+    (matched in order of position)."""
+    surfaces = _slurp_tokens(obj)
+    entities = obj.get("entities")
+    if not isinstance(entities, list):
+        raise _RowError("missing field 'entities'" if entities is None else "field 'entities' must be a list")
+    spans = sorted((_slurp_entity(e, len(surfaces)) for e in entities), key=lambda e: e[1])
+    annotated = _SLURP_ANNOTATION.findall(annotation)
+    if len(annotated) != len(spans):
+        raise _RowError(f"{len(spans)} entities but {len(annotated)} [type : words] in sentence_annotation")
+    offsets = _token_offsets(surfaces, sentence)
+    pairs = []
+    for (typ, i, j), (ann_type, ann_words) in zip(spans, annotated, strict=True):
+        words = " ".join(surfaces[i : j + 1])
+        if typ != ann_type or _words_key(words) != _words_key(ann_words):
+            raise _RowError(
+                f"entity {typ} {words!r} (tokens {i}-{j}) does not match its annotation "
+                f"[{ann_type} : {ann_words}]"
+            )
+        start, end = _trimmed(sentence, offsets[i][0], offsets[j][1])
+        if start >= end:
+            raise _RowError(f"entity {typ} {words!r} (tokens {i}-{j}) maps to no text of the sentence")
+        pairs.append(WLIPair(typ, sentence[start:end], start, end))
+    return tuple(pairs)
+
+
+def _slurp_record(value: Any, tli_field: str) -> Record:
+    obj = _as_object(value)
+    sentence, annotation, label = _str_fields(obj, "sentence", "sentence_annotation", tli_field)
+    if "slurp_id" not in obj:
+        raise _RowError("missing field 'slurp_id'")
+    return Record(str(obj["slurp_id"]), sentence, label.strip(), _slurp_pairs(obj, sentence, annotation))
+
+
+def read_slurp(path: str | Path, issues: RowIssues, tli_field: str = "scenario") -> list[Record]:
+    """SLURP jsonl (text part): text = `sentence`, TLI = the `tli_field` (scenario, intent or action),
+    WLI = the entities, mapped from token ids to offsets in the sentence; ids are the `slurp_id`."""
+    if tli_field not in SLURP_TLI_FIELDS:
+        raise ValueError(
+            f"unknown SLURP text label field {tli_field!r}; choose one of: {', '.join(SLURP_TLI_FIELDS)}"
+        )
+    path = _need_file(path, "slurp")
+    col = _Collector(issues)
+    for line, _item, value in _json_items(path, issues):
+        col.add(line, _slurp_record, value, tli_field)
+    return col.records
+
+
 # --------------------------------------------------------------------------- entry point
 
 _READERS: dict[str, Callable[[Path, RowIssues], list[Record]]] = {
@@ -558,6 +698,7 @@ _READERS: dict[str, Callable[[Path, RowIssues], list[Record]]] = {
     "mmm": read_mmm,
     "giellm": read_giellm,
     "csv_pairs": read_csv_pairs,
+    "slurp": read_slurp,
 }
 
 
@@ -597,13 +738,14 @@ def _file_sources(path: Path, fmt: str) -> dict[str, Path]:
     if fmt == "ner_json" and (path / "ner.json").is_file():
         return {"all": path / "ner.json"}
     candidates: dict[str, list[Path]] = {}
-    for name, split in _SPLIT_NAMES.items():
+    split_names = _SLURP_SPLITS if fmt == "slurp" else _SPLIT_NAMES
+    for name, split in split_names.items():
         for suffix in _SPLIT_SUFFIXES[fmt]:
             if (path / f"{name}{suffix}").is_file():
                 candidates.setdefault(split, []).append(path / f"{name}{suffix}")
     found = _pick_splits(path, fmt, candidates)
     if not found:
-        names = " or ".join(f"train{s}" for s in _SPLIT_SUFFIXES[fmt])
+        names = " or ".join(f"{next(iter(split_names))}{s}" for s in _SPLIT_SUFFIXES[fmt])
         held = sorted(p.name for p in path.iterdir())[:8]
         raise MissingInputError(
             f"{path} is a folder without split files ({names}, and likewise dev/test; it holds "
@@ -618,9 +760,11 @@ def load_source(
     on_bad_row: OnBadRow = OnBadRow.error,
     sort_multi_labels: bool = False,
     wli_format: WLIFormat | None = None,
+    tli_field: str = "scenario",
 ) -> dict[str, list[Record]]:
     """Named splits found at `path`: {"train", "dev", "test"} (those present) for folder sources
     with split sub-folders/files, else {"all": [...]}. `sort_multi_labels` (BIO only): `b#a` = `a#b`.
+    `tli_field` (SLURP only): the field the text label comes from.
     With `wli_format`, a WLI pair it cannot serialize (`WLIFormat.problem`) is a bad row.
 
     Each file gets its own `RowIssues`, so error messages and skip counts name the exact file.
@@ -637,6 +781,8 @@ def load_source(
         issues = RowIssues(src, on_bad_row, wli_format.problem if wli_format else None)
         if fmt == "bio":
             out[split] = read_bio_split(src, issues, sort_multi_labels)
+        elif fmt == "slurp":
+            out[split] = read_slurp(src, issues, tli_field)
         else:
             out[split] = _READERS[fmt](src, issues)
         issues.report()

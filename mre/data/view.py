@@ -16,14 +16,17 @@ from mre.setting import Setting
 
 
 def split_stats(ctx: TaskContext) -> Table:
-    """Rows, distinct labels, WLI pairs and token length percentiles per split."""
+    """Rows, distinct labels (and those a split has that train lacks: always scored wrong), WLI pairs and
+    types, and token length percentiles per split."""
     t = Table(title=f"{ctx.dataset_name}: splits")
     for col in (
         "split",
         "rows",
         "encoded",
         "labels",
+        "not in train",
         "WLI pairs",
+        "WLI types",
         "no WLI",
         "tokens p50",
         "p90",
@@ -31,16 +34,20 @@ def split_stats(ctx: TaskContext) -> Table:
         "max",
     ):
         t.add_column(col, justify="right")
+    trained = {r.tli for r in ctx.records("train")}
     for name in SPLITS:
         recs = ctx.records(name)
+        labels = {r.tli for r in recs if r.tli is not None}
         lens = [len(e.prompt_ids) + len(e.answer_ids) for e in ctx.items(name)] or [0]
         p50, p90, p99 = np.percentile(lens, [50, 90, 99])
         t.add_row(
             name,
             str(len(recs)),
             str(len(ctx.items(name))),
-            str(len({r.tli for r in recs if r.tli is not None})),
+            str(len(labels)),
+            str(len(labels - trained)),
             str(sum(len(r.wli) for r in recs)),
+            str(len({p.type for r in recs for p in r.wli})),
             str(sum(not r.wli for r in recs)),
             f"{p50:.0f}",
             f"{p90:.0f}",
