@@ -13,6 +13,7 @@ free-form dicts instantiated with `_target_`.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -104,6 +105,9 @@ class Config:
     ckpt_path: str | None = None  # a checkpoint to start from, or `last` (the run directory's newest)
     resume: str | None = None  # a run directory: continue that run in place, with its own configuration
     fit: bool = True  # false: only test the model of ckpt_path (e.g. a checkpoint under another strategy)
+    # a directory that already holds this configuration's run: skip it if finished, else continue it
+    # from its newest checkpoint (false: refuse it); a study launched again continues (mre.prior_run)
+    continue_existing: bool = False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,10 +217,15 @@ def run_dir(resume: str | None, new: str) -> str:
     return str(resolve_run_dir(resume).resolve()) if resume else new
 
 
-def output_subdir(resume: str | None, stamp: str) -> str:
-    """Where Hydra writes its copy of the config: `.hydra`, or beside it when resuming (the run's own
-    `.hydra/config.yaml` is what the resumed run reads and must not be overwritten)."""
-    return f".hydra/resumed-{stamp}" if resume else ".hydra"
+@functools.cache
+def output_subdir(resume: str | None, stamp: str, output_dir: str) -> str:
+    """Where Hydra writes its copy of the config: `.hydra`, or beside the saved one when the directory
+    already holds a run's config (a resume, or a job launched again into the same sweep directory: the
+    saved `.hydra/config.yaml` is what a resume reads and what `continue_existing` compares).
+    Cached: the answer is taken before Hydra writes `.hydra/config.yaml` and must not change after."""
+    if resume:
+        return f".hydra/resumed-{stamp}"
+    return f".hydra/rerun-{stamp}" if (Path(output_dir) / CONFIG).exists() else ".hydra"
 
 
 def env_file(variable: str, name: str) -> str | None:

@@ -45,3 +45,9 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
     if not hits:
         raise RunDirError(f"{path.parent} has no job {path.name} (no directory named {path.name}_...)")
     raise RunDirError(f"{path.parent} has several directories of job {path.name}: {[h.name for h in hits]}")
+
+
+def previous_wandb_id(run_dir: Path) -> str | None:
+    """The id of the W&B run a run directory logged to (`wandb/[offline-]run-<time>-<id>`)."""
+    runs = sorted((run_dir / "wandb").glob("*run-*-*"))
+    return runs[-1].name.rsplit("-", 1)[1] if runs else None

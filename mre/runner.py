@@ -29,8 +29,19 @@ from mre.ending import Ending, Reason, SignalRecorder, fit_ending
 from mre.errors import ConfigError, RunInterrupted, UserError, signal_name
 from mre.loggers import truncate_after
 from mre.models import check_model_config
+from mre.prior_run import settle_prior_run
 from mre.results import print_metrics, write_metrics
-from mre.rundir import CHECKPOINTS, CONFIG, CSV_METRICS, ENDING, METRICS, MODEL, RunDirError, resolve_run_dir
+from mre.rundir import (
+    CHECKPOINTS,
+    CONFIG,
+    CSV_METRICS,
+    ENDING,
+    METRICS,
+    MODEL,
+    RunDirError,
+    previous_wandb_id,
+    resolve_run_dir,
+)
 from mre.runlock import RunLockedError, run_dir_lock
 from mre.strategies import EndSpawnedProcessGroup, end_process_group
 from mre.tasks import build_task
@@ -82,12 +93,6 @@ def resume_config(cfg: DictConfig) -> DictConfig:
         if wandb is not None and (wandb_id := previous_wandb_id(run_dir)):
             wandb.id, wandb.resume = wandb_id, "allow"  # the same W&B run continues
     return saved
-
-
-def previous_wandb_id(run_dir: Path) -> str | None:
-    """The id of the W&B run a run directory logged to (`wandb/[offline-]run-<time>-<id>`)."""
-    runs = sorted((run_dir / "wandb").glob("*run-*-*"))
-    return runs[-1].name.rsplit("-", 1)[1] if runs else None
 
 
 def save_resolved_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -183,12 +188,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
     run_dir = _run_dir_of(cfg)
     try:
         with run_dir_lock(run_dir):
-            if cfg.get("resume"):
-                cfg = resume_config(cfg)  # under the lock: another resume may have just finished it
-                check_config(cfg)
-            return _run(cfg)
+            cfg, finished = _settle(cfg, run_dir)
+            return finished if finished is not None else _run(cfg)
     except RunLockedError:
-        _forget_refused_resume(cfg, run_dir)
+        _forget_refused_launch(run_dir)
+        raise
+
+
+def _settle(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[str, float] | None]:
+    """Under the lock (another process may have just finished the run): the configuration to run, from
+    the resumed run's directory or given what the directory already holds; a refusal leaves no trace."""
+    try:
+        if cfg.get("resume"):
+            cfg = resume_config(cfg)
+            check_config(cfg)
+            return cfg, None
+        return settle_prior_run(cfg, run_dir)
+    except UserError:
+        _forget_refused_launch(run_dir)
         raise
 
 
@@ -201,12 +218,12 @@ def _run_dir_of(cfg: DictConfig) -> Path:
         raise ResumeError(f"cannot resume: {e}") from e
 
 
-def _forget_refused_resume(cfg: DictConfig, run_dir: Path) -> None:
-    """A refused resume leaves no trace in the run it was refused: Hydra already wrote this
-    process's copy of the config (`.hydra/resumed-<time>`) there."""
-    if cfg.get("resume") and HydraConfig.initialized():
+def _forget_refused_launch(run_dir: Path) -> None:
+    """A refused resume or relaunch leaves no trace in the run it was refused: Hydra already wrote
+    this process's copy of the config (`.hydra/resumed-<time>`, `.hydra/rerun-<time>`) there."""
+    if HydraConfig.initialized():
         mine = run_dir / HydraConfig.get().output_subdir
-        if mine.name.startswith("resumed-") and mine.is_dir():
+        if mine.name.startswith(("resumed-", "rerun-")) and mine.is_dir():
             shutil.rmtree(mine, ignore_errors=True)
 
 

@@ -288,3 +288,32 @@ def test_user_errors_are_one_line_and_exit_2(uninterrupted, tmp_path):
     out = train(f"resume={uninterrupted}")
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert "already finished" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_study_launched_again_skips_finished_runs_and_continues_killed_ones(uninterrupted, tmp_path):
+    """Job 0 finishes, job 1 is killed mid-epoch (the whole sweep dies with it). The same command again
+    is refused (it would overwrite job 0); with continue_existing=true job 0 is skipped untouched and
+    job 1 continues from its checkpoint to the uninterrupted run's result."""
+    sweep = tmp_path / "study"
+    study = ["-m", *RUN, f"hydra.sweep.dir={sweep}", "+callbacks.kill._target_=tests.test_resume.KillAt",
+             f"+callbacks.kill.marker={tmp_path / 'killed'}", "+callbacks.kill.step=999,19"]  # fmt: skip
+    out = train(*study)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    done, killed = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert (done / "metrics.json").exists() and not (killed / "metrics.json").exists()
+    finished_at = (done / "metrics.json").stat().st_mtime_ns
+
+    out = train(*study)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert f"{done} already holds a finished run" in out.stderr and "continue_existing=true" in out.stderr
+    assert not list((done / ".hydra").glob("rerun-*"))  # the refusal left nothing behind
+
+    out = train(*study, "continue_existing=true")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"{done} finished earlier: skipped" in out.stderr + out.stdout
+    assert (done / "metrics.json").stat().st_mtime_ns == finished_at
+    assert (killed / "metrics.json").read_text() == (uninterrupted / "metrics.json").read_text()
+    assert csv_rows(killed) == csv_rows(uninterrupted)
+    assert "${" not in (killed / ".hydra" / "config.yaml").read_text()  # the resolved original, kept
+    assert len(list((killed / ".hydra").glob("rerun-*"))) == 1  # the refused launch stopped at job 0
