@@ -121,7 +121,13 @@ def settle_prior_run(cfg: DictConfig, run_dir: Path) -> tuple[DictConfig, dict[s
     log.info("%s: continuing from %s (continue_existing=true)", run_dir, prior.checkpoint)
     with open_dict(cfg):
         cfg.ckpt_path = str(prior.checkpoint)
-        wandb = cfg.logger.get("wandb")
-        if wandb is not None and (wandb_id := previous_wandb_id(run_dir)):
-            wandb.id, wandb.resume = wandb_id, "allow"  # the same W&B run continues
+    continue_wandb_run(cfg, run_dir)
     return cfg, None
+
+
+def continue_wandb_run(cfg: DictConfig, run_dir: Path) -> None:
+    """A continued run logs to the W&B run it logged to before, not to a new one."""
+    wandb = cfg.logger.get("wandb")
+    if wandb is not None and (wandb_id := previous_wandb_id(run_dir)):
+        with open_dict(wandb):
+            wandb.id, wandb.resume = wandb_id, "allow"

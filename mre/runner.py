@@ -29,7 +29,7 @@ from mre.ending import Ending, Reason, SignalRecorder, fit_ending
 from mre.errors import ConfigError, RunInterrupted, UserError, signal_name
 from mre.loggers import truncate_after
 from mre.models import check_model_config
-from mre.prior_run import settle_prior_run
+from mre.prior_run import continue_wandb_run, settle_prior_run
 from mre.results import print_metrics, write_metrics
 from mre.rundir import (
     CHECKPOINTS,
@@ -39,7 +39,6 @@ from mre.rundir import (
     METRICS,
     MODEL,
     RunDirError,
-    previous_wandb_id,
     resolve_run_dir,
 )
 from mre.runlock import RunLockedError, run_dir_lock
@@ -89,9 +88,7 @@ def resume_config(cfg: DictConfig) -> DictConfig:
     log.info("resuming %s from %s", run_dir, ckpt)
     with open_dict(saved):
         saved.ckpt_path, saved.resume = str(ckpt), str(run_dir)
-        wandb = saved.logger.get("wandb")
-        if wandb is not None and (wandb_id := previous_wandb_id(run_dir)):
-            wandb.id, wandb.resume = wandb_id, "allow"  # the same W&B run continues
+    continue_wandb_run(saved, run_dir)
     return saved
 
 

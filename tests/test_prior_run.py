@@ -98,3 +98,11 @@ def test_hydra_writes_beside_a_saved_config_and_keeps_its_first_answer(tmp_path)
     assert output_subdir(None, "t0", str(run)) == ".hydra"  # this launch wrote it: still its own
     assert output_subdir(None, "t1", str(run)) == ".hydra/rerun-t1"  # a later launch writes beside it
     assert output_subdir("/some/run", "t2", str(run)) == ".hydra/resumed-t2"
+
+
+def test_a_continued_run_logs_to_its_earlier_wandb_run(tmp_path):
+    run = _saved_run(tmp_path)
+    _checkpoint(run, 20)
+    (run / "wandb" / "offline-run-20261205_101010-k3x9q2").mkdir(parents=True)
+    cfg, _ = settle_prior_run(_launch(run, "continue_existing=true", "logger=default"), run)
+    assert (cfg.logger.wandb.id, cfg.logger.wandb.resume) == ("k3x9q2", "allow")
