@@ -376,6 +376,7 @@ def test_knockout_of_a_run_writes_effects_and_resumes(sweep, tmp_path):
     receiver = next(r for r in rows if r["condition"] == "receiver" and r["edges"] == "anchor_q")
     assert float(receiver["blocked_per_sample"]) > 0
     assert (out / "knockout.png").stat().st_size > 0 and "| p (BH) |" in (out / "knockout.md").read_text()
+    assert json.loads((out / "knockout_meta.json").read_text())["n_layers"] == 2  # places it in depth
     for r in rows:
         assert int(r["n"]) == 12 and float(r["d_f1_lo"]) <= float(r["d_f1"]) <= float(r["d_f1_hi"])
         assert r["layer_ids"] == ("0" if r["layers"] == "first:1" else "1")  # the tiny model: 2 layers

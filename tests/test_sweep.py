@@ -380,3 +380,70 @@ def test_learning_curve_of_a_sweep_over_the_training_size(tmp_path):
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "### Learning curve (table3_tli)" in (out / "report.md").read_text()
     _assert_reads_back(res, out)
+
+
+# --------------------------------------------------------------------------------------------------
+# layer-resolved knockouts against relative depth
+# --------------------------------------------------------------------------------------------------
+
+
+def _knockout(out: Path, n_layers: int | None, windows: dict[str, tuple[float, float]]) -> None:
+    """knockout.csv and knockout_meta.json of an anchor_q knockout: per window (`a-b`) Δ log p of the
+    knockout and of its random control against the baseline (receiver: no effect)."""
+    from mre.analysis.knockout_run import META_FILE, RESULT_COLUMNS, RESULT_FILE
+
+    out.mkdir(parents=True)
+    meta = {"title": "planted", "n_boot": 100, "n_perm": 100}
+    (out / META_FILE).write_text(json.dumps(meta if n_layers is None else {**meta, "n_layers": n_layers}))
+    rows = []
+    for spec, (knocked, random) in windows.items():
+        a, b = map(int, spec.split("-"))
+        ids = " ".join(str(i) for i in range(a, b + 1))
+        for kind, d in (("knockout", knocked), ("random", random), ("receiver", 0.0)):
+            cells = dict(edges="anchor_q", layers=spec, layer_ids=ids, condition=kind, reference="baseline",
+                         n=150, blocked_per_sample=18.0, f1_reference=0.7, f1=0.7 + d / 10, d_f1=d / 10,
+                         d_f1_lo=d / 10 - 0.05, d_f1_hi=d / 10 + 0.05, p=0.5, p_bh="", d_logp=d,
+                         d_logp_lo=d - 0.1, d_logp_hi=d + 0.1)  # fmt: skip
+            rows.append(cells)
+    with open(out / RESULT_FILE, "w", newline="") as f:
+        w = csv.DictWriter(f, RESULT_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_knockouts_of_two_models_are_placed_at_relative_depth(tmp_path, caplog):
+    """A 30-layer and an 18-layer model, q's reads of the anchor knocked out in halves of each: both
+    effects land in the second half of relative depth; a knockout of one window, and one that does not
+    record its model's depth, are left out (the latter said so)."""
+    from mre.analysis.depth_profile import DepthProfile
+
+    root = tmp_path / "depth"
+    for k, (model, seed) in enumerate((("tiny_llama", 42), ("tiny_llama", 1), ("tiny_qwen2", 42))):
+        _fake_run(root, k, 1.0, True, 0.8, 100, f"model={model}", seed=seed)
+    runs = sorted(root.iterdir())
+    _knockout(runs[0] / "analysis_layers", 30, {"0-14": (-0.1, 0.0), "15-29": (-0.9, -0.01)})
+    _knockout(runs[1] / "analysis_layers", 30, {"0-14": (-0.3, 0.0), "15-29": (-0.7, 0.01)})
+    _knockout(runs[1] / "analysis", 30, {"0-29": (-1.0, 0.0)})  # one window: not layer-resolved
+    _knockout(runs[2] / "analysis_layers", 18, {"0-8": (0.0, 0.0), "9-17": (-0.5, 0.0)})
+    _knockout(runs[2] / "analysis_old", None, {"0-8": (0.0, 0.0), "9-17": (-0.5, 0.0)})
+    with caplog.at_level("WARNING"):
+        res = analyze_sweep(root, opts=None)
+    assert "does not record the model's depth" in caplog.text
+    depth = res.depth
+    assert depth.models() == ["tiny_llama", "tiny_qwen2"]
+    knocked = [p for p in depth.points if p.condition == "knockout"]
+    assert [(p.run, p.layers, p.depth_lo, p.depth_hi) for p in knocked] == [
+        (runs[0].name, "0-14", 0.0, 0.5), (runs[0].name, "15-29", 0.5, 1.0),
+        (runs[1].name, "0-14", 0.0, 0.5), (runs[1].name, "15-29", 0.5, 1.0),
+        (runs[2].name, "0-8", 0.0, 0.5), (runs[2].name, "9-17", 0.5, 1.0),
+    ]  # fmt: skip
+    assert len(depth.points) == 18  # 6 windows x (knockout, random, receiver)
+    out = root / "analysis"
+    assert DepthProfile.read(out) == depth
+    report = (out / "report.md").read_text()
+    assert "## Knockout against relative depth" in report
+    # the two 30-layer runs' second half: mean -0.8, envelope of their intervals [-1.0, -0.6]
+    assert "| 15-29 | 0.50–1.00 | 2 | -0.800 [-1.000, -0.600] | +0.000 [-0.110, +0.110] |" in report
+    png = out / "depth_profile.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _assert_reads_back(res, out)

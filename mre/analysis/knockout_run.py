@@ -401,7 +401,9 @@ def analyze_knockout(
     conds = compute_samples(subject, out_dir, opts, seed)
     meta = json.loads((out_dir / META_FILE).read_text())
     # the statistics' own settings beside the samples' identity (not compared on a resume)
-    meta.update(title=subject.name, n_boot=opts.n_boot, n_perm=opts.n_perm)
+    meta.update(
+        title=subject.name, n_boot=opts.n_boot, n_perm=opts.n_perm, n_layers=_n_layers(subject.model)
+    )  # the depth places its windows across models
     KnockoutEffects(meta, effects(subject, conds, out_dir, opts, seed)).write(out_dir)
     result = KnockoutEffects.read(out_dir)
     result.figure(out_dir)

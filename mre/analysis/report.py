@@ -16,6 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mre.analysis.depth_profile import FILE as DEPTH_CSV
+from mre.analysis.depth_profile import DepthPoint, DepthProfile
 from mre.analysis.flow_gain import MIN_INFORMATIVE, MIN_POINTS, POINTS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
 from mre.analysis.learning_curve import LearningCurve
@@ -23,7 +25,7 @@ from mre.analysis.runs import Run, describe_sources, run_flow
 from mre.analysis.studies import STUDIES
 from mre.analysis.sweep_result import SweepResult
 from mre.analysis.tables import REFUSED, RowResult, SweepTable
-from mre.flow.plots import plot_flow_gain, plot_grid, plot_learning_curve
+from mre.flow.plots import plot_depth_profile, plot_flow_gain, plot_grid, plot_learning_curve
 from mre.setting import Direction
 from mre.stats import p_text
 
@@ -220,6 +222,74 @@ def curve_markdown(curve: LearningCurve) -> str:
             f"| {_num(p.majority_f1)} | {_signed(p.diff)} | {d_ci} | {p.n_draws or '—'} | {p.n_seeds or '—'} "
             f"| {collapsed} |"
         )
+    return "\n".join(lines)
+
+
+DEPTH_PNG = "depth_profile.png"
+KINDS = ("knockout", "random", "receiver")
+
+
+def _windows(points: list[DepthPoint]) -> dict[tuple[float, float], list[DepthPoint]]:
+    """The points of one (model, edge set, condition) by layer window, over the model's runs."""
+    out: dict[tuple[float, float], list[DepthPoint]] = {}
+    for p in points:
+        out.setdefault((p.depth_lo, p.depth_hi), []).append(p)
+    return dict(sorted(out.items()))
+
+
+def _envelope(pts: list[DepthPoint], key: str) -> tuple[float, float, float]:
+    """The runs' mean effect, and the lowest lower and highest upper bound of their 95% intervals."""
+    mean = sum(getattr(p, key) for p in pts) / len(pts)
+    return mean, min(getattr(p, f"{key}_lo") for p in pts), max(getattr(p, f"{key}_hi") for p in pts)
+
+
+def _select(profile: DepthProfile, model: str, edges: str, kind: str) -> list[DepthPoint]:
+    return [p for p in profile.points if p.model == model and p.edges == edges and p.condition == kind]
+
+
+def plot_depth(profile: DepthProfile, path: Path) -> Path:
+    """depth_profile.png: Δ log p of each edge set's knockout and controls against relative depth."""
+    panels = []
+    for edges in profile.edge_sets():
+        by_model = {}
+        for model in profile.models():
+            by_kind = {}
+            for kind in KINDS:
+                windows = _windows(_select(profile, model, edges, kind))
+                if windows:
+                    cols = [(sum(w) / 2, *_envelope(pts, "d_logp")) for w, pts in windows.items()]
+                    by_kind[kind] = tuple(list(c) for c in zip(*cols, strict=True))
+            if by_kind:
+                by_model[model] = by_kind
+        panels.append((f"knockout of {edges}", by_model))
+    return plot_depth_profile(panels, path, "Δ log p(gold target)")
+
+
+def depth_markdown(profile: DepthProfile) -> str:
+    """Per model, edge set and layer window: the runs' mean effects with their intervals' envelope."""
+    lines = [
+        "| model | edges | layers | relative depth | runs | Δ log p knockout | random | receiver "
+        "| ΔF1 knockout | random | receiver |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model in profile.models():
+        for edges in profile.edge_sets():
+            knocked = _windows(_select(profile, model, edges, "knockout"))
+            controls = {k: _windows(_select(profile, model, edges, k)) for k in KINDS[1:]}
+            for w, pts in knocked.items():
+                cells = []
+                for key in ("d_logp", "d_f1"):
+                    for by_w in (knocked, *controls.values()):
+                        if w not in by_w:
+                            cells.append("—")
+                            continue
+                        m, lo, hi = _envelope(by_w[w], key)
+                        cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                lines.append(
+                    f"| {_cell(model)} | {edges} | {pts[0].layers} | {w[0]:.2f}–{w[1]:.2f} | {len(pts)} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
     return "\n".join(lines)
 
 
@@ -446,6 +516,23 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
                 f"![learning curve {key}]({curve_png(key)})",
                 "",
             ]
+    if res.depth is not None:
+        md += [
+            "## Knockout against relative depth",
+            "",
+            "Each layer window of every run's layer-resolved attention knockout "
+            "(`<run>/analysis*/knockout.csv`) placed at its relative depth (first layer / depth to last "
+            "layer + 1 / depth), so models of different depth compare. Effects against the unablated "
+            "baseline: the runs' mean, in brackets the lowest lower and highest upper bound of the runs' "
+            "own 95% intervals (over test samples). random: as many random edges in the same layers; "
+            "receiver: as many edges into the same rows from other sources. Points: "
+            f"[{DEPTH_CSV}]({DEPTH_CSV}).",
+            "",
+            depth_markdown(res.depth),
+            "",
+            f"![knockout against relative depth]({DEPTH_PNG})",
+            "",
+        ]
     if res.flow_gain is not None and gain_png is not None:
         md += ["## Flow and gain across settings", "", flow_gain_markdown(res.flow_gain), ""]
         md += [f"![flow and gain]({gain_png.name})", ""]
@@ -476,6 +563,8 @@ def render_sweep(res: SweepResult, out_dir: Path) -> Path:
             figures[s.figure] = fig
     for key, curve in res.curves.items():
         plot_curve(curve, out_dir / curve_png(key))
+    if res.depth is not None:
+        plot_depth(res.depth, out_dir / DEPTH_PNG)
     gain_png = None if res.flow_gain is None else plot_gain(res.flow_gain, out_dir / "flow_gain.png")
     path = out_dir / "report.md"
     path.write_text(report_markdown(res, figures, gain_png), encoding="utf-8")

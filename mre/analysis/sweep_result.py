@@ -1,5 +1,6 @@
 """The result of a sweep analysis: its runs, the jobs that never started, the studies' tables, the
-known-answer checks, the learning curves and the flow-gain analysis.
+known-answer checks, the learning curves, the flow-gain analysis and the knockouts against relative
+depth.
 
 `write(dir)` writes each part's files and ``sweep.json`` (what the sweep holds: its directory, the
 jobs that never started, the statistics' settings and which studies have a table or a check);
@@ -13,6 +14,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mre.analysis.depth_profile import FILE as DEPTH_FILE
+from mre.analysis.depth_profile import DepthProfile
 from mre.analysis.flow_gain import CORRELATIONS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
 from mre.analysis.learning_curve import LearningCurve
@@ -34,6 +37,7 @@ class SweepResult:
     flow_gain: FlowGain | None
     curves: dict[str, LearningCurve] = field(default_factory=dict)  # by study key: sweeps of n_train
     collapse_share: float = 0.95  # the share of one answer at which a run counts as collapsed
+    depth: DepthProfile | None = None  # layer-resolved knockouts against relative depth
 
     @property
     def unfinished(self) -> list[Run]:
@@ -50,6 +54,8 @@ class SweepResult:
         files += [c.write(out_dir) for c in self.curves.values()]
         if self.flow_gain is not None:
             files += self.flow_gain.write(out_dir)
+        if self.depth is not None:
+            files.append(self.depth.write(out_dir))
         summary = {
             "sweep_dir": str(self.sweep_dir),
             "missing": self.missing,
@@ -79,4 +85,5 @@ class SweepResult:
             FlowGain.read(out_dir) if (out_dir / CORRELATIONS).exists() else None,
             {k: LearningCurve.read(out_dir, k) for k in s.get("learning_curves", [])},
             s.get("collapse_share", 0.95),
+            DepthProfile.read(out_dir) if (out_dir / DEPTH_FILE).exists() else None,
         )

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from mre.analysis.depth_profile import depth_profile
 from mre.analysis.flow_gain import flow_gain
 from mre.analysis.known_answer import known_answer
 from mre.analysis.learning_curve import learning_curve
@@ -72,6 +73,7 @@ def measure_sweep(
         flow_gain(tables, opts.n_boot, seed),
         curves,
         opts.collapse_share,
+        depth_profile(runs),
     )
 
 

@@ -1,0 +1,135 @@
+"""Knockout effects against relative depth: where in a model does q read the anchor, and is it the same
+place in another model family?
+
+Models differ in depth (SmolLM2-135M has 30 layers, Gemma 3 270M 18), so a layer-resolved knockout
+(`analyze.py run_dir=... knockout.layers=["0-2","3-5",...]`) is only comparable across models on the
+relative depth of its windows. For every finished run of a sweep that holds such a knockout
+(``<run>/analysis*/knockout.csv`` with at least two layer windows, and the model's depth in its
+``knockout_meta.json``), each window's effect against the baseline, of the knockout and of both
+controls, becomes a point at the window's relative depth (its first layer / depth to its last + 1 /
+depth).
+
+`DepthProfile` is the result: exactly what ``depth_profile.csv`` holds, read back equal; the report
+draws ``depth_profile.png`` from it (`mre.analysis.report`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import astuple, dataclass, fields
+from pathlib import Path
+
+from mre.analysis.knockout_run import META_FILE, RESULT_FILE, KnockoutEffects
+from mre.analysis.runs import Run
+
+log = logging.getLogger(__name__)
+
+FILE = "depth_profile.csv"
+
+
+@dataclass(frozen=True)
+class DepthPoint:
+    """One layer window of one run's knockout, for one condition, against the baseline."""
+
+    model: str  # the run's model.name
+    run: str  # the run's name in the sweep
+    edges: str  # the blocked edge set (anchor_q, ...)
+    layers: str  # the window as given (`20-24`)
+    n_layers: int  # the model's depth
+    depth_lo: float  # first layer / n_layers
+    depth_hi: float  # (last layer + 1) / n_layers
+    condition: str  # knockout, random, receiver
+    n: int  # test samples
+    d_f1: float
+    d_f1_lo: float
+    d_f1_hi: float
+    d_logp: float
+    d_logp_lo: float
+    d_logp_hi: float
+
+    @property
+    def depth(self) -> float:
+        """The window's middle, as a share of the model's depth."""
+        return (self.depth_lo + self.depth_hi) / 2
+
+
+COLUMNS = [f.name for f in fields(DepthPoint)]
+_STR = {"model", "run", "edges", "layers", "condition"}
+_INT = {"n_layers", "n"}
+
+
+@dataclass(frozen=True)
+class DepthProfile:
+    points: tuple[DepthPoint, ...]  # by model, run, edge set, depth, condition
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(p.model for p in self.points))
+
+    def edge_sets(self) -> list[str]:
+        return list(dict.fromkeys(p.edges for p in self.points))
+
+    def write(self, out_dir: Path) -> Path:
+        path = Path(out_dir) / FILE
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(COLUMNS)
+            w.writerows(astuple(p) for p in self.points)
+        return path
+
+    @classmethod
+    def read(cls, out_dir: Path) -> DepthProfile:
+        with open(Path(out_dir) / FILE, newline="", encoding="utf-8") as f:
+            lines = list(csv.DictReader(f))
+        return cls(tuple(DepthPoint(**{k: _value(k, line[k]) for k in COLUMNS}) for line in lines))
+
+
+def _value(key: str, cell: str) -> str | int | float:
+    if key in _STR:
+        return cell
+    return int(cell) if key in _INT else float(cell)
+
+
+def _knockout_dirs(run: Run) -> list[Path]:
+    """The run's knockout results (`analysis/`, `analysis_layers/`, ...), in name order."""
+    found = run.path.glob(f"analysis*/{RESULT_FILE}")
+    return sorted(p.parent for p in found if (p.parent / META_FILE).exists())
+
+
+def _run_points(run: Run, result: KnockoutEffects, n_layers: int) -> list[DepthPoint]:
+    """The windows of each edge set that the knockout resolved into two or more, against the baseline."""
+    vs_base = [e for e in result.effects if e.reference == "baseline" and e.condition.layers]
+    out = []
+    for edges in dict.fromkeys(str(e.condition.edges) for e in vs_base):
+        mine = [e for e in vs_base if str(e.condition.edges) == edges]
+        if len({e.condition.layers for e in mine}) < 2:
+            continue
+        for e in mine:
+            c = e.condition
+            depth = (min(c.layers) / n_layers, (max(c.layers) + 1) / n_layers)
+            f1 = (e.f1.diff, e.f1.lo, e.f1.hi)
+            logp = (e.d_logp, e.d_logp_lo, e.d_logp_hi)
+            model = str(run.get("model.name"))
+            where = (model, run.name, edges, c.spec, n_layers, *depth)
+            out.append(DepthPoint(*where, c.kind, e.f1.n, *f1, *logp))
+    return out
+
+
+def depth_profile(runs: list[Run]) -> DepthProfile | None:
+    """The layer-resolved knockouts of the finished runs against relative depth; None when there is none."""
+    points: list[DepthPoint] = []
+    for run in runs:
+        if not run.finished:
+            continue
+        for d in _knockout_dirs(run):
+            result = KnockoutEffects.read(d)
+            n_layers = result.meta.get("n_layers")
+            if n_layers is None:
+                log.warning("%s does not record the model's depth: run its knockout again to place it", d)
+                continue
+            points += _run_points(run, result, int(n_layers))
+    if not points:
+        return None
+    order = {k: i for i, k in enumerate(("knockout", "random", "receiver"))}
+    points.sort(key=lambda p: (p.model, p.run, p.edges, p.depth_lo, order.get(p.condition, 9)))
+    return DepthProfile(tuple(points))
