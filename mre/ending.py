@@ -62,6 +62,18 @@ class SignalRecorder(L.Callback):
             self.signum = signal.SIGINT
 
 
+class EndingRecorder(L.Callback):
+    """Writes how `fit` ended from the process that trained: with `ddp_spawn` the workers train, and
+    the parent's trainer, which never ran a step, knows neither the step nor why the loop stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            fit_ending(trainer).write(self.path)
+
+
 def fit_ending(trainer: L.Trainer) -> Ending:
     """Why a `fit` that returned normally stopped: early stopping if a stopper fired, else the budget."""
     epoch, step = trainer.current_epoch, trainer.global_step

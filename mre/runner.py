@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mre.checkpoints import AtomicCheckpointIO, RandomState, checkpoint_step, newest_readable
 from mre.config import RunConfigError, load_run_config
-from mre.ending import Ending, Reason, SignalRecorder, fit_ending
+from mre.ending import Ending, EndingRecorder, Reason, SignalRecorder
 from mre.errors import ConfigError, RunInterrupted, UserError, signal_name
 from mre.loggers import truncate_after
 from mre.models import check_model_config
@@ -242,7 +242,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         logger=instantiate_all(cfg.logger),
-        callbacks=[*_callbacks(cfg, parts.callbacks), signals],
+        callbacks=[*_callbacks(cfg, parts.callbacks), signals, EndingRecorder(run_dir / ENDING)],
         plugins=_plugins(cfg),
     )
     for lg in trainer.loggers:
@@ -266,7 +266,10 @@ def _run(cfg: DictConfig) -> dict[str, float]:
 def _fit(
     trainer: L.Trainer, module: L.LightningModule, dm: L.LightningDataModule, ckpt: str | None, run_dir: Path
 ) -> None:
-    """`trainer.fit`, then say in the log and in `ending.json` why training stopped."""
+    """`trainer.fit`, then say in the log why training stopped, as the process that trained wrote it to
+    `ending.json` (`EndingRecorder`); a non-finite loss is recorded here."""
+    if trainer.is_global_zero:
+        (run_dir / ENDING).unlink(missing_ok=True)  # an earlier attempt's, on a resume
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     except NonFiniteLossError as e:
@@ -276,7 +279,8 @@ def _fit(
             Ending(Reason.nonfinite_loss, trainer.current_epoch, trainer.global_step, str(e)),
         )
         raise
-    _record(trainer, run_dir, fit_ending(trainer))
+    if trainer.is_global_zero:
+        log.info("%s", Ending.read(run_dir / ENDING).detail)
 
 
 def _record(trainer: L.Trainer, run_dir: Path, ending: Ending) -> None:

@@ -128,6 +128,23 @@ def test_ddp_two_processes_match_one(tmp_path):
     assert p1 == p2 and len(p1) == 64
 
 
+@pytest.mark.slow
+def test_a_spawned_run_says_how_it_ended(tmp_path):
+    """With ddp_spawn the workers train and the parent's trainer never does: the ending (early stopping,
+    at the epoch and step where it stopped) is the one the workers reached."""
+    run_dir = tmp_path / "spawned"
+    stopper = [
+        "early_stopping=val_f1",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=1.0",
+    ]
+    spawn = ["trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=5"]
+    train_cli(run_dir, "direction=tli", "logger=csv", "flow.enabled=false", *stopper, *spawn)
+    ending = json.loads((run_dir / "ending.json").read_text())
+    assert ending["reason"] == "early_stopping" and ending["epoch"] == 1 and ending["global_step"] > 0, ending
+    assert (run_dir / "metrics.json").exists()
+
+
 def test_a_run_ends_its_process_group(tmp_path):
     """Lightning leaves a gloo group to interpreter shutdown, where its threads can abort a finished
     DDP rank; a run (here DDP in this process, world size 1) ends the group itself."""
