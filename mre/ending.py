@@ -20,6 +20,13 @@ import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mre.errors import UserError
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN/inf; a checkpoint was saved first. The NaN guard writes its ending
+    itself, in the process that saw the loss (a `ddp_spawn` worker's exceptions reach no callback)."""
+
 
 class Reason(StrEnum):
     budget = "budget"  # trainer.max_epochs / max_steps reached

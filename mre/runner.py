@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mre.checkpoints import AtomicCheckpointIO, RandomState, checkpoint_step, newest_readable
 from mre.config import RunConfigError, load_run_config
-from mre.ending import Ending, EndingRecorder, Reason, SignalRecorder
+from mre.ending import Ending, EndingRecorder, NonFiniteLossError, Reason, SignalRecorder
 from mre.errors import ConfigError, RunInterrupted, UserError, signal_name
 from mre.loggers import truncate_after
 from mre.models import check_model_config
@@ -44,7 +44,6 @@ from mre.rundir import (
 from mre.runlock import RunLockedError, run_dir_lock
 from mre.strategies import EndSpawnedProcessGroup, end_process_group
 from mre.tasks import build_task
-from mre.tasks.generative import NonFiniteLossError
 
 log = logging.getLogger(__name__)
 
@@ -267,17 +266,13 @@ def _fit(
     trainer: L.Trainer, module: L.LightningModule, dm: L.LightningDataModule, ckpt: str | None, run_dir: Path
 ) -> None:
     """`trainer.fit`, then say in the log why training stopped, as the process that trained wrote it to
-    `ending.json` (`EndingRecorder`); a non-finite loss is recorded here."""
+    `ending.json` (`EndingRecorder`: the budget, early stopping or a non-finite loss)."""
     if trainer.is_global_zero:
         (run_dir / ENDING).unlink(missing_ok=True)  # an earlier attempt's, on a resume
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     except NonFiniteLossError as e:
-        _record(
-            trainer,
-            run_dir,
-            Ending(Reason.nonfinite_loss, trainer.current_epoch, trainer.global_step, str(e)),
-        )
+        log.info("%s", e)  # as the other endings; the entry point prints it as the error
         raise
     if trainer.is_global_zero:
         log.info("%s", Ending.read(run_dir / ENDING).detail)

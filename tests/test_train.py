@@ -228,6 +228,21 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
         run(cfg)
     assert (tmp_path / "checkpoints" / "nonfinite-step3.ckpt").exists()
     assert "nonfinite-step3.ckpt" in str(e.value)
+    ending = json.loads((tmp_path / "ending.json").read_text())
+    assert ending["reason"] == "nonfinite_loss" and ending["global_step"] == 3, ending
+
+
+@pytest.mark.slow
+def test_a_spawned_run_stopped_by_a_nan_loss_says_so(tmp_path):
+    """Under ddp_spawn the NaN guard fires in a worker; its ending reaches ending.json all the same."""
+    run_dir = tmp_path / "nan"
+    cmd = [sys.executable, "train.py", *SMALL, f"hydra.run.dir={run_dir}", "trainer.max_epochs=1",
+           "+callbacks.nan._target_=tests.test_train.InjectNaN", "+callbacks.nan.step=3",
+           "trainer=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    ending = json.loads((run_dir / "ending.json").read_text())
+    assert ending["reason"] == "nonfinite_loss" and ending["global_step"] == 3, ending
 
 
 def test_unseen_test_label_is_scored_wrong(tmp_path):

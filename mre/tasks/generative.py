@@ -24,20 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 from mre.data.context import TaskContext, build_context
 from mre.data.datamodule import MREDataModule
 from mre.data.wli_format import WLIFormat
-from mre.errors import UserError
+from mre.ending import Ending, NonFiniteLossError, Reason
 from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
 from mre.model_options import ModelConfig
-from mre.rundir import FLOW, PREDICTIONS
+from mre.rundir import ENDING, FLOW, PREDICTIONS
 from mre.setting import Direction
 from mre.tasks.answers import code_predictions, generate_answers
 from mre.tasks.base import MREModule, TaskParts, classification_metrics, plain_options
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(UserError, FloatingPointError):
-    """The training loss became NaN/inf; a checkpoint was saved first."""
 
 
 def build(cfg: DictConfig, run_dir: Path) -> TaskParts:
@@ -145,12 +141,15 @@ class GenerativeMRE(MREModule):
 
     def _stop_on_nonfinite(self, loss: torch.Tensor) -> None:
         step = self.global_step
-        path = Path(self.trainer.default_root_dir) / "checkpoints" / f"nonfinite-step{step}.ckpt"
+        run_dir = Path(self.trainer.default_root_dir)
+        path = run_dir / "checkpoints" / f"nonfinite-step{step}.ckpt"
         self.trainer.save_checkpoint(path)
-        raise NonFiniteLossError(
+        error = NonFiniteLossError(
             f"training loss is {loss.item()} at global step {step} (epoch {self.current_epoch}); "
             f"checkpoint saved to {path}. Lower optim.lr, check the data, or use precision=32-true."
         )
+        Ending(Reason.nonfinite_loss, self.current_epoch, step, str(error)).write(run_dir / ENDING)
+        raise error
 
     def answer_level(self) -> tuple[Direction, WLIFormat]:
         """Answers are scored at the setting's output level, WLI answers read in the run's format."""
