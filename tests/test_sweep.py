@@ -426,9 +426,15 @@ def test_knockouts_of_two_models_are_placed_at_relative_depth(tmp_path, caplog):
     _knockout(runs[1] / "analysis", 30, {"0-29": (-1.0, 0.0)})  # one window: not layer-resolved
     _knockout(runs[2] / "analysis_layers", 18, {"0-8": (0.0, 0.0), "9-17": (-0.5, 0.0)})
     _knockout(runs[2] / "analysis_old", None, {"0-8": (0.0, 0.0), "9-17": (-0.5, 0.0)})
+    # analyze.py leaves its Hydra files beside its output: not a run of the sweep
+    hydra = runs[0] / "analysis_layers" / ".hydra"
+    hydra.mkdir()
+    OmegaConf.save(OmegaConf.create({"run_dir": str(runs[0])}), hydra / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": {"job": {"name": "analyze"}}}), hydra / "hydra.yaml")
     with caplog.at_level("WARNING"):
         res = analyze_sweep(root, opts=None)
     assert "does not record the model's depth" in caplog.text
+    assert [r.name for r in res.runs] == [r.name for r in runs] and not res.missing
     depth = res.depth
     assert depth.models() == ["tiny_llama", "tiny_qwen2"]
     knocked = [p for p in depth.points if p.condition == "knockout"]

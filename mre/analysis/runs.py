@@ -196,9 +196,18 @@ def _natural_path(path: Path) -> list[tuple[int, int | str]]:
     return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", str(path)) if t]
 
 
+def _analysis_output(run_dir: Path, root: Path) -> bool:
+    """A directory analyze.py wrote (it has a .hydra/ too): below an `analysis/` folder, or any folder
+    whose Hydra job was `analyze` (`output_dir=<run>/analysis_layers`)."""
+    if ANALYSIS.name in run_dir.relative_to(root).parts:
+        return True
+    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
+    return hydra_yaml.exists() and OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.name") == "analyze"
+
+
 def discover_runs(sweep_dir: str | Path) -> list[Run]:
     """Every run below sweep_dir (``.hydra/config.yaml``), in natural path order (job `2_...` before
-    `10_...`, so a single sweep's run #k is its job k); analysis dirs skipped."""
+    `10_...`, so a single sweep's run #k is its job k); analyze.py's own outputs skipped."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise MissingInputError(f"sweep_dir {root} is not a directory")
@@ -206,9 +215,8 @@ def discover_runs(sweep_dir: str | Path) -> list[Run]:
     found = sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural_path(p.relative_to(root)))
     for cfg_path in found:
         run_dir = cfg_path.parent.parent
-        if ANALYSIS.name in run_dir.relative_to(root).parts:  # this tool's own output (it has a .hydra/ too)
-            continue
-        runs.append(read_run(run_dir, root))
+        if not _analysis_output(run_dir, root):
+            runs.append(read_run(run_dir, root))
     for i, r in enumerate(runs):
         r.index = i
     return runs
