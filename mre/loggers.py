@@ -99,7 +99,9 @@ def quiet_dependencies() -> None:
 
     * Lightning's tips for its commercial loggers (a filter on the logger `rank_zero_info` writes to);
     * Lightning's own use of torch's deprecated `LeafSpec` (lightning/pytorch/utilities/_pytree.py), a
-      FutureWarning at every fit and test that its user cannot act on.
+      FutureWarning at every fit and test that its user cannot act on;
+    * peft's reading of transformers' deprecated `is_gradient_checkpointing` (warned from
+      transformers/modeling_utils.py) whenever a LoRA model is built.
 
     Idempotent: the run and the analysis both call it."""
     for name in RANK_ZERO_LOGGERS:
@@ -109,4 +111,10 @@ def quiet_dependencies() -> None:
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
+        module=r"transformers\.modeling_utils",
     )

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -143,6 +144,30 @@ def test_a_spawned_run_says_how_it_ended(tmp_path):
     ending = json.loads((run_dir / "ending.json").read_text())
     assert ending["reason"] == "early_stopping" and ending["epoch"] == 1 and ending["global_step"] > 0, ending
     assert (run_dir / "metrics.json").exists()
+
+
+def _lora_warnings(quiet: bool) -> list[str]:
+    """The warnings that building a LoRA model on a tiny LLaMA shows, with or without the run's filters."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mre.loggers import quiet_dependencies
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if quiet:
+            quiet_dependencies()
+        get_peft_model(LlamaForCausalLM(cfg), LoraConfig(r=2, target_modules=["q_proj"]))
+    return [str(w.message) for w in caught]
+
+
+def test_a_lora_model_is_built_without_a_dependency_s_deprecation_notice():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` at every LoRA build; the run drops
+    that FutureWarning at its source (and the warning is really there without the filter)."""
+    assert any("is_gradient_checkpointing" in m for m in _lora_warnings(quiet=False))
+    assert not any("is_gradient_checkpointing" in m for m in _lora_warnings(quiet=True))
 
 
 def test_a_run_ends_its_process_group(tmp_path):
