@@ -58,10 +58,17 @@ class KillAt(L.Callback):
             self._kill()
 
 
+def _default_sigint() -> None:
+    """A shell without job control starts background jobs with SIGINT ignored, and Python then installs
+    no Ctrl+C handler: give the run the disposition a terminal's run has, whatever started pytest."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "train.py", *args]
     return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=600, env=env
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env, preexec_fn=_default_sigint
     )
 
 
