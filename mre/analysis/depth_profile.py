@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import csv
 import logging
-from dataclasses import astuple, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from mre.analysis.knockout_run import META_FILE, RESULT_FILE, KnockoutEffects
+from mre.analysis.knockout_run import META_FILE, RESULT_FILE, Control, KnockoutEffects
 from mre.analysis.runs import Run
+from mre.results import write_stream_csv
 
 log = logging.getLogger(__name__)
 
 FILE = "depth_profile.csv"
+CONDITIONS = ("knockout", *(str(c) for c in Control))  # the knockout, then its controls
 
 
 @dataclass(frozen=True)
@@ -70,12 +72,8 @@ class DepthProfile:
         return list(dict.fromkeys(p.edges for p in self.points))
 
     def write(self, out_dir: Path) -> Path:
-        path = Path(out_dir) / FILE
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(COLUMNS)
-            w.writerows(astuple(p) for p in self.points)
-        return path
+        rows = (asdict(p) for p in self.points)
+        return write_stream_csv(Path(out_dir) / FILE, COLUMNS, rows, quoting=csv.QUOTE_MINIMAL)
 
     @classmethod
     def read(cls, out_dir: Path) -> DepthProfile:
@@ -99,6 +97,7 @@ def _knockout_dirs(run: Run) -> list[Path]:
 def _run_points(run: Run, result: KnockoutEffects, n_layers: int) -> list[DepthPoint]:
     """The windows of each edge set that the knockout resolved into two or more, against the baseline."""
     vs_base = [e for e in result.effects if e.reference == "baseline" and e.condition.layers]
+    model = str(run.get("model.name"))
     out = []
     for edges in dict.fromkeys(str(e.condition.edges) for e in vs_base):
         mine = [e for e in vs_base if str(e.condition.edges) == edges]
@@ -109,7 +108,6 @@ def _run_points(run: Run, result: KnockoutEffects, n_layers: int) -> list[DepthP
             depth = (min(c.layers) / n_layers, (max(c.layers) + 1) / n_layers)
             f1 = (e.f1.diff, e.f1.lo, e.f1.hi)
             logp = (e.d_logp, e.d_logp_lo, e.d_logp_hi)
-            model = str(run.get("model.name"))
             where = (model, run.name, edges, c.spec, n_layers, *depth)
             out.append(DepthPoint(*where, c.kind, e.f1.n, *f1, *logp))
     return out
@@ -130,6 +128,5 @@ def depth_profile(runs: list[Run]) -> DepthProfile | None:
             points += _run_points(run, result, int(n_layers))
     if not points:
         return None
-    order = {k: i for i, k in enumerate(("knockout", "random", "receiver"))}
-    points.sort(key=lambda p: (p.model, p.run, p.edges, p.depth_lo, order.get(p.condition, 9)))
+    points.sort(key=lambda p: (p.model, p.run, p.edges, p.depth_lo, CONDITIONS.index(p.condition)))
     return DepthProfile(tuple(points))

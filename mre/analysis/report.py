@@ -16,8 +16,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from mre.analysis.depth_profile import CONDITIONS, DepthPoint, DepthProfile
 from mre.analysis.depth_profile import FILE as DEPTH_CSV
-from mre.analysis.depth_profile import DepthPoint, DepthProfile
 from mre.analysis.flow_gain import MIN_INFORMATIVE, MIN_POINTS, POINTS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
 from mre.analysis.learning_curve import LearningCurve
@@ -226,7 +226,6 @@ def curve_markdown(curve: LearningCurve) -> str:
 
 
 DEPTH_PNG = "depth_profile.png"
-KINDS = ("knockout", "random", "receiver")
 
 
 def _windows(points: list[DepthPoint]) -> dict[tuple[float, float], list[DepthPoint]]:
@@ -254,10 +253,10 @@ def plot_depth(profile: DepthProfile, path: Path) -> Path:
         by_model = {}
         for model in profile.models():
             by_kind = {}
-            for kind in KINDS:
+            for kind in CONDITIONS:
                 windows = _windows(_select(profile, model, edges, kind))
                 if windows:
-                    cols = [(sum(w) / 2, *_envelope(pts, "d_logp")) for w, pts in windows.items()]
+                    cols = [(pts[0].depth, *_envelope(pts, "d_logp")) for pts in windows.values()]
                     by_kind[kind] = tuple(list(c) for c in zip(*cols, strict=True))
             if by_kind:
                 by_model[model] = by_kind
@@ -275,7 +274,7 @@ def depth_markdown(profile: DepthProfile) -> str:
     for model in profile.models():
         for edges in profile.edge_sets():
             knocked = _windows(_select(profile, model, edges, "knockout"))
-            controls = {k: _windows(_select(profile, model, edges, k)) for k in KINDS[1:]}
+            controls = {k: _windows(_select(profile, model, edges, k)) for k in CONDITIONS[1:]}
             for w, pts in knocked.items():
                 cells = []
                 for key in ("d_logp", "d_f1"):

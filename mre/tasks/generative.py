@@ -28,7 +28,7 @@ from mre.ending import Ending, NonFiniteLossError, Reason
 from mre.flow.callback import SaliencyFlowCallback
 from mre.metrics import WLIF1
 from mre.model_options import ModelConfig
-from mre.rundir import ENDING, FLOW, PREDICTIONS
+from mre.rundir import CHECKPOINTS, ENDING, FLOW, PREDICTIONS
 from mre.setting import Direction
 from mre.tasks.answers import code_predictions, generate_answers
 from mre.tasks.base import MREModule, TaskParts, classification_metrics, plain_options
@@ -142,7 +142,7 @@ class GenerativeMRE(MREModule):
     def _stop_on_nonfinite(self, loss: torch.Tensor) -> None:
         step = self.global_step
         run_dir = Path(self.trainer.default_root_dir)
-        path = run_dir / "checkpoints" / f"nonfinite-step{step}.ckpt"
+        path = run_dir / CHECKPOINTS / f"nonfinite-step{step}.ckpt"
         self.trainer.save_checkpoint(path)
         error = NonFiniteLossError(
             f"training loss is {loss.item()} at global step {step} (epoch {self.current_epoch}); "
