@@ -50,7 +50,7 @@ from mre.flow.knockout import (
 )
 from mre.flow.options import EdgeSet, KnockoutConfig
 from mre.flow.plots import plot_knockout
-from mre.results import read_stream_csv
+from mre.results import read_stream_csv, write_stream_csv
 from mre.setting import StrEnum
 from mre.stats import Comparison, adjust_bh, bootstrap_layer_means, compare, pair_counts
 from mre.tasks.answers import code_predictions, generate_answers
@@ -333,12 +333,8 @@ class KnockoutEffects:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / META_FILE).write_text(json.dumps(self.meta, indent=2))
         (out_dir / MD_FILE).write_text(self.markdown(), encoding="utf-8")
-        path = out_dir / RESULT_FILE
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(RESULT_COLUMNS)
-            w.writerows(_effect_row(e) for e in self.effects)
-        return path
+        rows = (dict(zip(RESULT_COLUMNS, _effect_row(e), strict=True)) for e in self.effects)
+        return write_stream_csv(out_dir / RESULT_FILE, RESULT_COLUMNS, rows, quoting=csv.QUOTE_MINIMAL)
 
     @classmethod
     def read(cls, out_dir: str | Path) -> KnockoutEffects:

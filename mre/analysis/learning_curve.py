@@ -14,6 +14,7 @@ from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
 from mre.analysis.tables import RowResult, SweepTable
+from mre.results import write_stream_csv
 
 N_TRAIN = "dataset.n_train"
 
@@ -60,12 +61,8 @@ class LearningCurve:
         return out
 
     def write(self, out_dir: Path) -> Path:
-        path = self.path(out_dir, self.study)
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, lineterminator="\n")
-            w.writerow(COLUMNS)
-            w.writerows(["" if v is None else v for v in astuple(p)] for p in self.points)
-        return path
+        rows = (dict(zip(COLUMNS, astuple(p), strict=True)) for p in self.points)  # None -> "" (csv)
+        return write_stream_csv(self.path(out_dir, self.study), COLUMNS, rows, quoting=csv.QUOTE_MINIMAL)
 
     @classmethod
     def read(cls, out_dir: Path, study: str) -> LearningCurve:
