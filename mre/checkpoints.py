@@ -6,9 +6,10 @@ random state, so a run killed at any point resumes to the numbers of an uninterr
   checkpoint intact (and no partial file behind).
 * `newest_readable`: the newest checkpoint of a run directory that reads back as a whole file; a
   truncated or corrupt one is skipped with a message naming it.
-* `StepCheckpoint`: `last.ckpt` every few optimizer steps, never at an epoch's last batch (Lightning
-  resumes from a checkpoint taken there as if the epoch had ended: its validation and epoch-end
-  hooks would never run).
+* `StepCheckpoint`: `last.ckpt` every few optimizer steps, and at the step during which SIGTERM came
+  (what SLURM sends before it preempts a job: the resume loses no step), never at an epoch's last
+  batch (Lightning resumes from a checkpoint taken there as if the epoch had ended: its validation
+  and epoch-end hooks would never run).
 * `RandomState`: a callback whose state is the Python, NumPy and torch random generators, restored
   on resume (dropout masks then continue as in the uninterrupted run).
 """
@@ -84,13 +85,31 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """A `ModelCheckpoint` with `every_n_train_steps` that skips an epoch's last batch (see above)."""
+    """A `ModelCheckpoint` with `every_n_train_steps` that skips an epoch's last batch and also saves at
+    the end of the step during which SIGTERM came (see above).
+
+    Lightning stops the loop on SIGTERM only after the step's batch-end hooks (and a validation due
+    then), so the checkpoint is taken here, where the scheduled ones are: a resume from either is the
+    same tested path. A SIGTERM during validation stops the run before the next batch end: the
+    scheduled checkpoint is then the newest. Ctrl+C (SIGINT) raises wherever the process is, between
+    any two operations of a step, so it gets no checkpoint of its own."""
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kw: Any
     ) -> None:
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        if _sigterm_received(trainer):
+            trainer.save_checkpoint(Path(self.dirpath or ".") / f"{self.filename}{self.FILE_EXTENSION}")
+            log.warning("SIGTERM: saved %s at step %d", self.filename, trainer.global_step)
+        else:
             super().on_train_batch_end(trainer, pl_module, *args, **kw)
+
+
+def _sigterm_received(trainer: L.Trainer) -> bool:
+    """Whether any process received SIGTERM (all ranks take part in saving a sharded checkpoint)."""
+    got = bool(getattr(trainer, "received_sigterm", False))
+    return trainer.strategy.reduce_boolean_decision(got, all=False)
 
 
 class RandomState(L.Callback):

@@ -226,7 +226,8 @@ def test_a_signalled_run_says_so_exits_128_plus_the_signal_and_resumes(uninterru
     said = f"interrupted by {name} at epoch 1, step "
     terminal = out.stdout + out.stderr
     assert said in terminal
-    assert f"continue with: python train.py resume={run} (from last.ckpt, step 20)" in terminal
+    saved = 23 if signum == signal.SIGTERM else 20  # SIGTERM: the step it came in; Ctrl+C: the last scheduled
+    assert f"continue with: python train.py resume={run} (from last.ckpt, step {saved})" in terminal
     assert said in (run / "train.log").read_text()  # the run's own log, too
     ending = json.loads((run / "ending.json").read_text())
     assert ending["reason"] == "interrupted" and ending["epoch"] == 1
