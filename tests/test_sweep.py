@@ -411,10 +411,22 @@ def _knockout(out: Path, n_layers: int | None, windows: dict[str, tuple[float, f
         w.writerows(rows)
 
 
+def _flow(path: Path, n_layers: int, s_pq: dict[int, float]) -> None:
+    """A layer file: S_pq 0.01 except at the given layers, S_ww 0.05 (S_pq / S_ww 0.2 elsewhere)."""
+    pq = np.array([s_pq.get(i, 0.01) for i in range(n_layers)])
+    values = {
+        "S_wp": np.full((4, n_layers), 0.1),
+        "S_pq": np.tile(pq, (4, 1)),
+        "S_ww": np.full((4, n_layers), 0.05),
+    }
+    write_layers(summarize(values, n_boot=20, seed=0), path)
+
+
 def test_knockouts_of_two_models_are_placed_at_relative_depth(tmp_path, caplog):
     """A 30-layer and an 18-layer model, q's reads of the anchor knocked out in halves of each: both
     effects land in the second half of relative depth; a knockout of one window, and one that does not
-    record its model's depth, are left out (the latter said so)."""
+    record its model's depth, are left out (the latter said so). The runs' flow is placed at relative
+    depth beside them, the fine-tuned and the base model's."""
     from mre.analysis.depth_profile import DepthProfile
 
     root = tmp_path / "depth"
@@ -426,6 +438,11 @@ def test_knockouts_of_two_models_are_placed_at_relative_depth(tmp_path, caplog):
     _knockout(runs[1] / "analysis", 30, {"0-29": (-1.0, 0.0)})  # one window: not layer-resolved
     _knockout(runs[2] / "analysis_layers", 18, {"0-8": (0.0, 0.0), "9-17": (-0.5, 0.0)})
     _knockout(runs[2] / "analysis_old", None, {"0-8": (0.0, 0.0), "9-17": (-0.5, 0.0)})
+    # the flow: both tiny_llama runs read the anchor most at layer 22 of 30, tiny_qwen2 at 13 of 18
+    _flow(runs[0] / "flow" / "epoch_3.csv", 30, {22: 0.05, 21: 0.03, 23: 0.03})
+    _flow(runs[0] / "flow" / "epoch_-1.csv", 30, {})  # the base model: flat
+    _flow(runs[1] / "flow" / "epoch_3.csv", 30, {22: 0.05, 21: 0.03, 23: 0.03})
+    _flow(runs[2] / "flow" / "epoch_3.csv", 18, {13: 0.05})
     # analyze.py leaves its Hydra files beside its output: not a run of the sweep
     hydra = runs[0] / "analysis_layers" / ".hydra"
     hydra.mkdir()
@@ -450,6 +467,10 @@ def test_knockouts_of_two_models_are_placed_at_relative_depth(tmp_path, caplog):
     assert "## Knockout against relative depth" in report
     # the two 30-layer runs' second half: mean -0.8, envelope of their intervals [-1.0, -0.6]
     assert "| 15-29 | 0.50–1.00 | 2 | -0.800 [-1.000, -0.600] | +0.000 [-0.110, +0.110] |" in report
+    assert len(depth.flow) == 30 + 30 + 30 + 18  # tuned of each run, and the first run's base model
+    assert "| tiny_llama | tuned | 2 | 30 | 1.000 | 22 (0.75) | 3: 21 (0.72) to 23 (0.78) |" in report
+    assert "| tiny_llama | base | 1 | 30 | 0.200 | 0 (0.02) | 30: 0 (0.02) to 29 (0.98) |" in report
+    assert "| tiny_qwen2 | tuned | 1 | 18 | 1.000 | 13 (0.75) | 1: 13 (0.75) to 13 (0.75) |" in report
     png = out / "depth_profile.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _assert_reads_back(res, out)

@@ -9,24 +9,36 @@ relative depth of its windows. For every finished run of a sweep that holds such
 controls, becomes a point at the window's relative depth (its first layer / depth to its last + 1 /
 depth).
 
-`DepthProfile` is the result: exactly what ``depth_profile.csv`` holds, read back equal; the report
-draws ``depth_profile.png`` from it (`mre.analysis.report`).
+Beside the knockouts, the same runs' per-layer flow at relative depth (layer + 1/2) / depth: S_pq / S_ww,
+how strongly q reads the anchor against how strongly the text's words read each other, of the
+fine-tuned model (the run's flow file) and of the base model (the training callback's epoch -1). A
+knockout says where removing the reads matters; the flow says where the reads are.
+
+`DepthProfile` is the result: exactly what ``depth_profile.csv`` and ``depth_flow.csv`` hold, read
+back equal; the report draws ``depth_profile.png`` from it (`mre.analysis.report`).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from mre.analysis.knockout_run import META_FILE, RESULT_FILE, Control, KnockoutEffects
 from mre.analysis.runs import Run
+from mre.flow.files import read_layers
 from mre.results import write_stream_csv
+from mre.rundir import FLOW
+from mre.stats import LayerStats
 
 log = logging.getLogger(__name__)
 
 FILE = "depth_profile.csv"
+FLOW_FILE = "depth_flow.csv"
+BASE_FLOW = FLOW / "epoch_-1.csv"  # the training callback's measurement of the base model
+STAGES = ("tuned", "base")
 CONDITIONS = ("knockout", *(str(c) for c in Control))  # the knockout, then its controls
 
 
@@ -56,14 +68,39 @@ class DepthPoint:
         return (self.depth_lo + self.depth_hi) / 2
 
 
+@dataclass(frozen=True)
+class FlowDepthPoint:
+    """One layer of one run's flow (means over the flow's samples)."""
+
+    model: str
+    run: str
+    stage: str  # tuned (the run's flow file) or base (the callback's epoch -1)
+    layer: int
+    n_layers: int
+    s_pq: float
+    s_ww: float
+
+    @property
+    def depth(self) -> float:
+        """The layer's middle, as a share of the model's depth."""
+        return (self.layer + 0.5) / self.n_layers
+
+    @property
+    def ratio(self) -> float:
+        """S_pq / S_ww (NaN where S_ww is 0)."""
+        return self.s_pq / self.s_ww if self.s_ww else math.nan
+
+
 COLUMNS = [f.name for f in fields(DepthPoint)]
-_STR = {"model", "run", "edges", "layers", "condition"}
-_INT = {"n_layers", "n"}
+FLOW_COLUMNS = [f.name for f in fields(FlowDepthPoint)]
+_STR = {"model", "run", "edges", "layers", "condition", "stage"}
+_INT = {"n_layers", "n", "layer"}
 
 
 @dataclass(frozen=True)
 class DepthProfile:
     points: tuple[DepthPoint, ...]  # by model, run, edge set, depth, condition
+    flow: tuple[FlowDepthPoint, ...] = ()  # by model, run, stage, layer
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(p.model for p in self.points))
@@ -71,15 +108,26 @@ class DepthProfile:
     def edge_sets(self) -> list[str]:
         return list(dict.fromkeys(p.edges for p in self.points))
 
-    def write(self, out_dir: Path) -> Path:
-        rows = (asdict(p) for p in self.points)
-        return write_stream_csv(Path(out_dir) / FILE, COLUMNS, rows, quoting=csv.QUOTE_MINIMAL)
+    def write(self, out_dir: Path) -> list[Path]:
+        out_dir = Path(out_dir)
+        return [
+            write_stream_csv(out_dir / name, columns, (asdict(p) for p in points), quoting=csv.QUOTE_MINIMAL)
+            for name, columns, points in ((FILE, COLUMNS, self.points), (FLOW_FILE, FLOW_COLUMNS, self.flow))
+        ]
 
     @classmethod
     def read(cls, out_dir: Path) -> DepthProfile:
-        with open(Path(out_dir) / FILE, newline="", encoding="utf-8") as f:
-            lines = list(csv.DictReader(f))
-        return cls(tuple(DepthPoint(**{k: _value(k, line[k]) for k in COLUMNS}) for line in lines))
+        knocked = tuple(DepthPoint(**line) for line in _read(Path(out_dir) / FILE, COLUMNS))
+        flow = tuple(FlowDepthPoint(**line) for line in _read(Path(out_dir) / FLOW_FILE, FLOW_COLUMNS))
+        return cls(knocked, flow)
+
+
+def _read(path: Path, columns: list[str]) -> list[dict[str, str | int | float]]:
+    """The file's rows, typed; none when the file is not there (an analysis older than the flow part)."""
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: _value(k, line[k]) for k in columns} for line in csv.DictReader(f)]
 
 
 def _value(key: str, cell: str) -> str | int | float:
@@ -113,8 +161,26 @@ def _run_points(run: Run, result: KnockoutEffects, n_layers: int) -> list[DepthP
     return out
 
 
+def _flow_points(run: Run, stage: str, layers: dict[str, LayerStats]) -> list[FlowDepthPoint]:
+    if "S_pq" not in layers or "S_ww" not in layers:
+        return []  # a run without an anchor has no S_pq
+    pq, ww = layers["S_pq"].mean, layers["S_ww"].mean
+    where = (str(run.get("model.name")), run.name, stage)
+    return [FlowDepthPoint(*where, i, len(pq), float(pq[i]), float(ww[i])) for i in range(len(pq))]
+
+
+def _run_flow(run: Run) -> list[FlowDepthPoint]:
+    """The run's fine-tuned flow and, where the callback measured it, its base model's."""
+    out = [] if run.flow is None else _flow_points(run, "tuned", run.flow.layers)
+    base = run.path / BASE_FLOW
+    if base.exists() and (run.flow is None or run.flow.source != str(BASE_FLOW)):
+        out += _flow_points(run, "base", read_layers(base))
+    return out
+
+
 def depth_profile(runs: list[Run]) -> DepthProfile | None:
-    """The layer-resolved knockouts of the finished runs against relative depth; None when there is none."""
+    """The layer-resolved knockouts of the finished runs against relative depth, with the flow of the
+    finished runs of the same models; None when there is no such knockout."""
     points: list[DepthPoint] = []
     for run in runs:
         if not run.finished:
@@ -129,4 +195,9 @@ def depth_profile(runs: list[Run]) -> DepthProfile | None:
     if not points:
         return None
     points.sort(key=lambda p: (p.model, p.run, p.edges, p.depth_lo, CONDITIONS.index(p.condition)))
-    return DepthProfile(tuple(points))
+    models = {p.model for p in points}
+    flow = [
+        f for run in runs if run.finished and str(run.get("model.name")) in models for f in _run_flow(run)
+    ]
+    flow.sort(key=lambda f: (f.model, f.run, STAGES.index(f.stage), f.layer))
+    return DepthProfile(tuple(points), tuple(flow))

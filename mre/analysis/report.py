@@ -16,8 +16,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from mre.analysis.depth_profile import CONDITIONS, DepthPoint, DepthProfile
+from mre.analysis.depth_profile import CONDITIONS, STAGES, DepthPoint, DepthProfile, FlowDepthPoint
 from mre.analysis.depth_profile import FILE as DEPTH_CSV
+from mre.analysis.depth_profile import FLOW_FILE as DEPTH_FLOW_CSV
 from mre.analysis.flow_gain import MIN_INFORMATIVE, MIN_POINTS, POINTS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
 from mre.analysis.learning_curve import LearningCurve
@@ -246,9 +247,37 @@ def _select(profile: DepthProfile, model: str, edges: str, kind: str) -> list[De
     return [p for p in profile.points if p.model == model and p.edges == edges and p.condition == kind]
 
 
+def _flow_series(profile: DepthProfile, model: str, stage: str) -> dict[int, list[FlowDepthPoint]]:
+    """One model's flow points of one stage by layer, over its runs."""
+    out: dict[int, list[FlowDepthPoint]] = {}
+    for f in profile.flow:
+        if f.model == model and f.stage == stage:
+            out.setdefault(f.layer, []).append(f)
+    return dict(sorted(out.items()))
+
+
+def _ratio_range(pts: list[FlowDepthPoint]) -> tuple[float, float, float]:
+    """The runs' mean S_pq / S_ww at a layer, with the lowest and highest run's."""
+    ratios = [f.ratio for f in pts]
+    return sum(ratios) / len(ratios), min(ratios), max(ratios)
+
+
 def plot_depth(profile: DepthProfile, path: Path) -> Path:
-    """depth_profile.png: Δ log p of each edge set's knockout and controls against relative depth."""
+    """depth_profile.png: S_pq / S_ww of the flow, and Δ log p of each edge set's knockout and
+    controls, against relative depth."""
     panels = []
+    if profile.flow:
+        by_model = {}
+        for model in profile.models():
+            by_stage = {}
+            for stage in STAGES:
+                layers = _flow_series(profile, model, stage)
+                if layers:
+                    cols = [(pts[0].depth, *_ratio_range(pts)) for pts in layers.values()]
+                    by_stage[stage] = tuple(list(c) for c in zip(*cols, strict=True))
+            if by_stage:
+                by_model[model] = by_stage
+        panels.append(("flow: q reads the anchor (range over runs)", "S_pq / S_ww", by_model))
     for edges in profile.edge_sets():
         by_model = {}
         for model in profile.models():
@@ -260,8 +289,36 @@ def plot_depth(profile: DepthProfile, path: Path) -> Path:
                     by_kind[kind] = tuple(list(c) for c in zip(*cols, strict=True))
             if by_kind:
                 by_model[model] = by_kind
-        panels.append((f"knockout of {edges}", by_model))
-    return plot_depth_profile(panels, path, "Δ log p(gold target)")
+        panels.append((f"knockout of {edges}", "Δ log p(gold target)", by_model))
+    return plot_depth_profile(panels, path)
+
+
+def flow_depth_markdown(profile: DepthProfile) -> str:
+    """Per model and stage: where S_pq / S_ww (the runs' mean per layer) peaks, and which layers reach
+    half the peak, at relative depth."""
+    lines = [
+        "| model | flow | runs | layers | peak S_pq / S_ww | at layer (relative depth) "
+        "| layers at ≥ half the peak (relative depth) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model in profile.models():
+        for stage in STAGES:
+            layers = _flow_series(profile, model, stage)
+            if not layers:
+                continue
+            mean = {layer: _ratio_range(pts)[0] for layer, pts in layers.items()}
+            peak = max(mean, key=lambda layer: mean[layer])
+            half = [layer for layer, r in mean.items() if r >= mean[peak] / 2]
+            n_layers = layers[peak][0].n_layers
+            runs = len({f.run for pts in layers.values() for f in pts})
+            at = {
+                layer: f"{layer} ({(layer + 0.5) / n_layers:.2f})" for layer in (peak, min(half), max(half))
+            }
+            lines.append(
+                f"| {_cell(model)} | {stage} | {runs} | {n_layers} | {mean[peak]:.3f} | {at[peak]} "
+                f"| {len(half)}: {at[min(half)]} to {at[max(half)]} |"
+            )
+    return "\n".join(lines)
 
 
 def depth_markdown(profile: DepthProfile) -> str:
@@ -529,9 +586,18 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
             "",
             depth_markdown(res.depth),
             "",
-            f"![knockout against relative depth]({DEPTH_PNG})",
-            "",
         ]
+        if res.depth.flow:
+            md += [
+                "The same models' flow at relative depth ((layer + 1/2) / depth): S_pq / S_ww per layer, the "
+                "mean over the finished runs with an anchor (tuned: each run's flow file; base: the training "
+                "callback's measurement before training, `flow/epoch_-1.csv`); the figure's bars span the "
+                f"lowest to the highest run. Points: [{DEPTH_FLOW_CSV}]({DEPTH_FLOW_CSV}).",
+                "",
+                flow_depth_markdown(res.depth),
+                "",
+            ]
+        md += [f"![knockout against relative depth]({DEPTH_PNG})", ""]
     if res.flow_gain is not None and gain_png is not None:
         md += ["## Flow and gain across settings", "", flow_gain_markdown(res.flow_gain), ""]
         md += [f"![flow and gain]({gain_png.name})", ""]

@@ -55,7 +55,7 @@ class SweepResult:
         if self.flow_gain is not None:
             files += self.flow_gain.write(out_dir)
         if self.depth is not None:
-            files.append(self.depth.write(out_dir))
+            files += self.depth.write(out_dir)
         summary = {
             "sweep_dir": str(self.sweep_dir),
             "missing": self.missing,

@@ -282,16 +282,17 @@ DepthSeries = tuple[list[float], list[float], list[float], list[float]]  # depth
 
 
 def plot_depth_profile(
-    panels: list[tuple[str, dict[str, dict[str, DepthSeries]]]], path: str | Path, ylabel: str
+    panels: list[tuple[str, str, dict[str, dict[str, DepthSeries]]]], path: str | Path
 ) -> Path:
-    """One panel per edge set: a knockout's effect against relative depth (0 = first layer, 1 = last),
-    one colour per model, the knockout solid and its controls dashed (random) and dotted (receiver),
-    each point with its 95% interval."""
-    styles = {"knockout": "-", "random": "--", "receiver": ":"}
+    """One panel per (title, y label, series by model and kind) against relative depth (0 = first
+    layer, 1 = last), one colour per model: a knockout solid and its controls dashed (random) and
+    dotted (receiver); a flow's fine-tuned model solid and its base model dashed. Each point has its
+    interval (lo, hi)."""
+    styles = {"knockout": "-", "random": "--", "receiver": ":", "tuned": "-", "base": "--"}
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
-    models = list(dict.fromkeys(m for _, by_model in panels for m in by_model))
+    models = list(dict.fromkeys(m for _, _, by_model in panels for m in by_model))
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    for ax, (title, by_model) in zip(axes.flat, panels, strict=True):
+    for ax, (title, ylabel, by_model) in zip(axes.flat, panels, strict=True):
         for model, by_kind in by_model.items():
             for kind, (x, y, lo, hi) in by_kind.items():
                 err = np.array([np.subtract(y, lo), np.subtract(hi, y)])
@@ -299,7 +300,7 @@ def plot_depth_profile(
                             markersize=3, capsize=2, linewidth=1.2, label=f"{model}: {kind}")  # fmt: skip
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xlim(0, 1)
-        ax.set_xlabel("relative depth of the blocked layers")
+        ax.set_xlabel("relative depth of the layers")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
