@@ -100,7 +100,7 @@ class StepCheckpoint(ModelCheckpoint):
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         if _sigterm_received(trainer):
-            trainer.save_checkpoint(Path(self.dirpath or ".") / f"{self.filename}{self.FILE_EXTENSION}")
+            trainer.save_checkpoint(self.format_checkpoint_name({}))
             log.warning("SIGTERM: saved %s at step %d", self.filename, trainer.global_step)
         else:
             super().on_train_batch_end(trainer, pl_module, *args, **kw)

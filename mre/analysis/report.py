@@ -311,9 +311,7 @@ def flow_depth_markdown(profile: DepthProfile) -> str:
             half = [layer for layer, r in mean.items() if r >= mean[peak] / 2]
             n_layers = layers[peak][0].n_layers
             runs = len({f.run for pts in layers.values() for f in pts})
-            at = {
-                layer: f"{layer} ({(layer + 0.5) / n_layers:.2f})" for layer in (peak, min(half), max(half))
-            }
+            at = {i: f"{i} ({layers[i][0].depth:.2f})" for i in (peak, min(half), max(half))}
             lines.append(
                 f"| {_cell(model)} | {stage} | {runs} | {n_layers} | {mean[peak]:.3f} | {at[peak]} "
                 f"| {len(half)}: {at[min(half)]} to {at[max(half)]} |"
