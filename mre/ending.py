@@ -82,19 +82,23 @@ class EndingRecorder(L.Callback):
 
 
 def fit_ending(trainer: L.Trainer) -> Ending:
-    """Why a `fit` that returned normally stopped: early stopping if a stopper fired, else the budget."""
+    """Why a `fit` that returned normally stopped: the budget if it was spent, else early stopping if a
+    stopper fired and the loop obeyed it (`trainer.should_stop` still set). A stopper that fired
+    before `trainer.min_epochs` / `min_steps` was overruled (the loop clears `should_stop`), so its
+    `stopped_epoch` alone does not say that the run stopped there."""
     epoch, step = trainer.current_epoch, trainer.global_step
+    by_steps = 0 < trainer.max_steps <= step
+    by_epochs = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch
+    if by_steps or by_epochs:
+        limit = f"max_steps={trainer.max_steps}" if by_steps else f"max_epochs={trainer.max_epochs}"
+        return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
     for cb in trainer.callbacks:
-        if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
+        fired = isinstance(cb, EarlyStopping) and (cb.stopped_epoch > 0 or cb.wait_count >= cb.patience)
+        if fired and trainer.should_stop:
             best = cb.best_score.item() if cb.best_score is not None else float("nan")
             detail = (
                 f"stopped early at epoch {cb.stopped_epoch}, step {step}: {cb.monitor} did not improve for "
                 f"{cb.wait_count} validation checks (patience {cb.patience}; best {best:.4f})"
             )
             return Ending(Reason.early_stopping, cb.stopped_epoch, step, detail)
-    limit = (
-        f"max_steps={trainer.max_steps}"
-        if 0 < trainer.max_steps <= step
-        else f"max_epochs={trainer.max_epochs}"
-    )
-    return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
+    return Ending(Reason.budget, epoch, step, f"trained its budget: epoch {epoch}, step {step}")

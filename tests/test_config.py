@@ -217,6 +217,18 @@ def test_data_view_synthetic():
     assert out.count("«") == 4 and out.count("⟨") == 4  # the legend and three prompts
 
 
+def test_data_view_help_and_a_malformed_override(capsys):
+    """`--help` prints the usage (exit 0); an argument that is not `key=value` is one error naming it
+    and the usage (exit 2), not a Hydra traceback."""
+    from mre.data.__main__ import main
+
+    assert main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m mre.data dataset=<name>")
+    assert main(["dataset=synthetic_en", "direction"]) == 2
+    out = capsys.readouterr().out
+    assert "Error parsing override 'direction'" in out and "usage: python -m mre.data" in out
+
+
 @pytest.mark.slow
 def test_data_view_real_sets():
     out = _data_view("dataset=snips", f"dataset.path={shared_data('snips')}")

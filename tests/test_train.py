@@ -343,3 +343,21 @@ def test_early_stopping_ends_a_run_and_says_why(tmp_path):
     run(compose([*args, "trainer.max_epochs=1", f"paths.output_dir={full}"]))
     ending = json.loads((full / "ending.json").read_text())
     assert ending["reason"] == "budget" and ending["epoch"] == 1 and "max_epochs=1" in ending["detail"]
+
+
+def test_early_stopping_waits_for_min_epochs_and_an_overruled_stop_is_not_reported(tmp_path):
+    """A stopper that fires before `trainer.min_epochs` is overruled: the run trains on, and stops at
+    the first check after the minimum; with the minimum at the budget it trains the budget, and its
+    ending says so (not the early stop that the loop ignored)."""
+    args = [*SMALL, "direction=tli", "logger=csv", "flow.enabled=false", "trainer.enable_progress_bar=false",
+            "early_stopping=val_f1", "callbacks.early_stopping.patience=1",
+            "callbacks.early_stopping.min_delta=1.0"]  # fmt: skip
+    later = tmp_path / "later"  # fires at epoch 1 (as above), obeyed once 3 epochs are done
+    run(compose([*args, "trainer.min_epochs=3", "trainer.max_epochs=6", f"paths.output_dir={later}"]))
+    ending = json.loads((later / "ending.json").read_text())
+    assert ending["reason"] == "early_stopping" and ending["epoch"] == 2, ending
+    budget = tmp_path / "budget"
+    run(compose([*args, "trainer.min_epochs=3", "trainer.max_epochs=3", f"paths.output_dir={budget}"]))
+    ending = json.loads((budget / "ending.json").read_text())
+    assert ending["reason"] == "budget" and ending["epoch"] == 3, ending
+    assert "max_epochs=3" in ending["detail"]
