@@ -84,7 +84,7 @@ class EndingRecorder(L.Callback):
 def fit_ending(trainer: L.Trainer) -> Ending:
     """Why a `fit` that returned normally stopped: the budget if it was spent, else early stopping if a
     stopper fired and the loop obeyed it (`trainer.should_stop` still set). A stopper that fired
-    before `trainer.min_epochs` / `min_steps` was overruled (the loop clears `should_stop`), so its
+    before `trainer.min_epochs` / `min_steps` was taken back (`mre.stopping`), so its
     `stopped_epoch` alone does not say that the run stopped there."""
     epoch, step = trainer.current_epoch, trainer.global_step
     by_steps = 0 < trainer.max_steps <= step

@@ -42,6 +42,7 @@ from mre.rundir import (
     resolve_run_dir,
 )
 from mre.runlock import RunLockedError, run_dir_lock
+from mre.stopping import EarlyStopFloor
 from mre.strategies import EndSpawnedProcessGroup, end_process_group
 from mre.tasks import build_task
 
@@ -154,7 +155,13 @@ def _plugins(cfg: DictConfig) -> list[Any]:
 
 
 def _callbacks(cfg: DictConfig, task_callbacks: list[L.Callback]) -> list[L.Callback]:
-    callbacks = [*instantiate_all(cfg.callbacks), *task_callbacks, RandomState(), EndSpawnedProcessGroup()]
+    callbacks = [
+        *instantiate_all(cfg.callbacks),
+        *task_callbacks,
+        RandomState(),
+        EndSpawnedProcessGroup(),
+        EarlyStopFloor(),  # after the stoppers: takes back a stop decided before trainer.min_epochs
+    ]
     if not cfg.trainer.get("enable_progress_bar", True):  # a progress bar callback would contradict it
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return callbacks

@@ -345,10 +345,10 @@ def test_early_stopping_ends_a_run_and_says_why(tmp_path):
     assert ending["reason"] == "budget" and ending["epoch"] == 1 and "max_epochs=1" in ending["detail"]
 
 
-def test_early_stopping_waits_for_min_epochs_and_an_overruled_stop_is_not_reported(tmp_path):
-    """A stopper that fires before `trainer.min_epochs` is overruled: the run trains on, and stops at
+def test_early_stopping_waits_for_min_epochs_and_a_run_that_spends_its_budget_says_budget(tmp_path):
+    """A stopper that fires before `trainer.min_epochs` is taken back: the run trains on, and stops at
     the first check after the minimum; with the minimum at the budget it trains the budget, and its
-    ending says so (not the early stop that the loop ignored)."""
+    ending says so (not the early stop decided on the way)."""
     args = [*SMALL, "direction=tli", "logger=csv", "flow.enabled=false", "trainer.enable_progress_bar=false",
             "early_stopping=val_f1", "callbacks.early_stopping.patience=1",
             "callbacks.early_stopping.min_delta=1.0"]  # fmt: skip
