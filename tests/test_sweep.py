@@ -22,6 +22,7 @@ from mre.analysis.sweep_result import SweepResult
 from mre.analysis.sweep_run import analyze_sweep
 from mre.analysis.tables import SweepTable
 from mre.config import compose
+from mre.ending import Ending, Reason
 from mre.flow.files import summarize, write_layers
 from mre.results import write_jsonl
 from mre.setting import Direction
@@ -345,6 +346,8 @@ def test_collapsed_runs_are_marked_and_both_sides_collapsed_is_not_compared(tmp_
     _collapse(runs[1], "Music")
     (runs[2] / "csv").mkdir()
     (runs[2] / "csv" / "metrics.csv").write_text("step,val/f1,val/majority_f1\n9,0.20,\n9,,0.25\n19,0.24,\n")
+    Ending(Reason.early_stopping, 3, 120, "stopped early").write(runs[2] / "ending.json")
+    Ending(Reason.budget, 8, 240, "trained its budget").write(runs[3] / "ending.json")
     res = analyze_sweep(root)
     both, one = res.tables["table3_tli"].rows
     assert both.both_collapsed and both.diff is None and not both.compared
@@ -355,6 +358,7 @@ def test_collapsed_runs_are_marked_and_both_sides_collapsed_is_not_compared(tmp_
     report = (root / "analysis" / "report.md").read_text()
     assert "| both collapsed |" in report and "(⚠ 1/1 collapsed)" in report
     assert report.count("(⚠ collapsed)") == 3  # the runs table: both of model x, model y's no-anchor run
+    assert report.count("| early stopping, step 120 |") == 1 and report.count("| budget, step 240 |") == 1
     _assert_reads_back(res, root / "analysis")
 
 

@@ -49,7 +49,10 @@ else
   lane 7 "${args[@]}" &
   b=$!
 fi
-wait $a && wait $b
+rc=0  # wait for both lanes even when one fails, and report nothing from a part that did not finish
+wait $a || rc=$?
+wait $b || rc=$?
+[ "$rc" = 0 ] || { stamp "a lane failed (exit $rc; see its log): run the part again to continue it"; exit "$rc"; }
 stamp "analyze.py sweep_dir=$OUT"
 OMP_NUM_THREADS=2 python analyze.py sweep_dir="$OUT"
 stamp "$part done in $(( ($(date +%s) - start) / 60 )) min"

@@ -60,7 +60,10 @@ lane smollm2_135m 30 5 > "$OUT/smollm2_135m.log" 2>&1 &
 a=$!
 lane gemma3_270m 18 3 > "$OUT/gemma3_270m.log" 2>&1 &
 b=$!
-wait $a && wait $b
+rc=0  # wait for both lanes even when one fails, and report nothing from a part that did not finish
+wait $a || rc=$?
+wait $b || rc=$?
+[ "$rc" = 0 ] || { stamp "a lane failed (exit $rc; see its log): run the part again to continue it"; exit "$rc"; }
 sweep=$OUT
 [ "$part" = controls ] && sweep=$(dirname "$OUT")  # with the tables' runs: the gold reference
 stamp "analyze.py sweep_dir=$sweep"

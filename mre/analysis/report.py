@@ -470,10 +470,17 @@ def collapsed_runs(res: SweepResult) -> set[str]:
     }
 
 
+def _ending_text(r: Run) -> str:
+    """`early stopping, step 120`, `budget, step 240`: why and where its training stopped."""
+    e = r.ending
+    return "—" if e is None else f"{e.reason.value.replace('_', ' ')}, step {e.global_step}"
+
+
 def _runs_md(runs: list[Run], collapsed: set[str]) -> str:
     lines = [
-        "| # | run | status | data set | direction | setting | model | test/f1 | flow | config |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| # | run | status | training ended | data set | direction | setting | model | test/f1 | flow "
+        "| config |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         status = "finished" if r.finished else f"**{_cell(r.problem)}**"
@@ -483,7 +490,8 @@ def _runs_md(runs: list[Run], collapsed: set[str]) -> str:
         overrides = " ".join(r.overrides) or "—"
         mark = " (⚠ collapsed)" if r.name in collapsed else ""
         lines.append(
-            f"| {r.index} | [{_cell(_short(r.name))}](<../{r.name}/>) | {status} | {r.get('dataset.name')} "
+            f"| {r.index} | [{_cell(_short(r.name))}](<../{r.name}/>) | {status} | {_ending_text(r)} "
+            f"| {r.get('dataset.name')} "
             f"| {r.get('direction.name') if r.get('task') != 'fewshot' else 'tli (few-shot)'} | {setting} "
             f"| {r.get('model.name')} | {_num(r.f1)}{mark} | {flow} "
             f"| [config](<../{r.name}/.hydra/config.yaml>) `{_cell(overrides)}` |"

@@ -24,9 +24,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mre.config import load_run_config
+from mre.ending import Ending
 from mre.errors import ConfigError, MissingInputError
 from mre.flow.files import read_layers
-from mre.rundir import ANALYSIS, CHECKPOINTS, CSV_METRICS, FLOW, METRICS, OVERRIDES
+from mre.rundir import ANALYSIS, CHECKPOINTS, CSV_METRICS, ENDING, FLOW, METRICS, OVERRIDES
 from mre.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,19 @@ class Run:
         """True when no validation of the run reached a dev F1 above the dev majority baseline
         (`val/f1` against `val/majority_f1` in csv/metrics.csv); None when the run logged neither."""
         return dev_below_majority(self.path / CSV_METRICS)
+
+    @cached_property
+    def ending(self) -> Ending | None:
+        """How the run's training ended (`ending.json`: budget, early stopping, ...), so a table of
+        runs trained to convergence says which stopped and which ran out of budget; None without one."""
+        path = self.path / ENDING
+        if not path.exists():
+            return None
+        try:
+            return Ending.read(path)
+        except (ValueError, KeyError) as e:
+            log.warning("%s cannot be read (%s): the run's ending is left out", path, e)
+            return None
 
     @cached_property
     def flow_file(self) -> str | None:
