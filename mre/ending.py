@@ -12,12 +12,14 @@ from __future__ import annotations
 import json
 import signal
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mre.errors import UserError
@@ -29,11 +31,12 @@ class NonFiniteLossError(UserError, FloatingPointError):
 
 
 class Reason(StrEnum):
-    budget = "budget"  # trainer.max_epochs / max_steps reached
+    budget = "budget"  # trainer.max_epochs / max_steps / max_time reached
     early_stopping = "early_stopping"  # the monitored metric stopped improving
     nonfinite_loss = "nonfinite_loss"  # the NaN guard stopped it
     interrupted = "interrupted"  # SIGTERM or SIGINT
     no_training = "no_training"  # fit=false: evaluated as loaded
+    stopped = "stopped"  # another callback or the module set trainer.should_stop
 
 
 @dataclass(frozen=True)
@@ -82,23 +85,55 @@ class EndingRecorder(L.Callback):
 
 
 def fit_ending(trainer: L.Trainer) -> Ending:
-    """Why a `fit` that returned normally stopped: the budget if it was spent, else early stopping if a
-    stopper fired and the loop obeyed it (`trainer.should_stop` still set). A stopper that fired
-    before `trainer.min_epochs` / `min_steps` was taken back (`mre.stopping`), so its
-    `stopped_epoch` alone does not say that the run stopped there."""
+    """Why a `fit` that returned normally stopped: the budget if it was spent (epochs, steps or
+    `max_time`), else early stopping if a stopper fired and the loop obeyed it (`trainer.should_stop`
+    still set), else a stop requested by some other callback or the module. A stopper that fired
+    before `trainer.min_epochs` / `min_steps` was taken back (`mre.stopping`), so its `stopped_epoch`
+    alone does not say that the run stopped there."""
     epoch, step = trainer.current_epoch, trainer.global_step
-    by_steps = 0 < trainer.max_steps <= step
-    by_epochs = trainer.max_epochs is not None and 0 <= trainer.max_epochs <= epoch
-    if by_steps or by_epochs:
-        limit = f"max_steps={trainer.max_steps}" if by_steps else f"max_epochs={trainer.max_epochs}"
+    limit = _budget_spent(trainer)
+    if limit is not None:
         return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
+    stopper = next((cb for cb in trainer.callbacks if _stopped_by(cb, trainer)), None)
+    if stopper is not None:
+        detail = f"stopped early at epoch {stopper.stopped_epoch}, step {step}: {_why(stopper)}"
+        return Ending(Reason.early_stopping, stopper.stopped_epoch, step, detail)
+    detail = (
+        f"stopped before its budget at epoch {epoch}, step {step}: "
+        "a callback or the module set trainer.should_stop"
+    )
+    return Ending(Reason.stopped, epoch, step, detail)
+
+
+def _stopped_by(cb: L.Callback, trainer: L.Trainer) -> bool:
+    """True for an `EarlyStopping` whose stop the loop obeyed. A patience stop counts only while its
+    patience is still spent: one taken back before the minimum (`mre.stopping`) keeps its reason."""
+    if not (isinstance(cb, EarlyStopping) and trainer.should_stop):
+        return False
+    if cb.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        return cb.wait_count >= cb.patience
+    return cb.stopping_reason is not EarlyStoppingReason.NOT_STOPPED
+
+
+def _why(stopper: EarlyStopping) -> str:
+    """The stopper's reason, with the patience count and best score when patience ran out."""
+    if stopper.stopping_reason is not EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        return stopper.stopping_reason_message or stopper.stopping_reason.name.lower()
+    best = stopper.best_score.item() if stopper.best_score is not None else float("nan")
+    return (
+        f"{stopper.monitor} did not improve for {stopper.wait_count} validation checks "
+        f"(patience {stopper.patience}; best {best:.4f})"
+    )
+
+
+def _budget_spent(trainer: L.Trainer) -> str | None:
+    """The limit the run reached (`max_steps=…`, `max_epochs=…`, `max_time=…`), or None."""
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return f"max_steps={trainer.max_steps}"
+    if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch:
+        return f"max_epochs={trainer.max_epochs}"
     for cb in trainer.callbacks:
-        fired = isinstance(cb, EarlyStopping) and (cb.stopped_epoch > 0 or cb.wait_count >= cb.patience)
-        if fired and trainer.should_stop:
-            best = cb.best_score.item() if cb.best_score is not None else float("nan")
-            detail = (
-                f"stopped early at epoch {cb.stopped_epoch}, step {step}: {cb.monitor} did not improve for "
-                f"{cb.wait_count} validation checks (patience {cb.patience}; best {best:.4f})"
-            )
-            return Ending(Reason.early_stopping, cb.stopped_epoch, step, detail)
-    return Ending(Reason.budget, epoch, step, f"trained its budget: epoch {epoch}, step {step}")
+        left = cb.time_remaining() if isinstance(cb, Timer) else None
+        if left is not None and left <= 0:
+            return f"max_time={timedelta(seconds=round(left + cb.time_elapsed()))}"
+    return None

@@ -1,5 +1,6 @@
 """Early stopping and the trainer's minimum: Lightning latches a stop decided before `min_epochs`;
-`mre.stopping.EarlyStopFloor` takes it back, so the checks after the minimum decide."""
+`mre.stopping.EarlyStopFloor` takes it back, so the checks after the minimum decide. And how each
+way a `fit` can end is recorded (`mre.ending.fit_ending`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
+from mre.ending import Ending, Reason, fit_ending
 from mre.stopping import EarlyStopFloor
 
 # dev scores by epoch: no gain in epochs 1-2 (patience 2 runs out at epoch 2), then gains up to epoch 5
@@ -62,3 +64,49 @@ def test_lightning_alone_stops_at_the_minimum_though_the_score_rose_since(tmp_pa
 )
 def test_the_floor_lets_the_checks_after_the_minimum_decide(tmp_path, min_epochs, epochs):
     assert _stopped_after(floor=True, min_epochs=min_epochs, tmp_path=tmp_path) == epochs
+
+
+class StopsItself(ScriptedScore):
+    """Asks the loop to stop at the end of its second epoch, as a user's module or callback may."""
+
+    def on_train_epoch_end(self) -> None:
+        if self.current_epoch == 1:
+            self.trainer.should_stop = True
+
+
+def _ending(module: L.LightningModule, tmp_path, callbacks=(), **trainer_kwargs) -> Ending:
+    """How `fit` of `module` with these callbacks and limits ended, as the run directory records it."""
+    data = torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=2)
+    trainer = L.Trainer(
+        callbacks=list(callbacks), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **trainer_kwargs,
+    )  # fmt: skip
+    trainer.fit(module, data, data)
+    return fit_ending(trainer)
+
+
+def test_each_way_a_fit_can_end_is_told_apart(tmp_path):
+    """Budget in epochs, steps and time; patience and a threshold; a stop asked for by the module."""
+    by_epochs = _ending(ScriptedScore(), tmp_path, max_epochs=2)
+    assert (by_epochs.reason, by_epochs.epoch, by_epochs.global_step) == (Reason.budget, 2, 4)
+    assert "max_epochs=2" in by_epochs.detail
+    by_steps = _ending(ScriptedScore(), tmp_path, max_steps=3)
+    assert (by_steps.reason, by_steps.global_step) == (Reason.budget, 3)
+    assert "max_steps=3" in by_steps.detail
+    by_time = _ending(ScriptedScore(), tmp_path, max_time={"seconds": 0})
+    assert (by_time.reason, by_time.global_step) == (Reason.budget, 0)  # spent before the first step
+    assert "max_time=0:00:00" in by_time.detail
+
+    patience = EarlyStopping(monitor="val/f1", mode="max", patience=2)
+    out = _ending(ScriptedScore(), tmp_path, [patience], max_epochs=len(SCORES))
+    assert (out.reason, out.epoch) == (Reason.early_stopping, 2)  # no gain at epochs 1 and 2
+    assert "did not improve for 2 validation checks" in out.detail
+
+    threshold = EarlyStopping(monitor="val/f1", mode="max", patience=99, stopping_threshold=0.65)
+    out = _ending(ScriptedScore(), tmp_path, [threshold], max_epochs=len(SCORES))
+    assert (out.reason, out.epoch) == (Reason.early_stopping, 4)  # 0.7 at epoch 4
+    assert "threshold" in out.detail
+
+    asked = _ending(StopsItself(), tmp_path, max_epochs=len(SCORES))
+    assert (asked.reason, asked.epoch, asked.global_step) == (Reason.stopped, 2, 4)
+    assert "should_stop" in asked.detail
