@@ -77,14 +77,21 @@ def add_smoke_flag(ap) -> None:
     ap.add_argument("--smoke", action="store_true", help="toy sizes, one repeat: a seconds-long rot check")
 
 
-def setup(direction: str, extra: Iterable[str] = (), smoke: bool = False) -> tuple:
-    """(cfg, parts, module with its model built) for `model=tiny_llama dataset=synthetic_en`; `parts` is
-    the task's `TaskParts` (`parts.datamodule`, `parts.module.context`). The flow callback is off."""
+def setup(
+    direction: str,
+    extra: Iterable[str] = (),
+    smoke: bool = False,
+    model: str = "tiny_llama",
+    dataset: str = "synthetic_en",
+) -> tuple:
+    """(cfg, parts, module with its model built) for `model=<model> dataset=<dataset>` (the tiny LLaMA on
+    synthetic data unless told); `parts` is the task's `TaskParts` (`parts.datamodule`,
+    `parts.module.context`). The flow callback is off."""
     torch.set_num_threads(THREADS)
     cfg = compose(
         [
-            "model=tiny_llama",
-            "dataset=synthetic_en",
+            f"model={model}",
+            f"dataset={dataset}",
             f"direction={direction}",
             "flow.enabled=false",
             f"paths.output_dir={RUN_DIR}",
@@ -186,9 +193,9 @@ def interleaved(methods: dict[str, Callable[[], object]], repeats: int) -> tuple
     return results, wall, {k: statistics.median(v) for k, v in cpu.items()}
 
 
-def header(name: str, smoke: bool = False) -> str:
+def header(name: str, smoke: bool = False, model: str = "tiny_llama", dataset: str = "synthetic_en") -> str:
     line = (
-        f"{name}: model=tiny_llama dataset=synthetic_en, torch {torch.__version__}, "
+        f"{name}: model={model} dataset={dataset}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}), "
         f"load average {os.getloadavg()[0]:.2f}"
     )

@@ -51,6 +51,13 @@ EXPECTED: dict[str, list[str]] = {
         rf"max \|loss diff\| over all \d+ steps: {NUM}",
         rf"max \|weight diff\| after the epoch: {NUM}",
     ],
+    "prefix_sharing.py": [
+        rf"\d+ batches of \d+ \(tli, with anchor\): {NUM} tokens per sample, of which a shared prefix of",
+        rf"plain\s+{NUM} samples/s",
+        rf"shared\s+{NUM} samples/s",
+        rf"samples/s shared/plain: {NUM}x \(target >= 1\.5x on the real model\)",
+        rf"agreement \(eval mode\) \|loss diff\| {NUM}, max rel\. grad diff {NUM}",
+    ],
     "tli_scoring.py": [
         rf"scoring\s+{NUM} samples/s",
         rf"generate\s+{NUM} samples/s",
@@ -77,6 +84,7 @@ def test_bench_scripts_found():
         "flow_memory.py",
         "flow_speed.py",
         "lightning_overhead.py",
+        "prefix_sharing.py",
         "tli_scoring.py",
         "wli_generation.py",
     } <= set(SCRIPTS)

@@ -32,6 +32,7 @@ from mre.rundir import CHECKPOINTS, ENDING, FLOW, PREDICTIONS
 from mre.setting import Direction
 from mre.tasks.answers import code_predictions, generate_answers
 from mre.tasks.base import MREModule, TaskParts, classification_metrics, plain_options
+from mre.tasks.prefix import causal_lm_logits
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +120,14 @@ class GenerativeMRE(MREModule):
         logits (over a GB for a 32k vocabulary) are never materialised."""
         labels = batch["labels"]
         k = int((labels != -100).sum(1).max()) + 1
-        logits = self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            logits_to_keep=k,
-        ).logits
+        logits = causal_lm_logits(
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["position_ids"],
+            keep=k,
+            share_prefix=self.model_cfg.share_prompt_prefix,
+        )
         loss = F.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(),
             labels[:, labels.shape[1] - k + 1 :].flatten(),
