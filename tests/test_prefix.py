@@ -74,8 +74,21 @@ def tiny_llama_lora(seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def wide_window(make):
+    """The model with its sliding window (8) widened to 64, past the batch's 23 columns."""
+
+    def build(seed: int = 0) -> torch.nn.Module:
+        model = make(seed)
+        model.config.sliding_window = 64
+        return model
+
+    return build
+
+
 @pytest.mark.parametrize(
-    "make", [tiny_llama, tiny_qwen2, tiny_gpt2, tiny_llama_lora], ids=["llama", "qwen2", "gpt2", "llama+lora"]
+    "make",
+    [tiny_llama, tiny_qwen2, tiny_gpt2, tiny_llama_lora, wide_window(tiny_mistral), wide_window(tiny_gemma3)],
+    ids=["llama", "qwen2", "gpt2", "llama+lora", "mistral-window64", "gemma3-window64"],
 )
 def test_sharing_the_prefix_gives_a_plain_forwards_logits_and_gradients(make):
     ids, mask, pos = left_padded(prompts(prefix_len=12))
