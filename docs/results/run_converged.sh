@@ -5,7 +5,8 @@
 #   tli       Table 3 at convergence (none, gold): 8 runs, about 2 hours
 #   controls  Table 3's shuffled control and its gold pair: 8 runs
 #   wli       Table 2 at convergence (text only, text + intent): 8 runs
-#   curve     learning curve of Table 3 (60, 240, 480 texts x 2 settings x 2 seeds, one draw)
+#   curve     learning curve of Table 3 at convergence (60, 240, 480 texts x 2 settings x 2 seeds, one
+#             draw; every run up to 240 steps, dev checks every 15)
 #
 # From the repository root:
 #
@@ -14,6 +15,8 @@
 #
 # Two lanes run side by side with one thread each (one per data draw): on 2 cores that gave 1.6x the
 # runs per hour of one lane with two threads (two 12-step runs: 136 s side by side vs 112 s for one).
+# Since commit 5155cf3 training computes the prompts' shared prefix once per batch (1.7x faster on
+# SNIPS TLI, 1.2x on WLI; bench/prefix_sharing.py); the tli part ran before it.
 # Every command has continue_existing=true: run the same part again after an interruption and it skips
 # the finished runs and continues the others from their newest checkpoints. Writes
 # multirun/converged/<part>/ and its report (<part>/analysis/).
@@ -32,7 +35,7 @@ case $part in
   tli) args=(experiment=converged_tli) ;;
   controls) args=(experiment=converged_tli with_anchor=true anchor_kind=gold,shuffled) ;;
   wli) args=(experiment=converged_wli) ;;
-  curve) args=(experiment=learning_curve_tli dataset.n_train=60,240,480) ;;
+  curve) args=(experiment=converged_curve_tli) ;;
   *) echo "unknown part $part: tli|controls|wli|curve" >&2; exit 2 ;;
 esac
 start=$(date +%s)
