@@ -6,8 +6,8 @@
 #   tli       Table 3 (none vs gold entities -> scenario), 2 draws x seed 42 (4 runs); on every gold
 #             run the knockout of q's reads of the anchor in layers 15-19 and 20-24 with both controls;
 #             the flow of the base model; the sweep report. 2026-12-06 on the 2-core AMD EPYC: the 4
-#             runs took about 2 h; the knockouts (then 150 samples) did not fit and ran after them with 100, now the
-#             script's number
+#             runs took about 2 h (before the shared prompt prefix); the knockouts (then 150 samples)
+#             did not fit and ran after them with 100, now the script's number
 #   controls  gold, shuffled and random entities -> scenario, 2 draws x seed 42 (6 runs)
 #   wli       Table 2 (text only vs text + scenario -> entities), 2 draws x seed 42 (4 runs)
 #
