@@ -170,9 +170,9 @@ def pretrain(module: GenerativeMRE, cfg, dm, steps: int) -> str:
     )
 
 
-def test_batches(context: TaskContext, n: int, batch_size: int) -> list[dict]:
-    """The first `n` test samples collated into batches of `batch_size` (left padding)."""
-    items = context.items("test")[:n]
+def first_batches(context: TaskContext, n: int, batch_size: int, split: str = "test") -> list[dict]:
+    """The first `n` samples of a split collated into batches of `batch_size` (left padding)."""
+    items = context.items(split)[:n]
     collate = Collator(context.tokenizer.pad_token_id)
     return [collate(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
 

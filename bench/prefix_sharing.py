@@ -26,17 +26,9 @@ import statistics
 import sys
 import time
 
-from _common import REPO, add_smoke_flag, header, interleaved, setup
+from _common import REPO, add_smoke_flag, first_batches, header, interleaved, setup
 
-from mre.data.batches import Collator
 from mre.tasks.prefix import common_prefix_length
-
-
-def batches(module, n: int, bs: int) -> list[dict]:
-    """The first `n` training samples in batches of `bs`, left-padded as the training loader pads."""
-    items = module.context.items("train")[:n]
-    collate = Collator(module.context.tokenizer.pad_token_id)
-    return [collate(items[i : i + bs]) for i in range(0, len(items), bs)]
 
 
 def steps(module, data: list[dict], share: bool) -> list[float]:
@@ -88,7 +80,7 @@ def main() -> None:
     except Exception as err:  # a missing data folder or model package: say which, and how to get it
         sys.exit(f"prefix_sharing: cannot set up {model} on {dataset}: {err}")
     print(header("prefix_sharing", args.smoke, model=model, dataset=dataset))
-    data = batches(module, args.n, args.bs)
+    data = first_batches(module.context, args.n, args.bs, split="train")
     prefix = [common_prefix_length(b["input_ids"], b["attention_mask"], keep=1) for b in data]
     tokens = [int(b["attention_mask"].sum()) / b["input_ids"].shape[0] for b in data]
     print(

@@ -37,7 +37,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from _common import add_smoke_flag, header, interleaved, pretrain, setup, test_batches
+from _common import add_smoke_flag, first_batches, header, interleaved, pretrain, setup
 
 
 def score(module, batches: list[dict]) -> list[int]:
@@ -123,7 +123,7 @@ def main() -> None:
     print(header("tli_scoring", args.smoke))
     print(pretrain(module, cfg, parts.datamodule, args.steps))
     module.eval()
-    batches = test_batches(module.context, args.n, args.bs)
+    batches = first_batches(module.context, args.n, args.bs)
     n = sum(len(b["index"]) for b in batches)
     prompt_len = sum(int(b["prompt_mask"].sum()) for b in batches) / n
     print(

@@ -30,7 +30,7 @@ import statistics
 import time
 
 import torch
-from _common import add_smoke_flag, header, interleaved, pretrain, setup, test_batches
+from _common import add_smoke_flag, first_batches, header, interleaved, pretrain, setup
 
 
 def decode_all(module, batches: list[dict]) -> list[str]:
@@ -88,8 +88,8 @@ def main() -> None:
     print(header("wli_generation", args.smoke))
     print(pretrain(module, cfg, parts.datamodule, args.steps))
     module.eval()
-    batched = test_batches(context, args.n, args.bs)
-    single = test_batches(context, args.n, 1)
+    batched = first_batches(context, args.n, args.bs)
+    single = first_batches(context, args.n, 1)
     n = len(single)
     print(
         f"{n} test samples, max_new_tokens {module.max_new_tokens}, batched: {len(batched)} batches of "

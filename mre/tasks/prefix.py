@@ -1,7 +1,8 @@
 """One forward pass over a batch whose prompts all begin alike, computing the shared beginning once.
 
 Every prompt of a run starts with the same tokens: the chat template's system turn and the task
-instruction with its label codes (about 80 of SmolLM2's 100-token SNIPS and SLURP prompts). A plain
+instruction with its label codes (86 of SmolLM2's 128-token SNIPS TLI prompts, 114 of 138 on SLURP;
+`bench/prefix_sharing.py`). A plain
 forward computes them once per sample. Here the batch's common prefix runs once ([1, P], with its
 key/value cache kept in the autograd graph), its cache is repeated over the batch, and only the rest
 of each sequence runs ([B, S]). The result is the same function of the weights, to float rounding,
@@ -17,10 +18,13 @@ because `logits_to_keep` positions lie after every row's prefix.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
+
+from mre.flow.attention import hf_model
 
 MIN_PREFIX = 8  # not measured: a prefix this short saves little against a second call's overhead
 
@@ -38,27 +42,22 @@ def common_prefix_length(ids: torch.Tensor, mask: torch.Tensor, keep: int) -> in
     return int(same.int().cumprod(0).sum())
 
 
-def _base(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model under a peft wrapper (whose forward takes any keyword)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def can_share(model: torch.nn.Module, ids: torch.Tensor) -> bool:
+def can_share(model: PreTrainedModel, ids: torch.Tensor) -> bool:
     """Sharing needs a key/value cache that autograd can pass through: not with activation
     checkpointing (transformers turns the cache off there), and only within a sliding attention
     window, where the window counts columns and the two layouts place the prefix at different column
-    distances."""
-    base = _base(model)
-    checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.2x
+    distances. `model` is the transformers model (`hf_model` of a peft wrapper)."""
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.2x
     if checkpointing is None:
-        checkpointing = getattr(base, "is_gradient_checkpointing", False)
-    window = getattr(base.config, "sliding_window", None)
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    window = getattr(model.config, "sliding_window", None)
     return not checkpointing and ids.shape[0] > 1 and (window is None or ids.shape[1] < window)
 
 
-def _cache_keyword(model: torch.nn.Module) -> str:
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
     """transformers renamed the forward's `past_key_values` to `cache` (the old name goes in 5.40)."""
-    return "cache" if "cache" in inspect.signature(_base(model).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def causal_lm_logits(
@@ -71,13 +70,14 @@ def causal_lm_logits(
 ) -> torch.Tensor:
     """Logits of the last `keep` positions of a left-padded batch [B, keep, vocab], computing the
     batch's common prompt prefix once when `share_prefix` and it is long enough to pay."""
-    prefix = common_prefix_length(ids, mask, keep) if share_prefix and can_share(model, ids) else 0
+    base = hf_model(model)
+    prefix = common_prefix_length(ids, mask, keep) if share_prefix and can_share(base, ids) else 0
     if prefix < MIN_PREFIX:
         return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
     lengths = mask.sum(1)
     first = int(ids.shape[1] - lengths[0])  # row 0's first real token
-    cache = DynamicCache(config=_base(model).config)
-    keyword = _cache_keyword(model)
+    cache = DynamicCache(config=base.config)
+    keyword = _cache_keyword(type(base))
     model(
         input_ids=ids[:1, first : first + prefix],
         attention_mask=mask[:1, first : first + prefix],
