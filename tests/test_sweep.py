@@ -358,7 +358,8 @@ def test_collapsed_runs_are_marked_and_both_sides_collapsed_is_not_compared(tmp_
     report = (root / "analysis" / "report.md").read_text()
     assert "| both collapsed |" in report and "(⚠ 1/1 collapsed)" in report
     assert report.count("(⚠ collapsed)") == 3  # the runs table: both of model x, model y's no-anchor run
-    assert report.count("| early stopping, step 120 |") == 1 and report.count("| budget, step 240 |") == 1
+    # how training ended, in the runs table (and in the dev-path table for the one run that validated)
+    assert report.count("| early stopping, step 120 |") == 2 and report.count("| budget, step 240 |") == 1
     _assert_reads_back(res, root / "analysis")
 
 
@@ -383,6 +384,50 @@ def test_learning_curve_of_a_sweep_over_the_training_size(tmp_path):
     png = out / "learning_curve_table3_tli.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "### Learning curve (table3_tli)" in (out / "report.md").read_text()
+    _assert_reads_back(res, out)
+
+
+def _dev_log(run: Path, rows: list[str]) -> None:
+    (run / "csv").mkdir(exist_ok=True)
+    (run / "csv" / "metrics.csv").write_text("\n".join(["epoch,step,val/f1,val/majority_f1", *rows]) + "\n")
+
+
+def test_each_runs_dev_f1_path_is_shown_and_summarised(tmp_path):
+    """Three runs' logs, written as Lightning's CSV logger writes them: the text-only run leaves the
+    majority baseline late, the anchored one at once; the anchored run was resumed (its step-19 check
+    logged twice: the later value counts) and logged the baseline on rows of its own. A run that
+    validated once has no path. The per-run summary, the CSV (read back equal) and the figure."""
+    from mre.analysis.dev_curves import DevCurves
+
+    root = tmp_path / "dev"
+    _sweep(root, [(0.6, ("with_anchor=False",), 42), (0.8, ("with_anchor=True",), 42),
+                  (0.6, ("with_anchor=False",), 1), (0.8, ("with_anchor=True",), 1)])  # fmt: skip
+    runs = sorted(root.iterdir(), key=lambda p: int(p.name.split("_")[0]))
+    _dev_log(runs[0], ["0,9,0.02,0.05", "0,19,0.03,0.05", "1,29,0.50,0.05", "1,39,0.60,0.05"])
+    _dev_log(runs[1], ["0,9,0.40,", "0,9,,0.05", "0,19,0.10,0.05", "0,19,0.80,0.05", "1,29,0.80,0.05",
+                       "1,39,0.70,0.05"])  # fmt: skip
+    _dev_log(runs[2], ["0,9,0.30,0.05"])
+    Ending(Reason.early_stopping, 1, 40, "stopped early").write(runs[1] / "ending.json")
+    res = analyze_sweep(root)
+    text_only, anchored = res.dev.paths()
+    assert (text_only.run, anchored.run) == (runs[0].name, runs[1].name)
+    assert (text_only.setting, anchored.setting) == ("text -> TLI", "text + WLI -> TLI")
+    assert (text_only.checks, text_only.left_majority_step, text_only.near_best_step) == (4, 29, 39)
+    assert (text_only.best_f1, text_only.best_step) == (0.60, 39)
+    assert (anchored.checks, anchored.left_majority_step, anchored.near_best_step) == (4, 9, 19)
+    assert (anchored.best_f1, anchored.best_step, anchored.last_f1, anchored.last_step) == (
+        0.80,
+        19,
+        0.70,
+        39,
+    )
+    out = root / "analysis"
+    assert DevCurves.read(out) == res.dev and len(read_csv(out / "dev_curves.csv")) == 8
+    png = out / "dev_curves.png"
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "## Training: dev F1 at each check" in report
+    assert "| 4 | 9 | 19 | 0.8000 (19) | 0.7000 (39) | early stopping, step 40 |" in report
     _assert_reads_back(res, out)
 
 

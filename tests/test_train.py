@@ -93,7 +93,7 @@ def test_same_seed_same_metrics_and_tli_without_anchor(tmp_path):
     rows = read_jsonl(tmp_path / "a" / "predictions.jsonl")
     assert all(r["gold"] in {"Music", "Sports", "Technology", "Travel"} for r in rows)
     # the run records its collapse measure, computed from its own prediction rows
-    from mre.analysis.runs import dev_below_majority
+    from mre.analysis.runs import dev_below_majority, read_dev_checks
     from mre.setting import Direction
     from mre.stats import collapse
 
@@ -101,7 +101,10 @@ def test_same_seed_same_metrics_and_tli_without_anchor(tmp_path):
     assert m1["test/majority_f1"] == pytest.approx(c.majority_f1) and 0 < c.majority_f1 < 1
     assert m1["test/top_share"] == pytest.approx(c.top_share)
     assert m1["test/collapsed"] == float(c.collapsed)
-    assert dev_below_majority(tmp_path / "a" / "csv" / "metrics.csv") is not None  # val/majority_f1 logged
+    checks = read_dev_checks(tmp_path / "a" / "csv" / "metrics.csv")
+    assert len(checks) == 2 and checks[0].step < checks[1].step  # one validation per epoch, read back
+    assert all(c.majority_f1 is not None for c in checks)  # val/majority_f1 logged with each
+    assert dev_below_majority(checks) is (max(c.f1 for c in checks) <= checks[0].majority_f1)
 
 
 @pytest.mark.slow

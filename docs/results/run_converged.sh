@@ -3,7 +3,8 @@
 # F1 stops improving, over 2 data draws x 2 seeds. In parts that each fit a 3-hour session on 2 cores:
 #
 #   tli       Table 3 at convergence (none, gold): 8 runs, about 2 hours
-#   controls  Table 3's shuffled control and its gold pair: 8 runs
+#   controls  Table 3 with its shuffled control at convergence, all with today's code: text only, gold and
+#             shuffled slots, 12 runs (text only in draw<N>_none/, the others in draw<N>/)
 #   wli       Table 2 at convergence (text only, text + intent): 8 runs
 #   curve     learning curve of Table 3 at convergence (60, 240, 480 texts x 2 settings x 2 seeds, one
 #             draw; every run up to 240 steps, dev checks every 15)
@@ -30,6 +31,10 @@ train() { python train.py -m continue_existing=true dataset.path="$SNIPS" "$@"; 
 lane() {  # one data draw: lane <split_seed> <overrides...>
   local draw=$1; shift
   train dataset.split_seed="$draw" hydra.sweep.dir="$OUT/draw$draw" "$@" > "$OUT/draw$draw.log" 2>&1
+  if [ "$part" = controls ]; then  # the text-only runs of the same draw and seeds
+    train experiment=converged_tli with_anchor=false dataset.split_seed="$draw" \
+      hydra.sweep.dir="$OUT/draw${draw}_none" > "$OUT/draw${draw}_none.log" 2>&1
+  fi
 }
 case $part in
   tli) args=(experiment=converged_tli) ;;

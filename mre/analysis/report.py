@@ -19,6 +19,8 @@ from omegaconf import OmegaConf
 from mre.analysis.depth_profile import CONDITIONS, STAGES, DepthPoint, DepthProfile, FlowDepthPoint
 from mre.analysis.depth_profile import FILE as DEPTH_CSV
 from mre.analysis.depth_profile import FLOW_FILE as DEPTH_FLOW_CSV
+from mre.analysis.dev_curves import FILE as DEV_CSV
+from mre.analysis.dev_curves import NEAR_BEST, DevCurves
 from mre.analysis.flow_gain import MIN_INFORMATIVE, MIN_POINTS, POINTS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
 from mre.analysis.learning_curve import LearningCurve
@@ -26,7 +28,13 @@ from mre.analysis.runs import Run, describe_sources, run_flow
 from mre.analysis.studies import STUDIES
 from mre.analysis.sweep_result import SweepResult
 from mre.analysis.tables import REFUSED, RowResult, SweepTable
-from mre.flow.plots import plot_depth_profile, plot_flow_gain, plot_grid, plot_learning_curve
+from mre.flow.plots import (
+    plot_depth_profile,
+    plot_dev_curves,
+    plot_flow_gain,
+    plot_grid,
+    plot_learning_curve,
+)
 from mre.setting import Direction
 from mre.stats import p_text
 
@@ -222,6 +230,44 @@ def curve_markdown(curve: LearningCurve) -> str:
             f"| {_cell(p.group)} | {p.n_train} | {_num(p.f1_a)} | {ci[0]} | {_num(p.f1_b)} | {ci[1]} "
             f"| {_num(p.majority_f1)} | {_signed(p.diff)} | {d_ci} | {p.n_draws or '—'} | {p.n_seeds or '—'} "
             f"| {collapsed} |"
+        )
+    return "\n".join(lines)
+
+
+DEV_PNG = "dev_curves.png"
+
+
+def plot_dev(curves: DevCurves, path: Path) -> Path:
+    """dev_curves.png: per panel (data set, direction, and the model or training size where they vary)
+    every run's dev F1 against the step, coloured by setting, with the dev majority baselines."""
+    panels = []
+    for title, runs in curves.panels().items():
+        by_setting: dict[str, list[tuple[list[int], list[float]]]] = {}
+        baselines: dict[tuple, tuple[list[int], list[float]]] = {}
+        for pts in runs.values():
+            by_setting.setdefault(pts[0].setting, []).append(([p.step for p in pts], [p.f1 for p in pts]))
+            known = [(p.step, p.majority_f1) for p in pts if p.majority_f1 is not None]
+            if known:
+                steps, values = (list(x) for x in zip(*known, strict=True))
+                baselines.setdefault(tuple(values), (steps, values))  # one line per distinct dev split
+        panels.append((title, by_setting, list(baselines.values())))
+    return plot_dev_curves(panels, path)
+
+
+def dev_markdown(res: SweepResult) -> str:
+    """Per run: its checks, when its dev F1 first rose above the dev majority baseline and when it
+    reached NEAR_BEST of its best, its best and last dev F1 and how its training ended."""
+    lines = [
+        f"| run | panel | setting | checks | above majority from step | {NEAR_BEST:.0%} of best from step "
+        "| best dev F1 (step) | last dev F1 (step) | training ended |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in res.dev.paths() if res.dev is not None else []:
+        left = "never" if p.left_majority_step is None else str(p.left_majority_step)
+        lines.append(
+            f"| [{_cell(_short(p.run))}](<../{p.run}/>) | {_cell(p.panel)} | {_cell(p.setting)} | {p.checks} "
+            f"| {left} | {p.near_best_step} | {p.best_f1:.4f} ({p.best_step}) "
+            f"| {p.last_f1:.4f} ({p.last_step}) | {_ending_text(res.run(p.run))} |"
         )
     return "\n".join(lines)
 
@@ -578,6 +624,23 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
                 f"![learning curve {key}]({curve_png(key)})",
                 "",
             ]
+    if res.dev is not None:
+        md += [
+            "## Training: dev F1 at each check",
+            "",
+            "Every finished run that validated at least twice, from its own log (`csv/metrics.csv`): its "
+            "dev F1 at each check against the global step, one colour per setting, the dev majority "
+            "baseline dashed (one line per dev split). Above majority from: the first check whose dev F1 "
+            "beat that baseline (never: the run did not learn beyond answering the most frequent label); "
+            f"{NEAR_BEST:.0%} of best from: the first check at that share of the run's best dev F1, when it "
+            "had learned most of what it would; best: the first check at the highest dev F1, the checkpoint "
+            f"that a run trained with early stopping is tested at. Points: [{DEV_CSV}]({DEV_CSV}).",
+            "",
+            dev_markdown(res),
+            "",
+            f"![dev F1 at each check]({DEV_PNG})",
+            "",
+        ]
     if res.depth is not None:
         md += [
             "## Knockout against relative depth",
@@ -636,6 +699,8 @@ def render_sweep(res: SweepResult, out_dir: Path) -> Path:
         plot_curve(curve, out_dir / curve_png(key))
     if res.depth is not None:
         plot_depth(res.depth, out_dir / DEPTH_PNG)
+    if res.dev is not None:
+        plot_dev(res.dev, out_dir / DEV_PNG)
     gain_png = None if res.flow_gain is None else plot_gain(res.flow_gain, out_dir / "flow_gain.png")
     path = out_dir / "report.md"
     path.write_text(report_markdown(res, figures, gain_png), encoding="utf-8")

@@ -66,10 +66,15 @@ class Run:
         return None if self.metrics is None else self.metrics.get("test/f1")
 
     @cached_property
+    def dev_checks(self) -> list[DevCheck]:
+        """The run's validations (csv/metrics.csv), by step; empty when it logged none."""
+        return read_dev_checks(self.path / CSV_METRICS)
+
+    @cached_property
     def dev_below_majority(self) -> bool | None:
         """True when no validation of the run reached a dev F1 above the dev majority baseline
         (`val/f1` against `val/majority_f1` in csv/metrics.csv); None when the run logged neither."""
-        return dev_below_majority(self.path / CSV_METRICS)
+        return dev_below_majority(self.dev_checks)
 
     @cached_property
     def ending(self) -> Ending | None:
@@ -100,20 +105,42 @@ class Run:
         )
 
 
-def dev_below_majority(path: Path) -> bool | None:
-    """See `Run.dev_below_majority`; `path` is a run's CSV log."""
+@dataclass(frozen=True)
+class DevCheck:
+    """One validation of a run: its global step, dev F1 and the dev majority baseline (None when the
+    run did not log one)."""
+
+    step: int
+    f1: float
+    majority_f1: float | None
+
+
+def read_dev_checks(path: Path) -> list[DevCheck]:
+    """A run's validations from its CSV log (`val/f1`, `val/majority_f1`), by step. Lightning's CSV
+    logger may write a step's metrics on more than one row, and a resumed run logs again from its last
+    checkpoint: the last value logged for a step wins."""
     if not path.exists():
-        return None
-    f1, majority = [], []
+        return []
+    f1: dict[int, float] = {}
+    majority: dict[int, float] = {}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
+            if not row.get("step"):
+                continue
+            step = int(float(row["step"]))
             if row.get("val/f1"):
-                f1.append(float(row["val/f1"]))
+                f1[step] = float(row["val/f1"])
             if row.get("val/majority_f1"):
-                majority.append(float(row["val/majority_f1"]))
-    if not f1 or not majority:
+                majority[step] = float(row["val/majority_f1"])
+    return [DevCheck(step, f1[step], majority.get(step)) for step in sorted(f1)]
+
+
+def dev_below_majority(checks: list[DevCheck]) -> bool | None:
+    """See `Run.dev_below_majority`."""
+    baselines = [c.majority_f1 for c in checks if c.majority_f1 is not None]
+    if not checks or not baselines:
         return None
-    return max(f1) <= max(majority)
+    return max(c.f1 for c in checks) <= max(baselines)
 
 
 def run_flow(run: Run) -> RunFlow | None:

@@ -1,6 +1,6 @@
 """The result of a sweep analysis: its runs, the jobs that never started, the studies' tables, the
-known-answer checks, the learning curves, the flow-gain analysis and the knockouts against relative
-depth.
+known-answer checks, the learning curves, the flow-gain analysis, the knockouts against relative
+depth and the runs' dev F1 paths.
 
 `write(dir)` writes each part's files and ``sweep.json`` (what the sweep holds: its directory, the
 jobs that never started, the statistics' settings and which studies have a table or a check);
@@ -16,6 +16,8 @@ from pathlib import Path
 
 from mre.analysis.depth_profile import FILE as DEPTH_FILE
 from mre.analysis.depth_profile import DepthProfile
+from mre.analysis.dev_curves import FILE as DEV_FILE
+from mre.analysis.dev_curves import DevCurves
 from mre.analysis.flow_gain import CORRELATIONS, FlowGain
 from mre.analysis.known_answer import KnownAnswer
 from mre.analysis.learning_curve import LearningCurve
@@ -38,6 +40,7 @@ class SweepResult:
     curves: dict[str, LearningCurve] = field(default_factory=dict)  # by study key: sweeps of n_train
     collapse_share: float = 0.95  # the share of one answer at which a run counts as collapsed
     depth: DepthProfile | None = None  # layer-resolved knockouts against relative depth
+    dev: DevCurves | None = None  # the runs' dev F1 at each validation check
 
     @property
     def unfinished(self) -> list[Run]:
@@ -56,6 +59,8 @@ class SweepResult:
             files += self.flow_gain.write(out_dir)
         if self.depth is not None:
             files += self.depth.write(out_dir)
+        if self.dev is not None:
+            files.append(self.dev.write(out_dir))
         summary = {
             "sweep_dir": str(self.sweep_dir),
             "missing": self.missing,
@@ -86,4 +91,5 @@ class SweepResult:
             {k: LearningCurve.read(out_dir, k) for k in s.get("learning_curves", [])},
             s.get("collapse_share", 0.95),
             DepthProfile.read(out_dir) if (out_dir / DEPTH_FILE).exists() else None,
+            DevCurves.read(out_dir) if (out_dir / DEV_FILE).exists() else None,
         )

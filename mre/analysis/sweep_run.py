@@ -1,7 +1,7 @@
 """The sweep analysis of a multirun directory: find its runs, compute the flow they lack (when asked),
 build the studies' tables with draw- and seed-aware statistics, the flow-gain analysis, the
-known-answer checks and the learning curves (`measure_sweep`), then write the result and render it
-(`analyze_sweep`).
+known-answer checks, the learning curves and the runs' dev F1 paths (`measure_sweep`), then write the
+result and render it (`analyze_sweep`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from mre.analysis.depth_profile import depth_profile
+from mre.analysis.dev_curves import dev_curves
 from mre.analysis.flow_gain import flow_gain
 from mre.analysis.known_answer import known_answer
 from mre.analysis.learning_curve import learning_curve
@@ -74,6 +75,7 @@ def measure_sweep(
         curves,
         opts.collapse_share,
         depth_profile(runs),
+        dev_curves(runs),
     )
 
 

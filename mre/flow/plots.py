@@ -306,3 +306,37 @@ def plot_depth_profile(
         ax.legend(fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
+
+
+Series = tuple[list[int], list[float]]  # steps, values
+
+
+def plot_dev_curves(
+    panels: list[tuple[str, dict[str, list[Series]], list[Series]]], path: str | Path
+) -> Path:
+    """One panel per (title, runs' dev F1 by setting, dev majority baselines): every run a thin line
+    in its setting's colour (one legend entry per setting), each distinct majority baseline dashed
+    grey, against the global step."""
+    cols = min(len(panels), 2)
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.8 * rows), squeeze=False)
+    settings = list(dict.fromkeys(s for _, by_setting, _ in panels for s in by_setting))
+    colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(settings)}
+    use_cjk_font([title for title, *_ in panels])
+    for ax, (title, by_setting, baselines) in zip(axes.flat, panels, strict=False):
+        for setting, series in by_setting.items():
+            for i, (steps, f1) in enumerate(series):
+                ax.plot(steps, f1, marker="o", markersize=2.5, linewidth=1.0, alpha=0.85,
+                        color=colors[setting], label=setting if i == 0 else None)  # fmt: skip
+        for i, (steps, majority) in enumerate(baselines):
+            ax.plot(steps, majority, linestyle="--", color="grey", linewidth=0.9,
+                    label="dev majority baseline" if i == 0 else None)  # fmt: skip
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("dev F1")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return _save(fig, path)
