@@ -8,6 +8,7 @@
 #   wli       Table 2 at convergence (text only, text + intent): 8 runs
 #   curve     learning curve of Table 3 at convergence (60, 240, 480 texts x 2 settings x 2 seeds, one
 #             draw; every run up to 240 steps, dev checks every 15)
+#   all       controls, wli and curve in turn (tli is contained in controls), each skipping what is done
 #
 # From the repository root:
 #
@@ -22,7 +23,11 @@
 # the finished runs and continues the others from their newest checkpoints. Writes
 # multirun/converged/<part>/ and its report (<part>/analysis/).
 set -euo pipefail
-part=${1:?usage: run_converged.sh tli|controls|wli|curve}
+part=${1:?usage: run_converged.sh tli|controls|wli|curve|all}
+if [ "$part" = all ]; then
+  for p in controls wli curve; do bash "$0" "$p" || exit; done
+  exit 0
+fi
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
 OUT=${OUT:-multirun/converged}/$part
 export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
@@ -41,7 +46,7 @@ case $part in
   controls) args=(experiment=converged_tli with_anchor=true anchor_kind=gold,shuffled) ;;
   wli) args=(experiment=converged_wli) ;;
   curve) args=(experiment=converged_curve_tli) ;;
-  *) echo "unknown part $part: tli|controls|wli|curve" >&2; exit 2 ;;
+  *) echo "unknown part $part: tli|controls|wli|curve|all" >&2; exit 2 ;;
 esac
 start=$(date +%s)
 mkdir -p "$OUT"
