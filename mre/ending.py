@@ -85,19 +85,22 @@ class EndingRecorder(L.Callback):
 
 
 def fit_ending(trainer: L.Trainer) -> Ending:
-    """Why a `fit` that returned normally stopped: the budget if it was spent (epochs, steps or
-    `max_time`), else early stopping if a stopper fired and the loop obeyed it (`trainer.should_stop`
-    still set), else a stop requested by some other callback or the module. A stopper that fired
-    before `trainer.min_epochs` / `min_steps` was taken back (`mre.stopping`), so its `stopped_epoch`
-    alone does not say that the run stopped there."""
+    """Why a `fit` that returned normally stopped: early stopping if a stopper fired and the loop
+    obeyed it (`trainer.should_stop` still set), else the budget if it was spent (epochs, steps or
+    `max_time`), else a stop requested by some other callback or the module. The stopper is asked
+    first: a stop at a check inside the last epoch (`val_check_interval` < 1) ends that epoch early,
+    and Lightning then counts the epoch as done, so `max_epochs` reads as reached though the run
+    trained fewer steps than its budget. A stopper that fired before `trainer.min_epochs` /
+    `min_steps` was taken back (`mre.stopping`), so its `stopped_epoch` alone does not say that the
+    run stopped there."""
     epoch, step = trainer.current_epoch, trainer.global_step
-    limit = _budget_spent(trainer)
-    if limit is not None:
-        return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
     stopper = next((cb for cb in trainer.callbacks if _stopped_by(cb, trainer)), None)
     if stopper is not None:
         detail = f"stopped early at epoch {stopper.stopped_epoch}, step {step}: {_why(stopper)}"
         return Ending(Reason.early_stopping, stopper.stopped_epoch, step, detail)
+    limit = _budget_spent(trainer)
+    if limit is not None:
+        return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
     detail = (
         f"stopped before its budget at epoch {epoch}, step {step}: "
         "a callback or the module set trainer.should_stop"

@@ -74,9 +74,10 @@ class StopsItself(ScriptedScore):
             self.trainer.should_stop = True
 
 
-def _ending(module: L.LightningModule, tmp_path, callbacks=(), **trainer_kwargs) -> Ending:
-    """How `fit` of `module` with these callbacks and limits ended, as the run directory records it."""
-    data = torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=2)
+def _ending(module: L.LightningModule, tmp_path, callbacks=(), data=None, **trainer_kwargs) -> Ending:
+    """How `fit` of `module` with these callbacks and limits ended, as the run directory records it
+    (`data`: the training and validation batches, two of two samples unless given)."""
+    data = data if data is not None else torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=2)
     trainer = L.Trainer(
         callbacks=list(callbacks), logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **trainer_kwargs,
@@ -110,3 +111,23 @@ def test_each_way_a_fit_can_end_is_told_apart(tmp_path):
     asked = _ending(StopsItself(), tmp_path, max_epochs=len(SCORES))
     assert (asked.reason, asked.epoch, asked.global_step) == (Reason.stopped, 2, 4)
     assert "should_stop" in asked.detail
+
+
+class ScoreByCheck(ScriptedScore):
+    """Two validation checks per epoch (4 batches, `val_check_interval=0.5`), scored 0.5, 0.6, 0.6, ..."""
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/f1", 0.5 if self.global_step <= 2 else 0.6)
+
+
+def test_a_stop_inside_the_last_epoch_is_early_stopping_not_the_budget(tmp_path):
+    """Patience 1 runs out at the first check of the second and last epoch (step 6 of 8). Lightning
+    ends that epoch there and counts it, so `max_epochs=2` reads as reached; the run trained 6 of its 8
+    steps and stopped early (the converged studies' runs that stopped at step 225 of 240 were recorded
+    as 'budget' before this)."""
+    data = torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=1)
+    patience = EarlyStopping(monitor="val/f1", mode="max", patience=1)
+    out = _ending(ScoreByCheck(), tmp_path, [patience], max_epochs=2, val_check_interval=0.5, data=data)
+    assert (out.reason, out.epoch, out.global_step) == (Reason.early_stopping, 1, 6)
+    full = _ending(ScoreByCheck(), tmp_path, [], max_epochs=2, val_check_interval=0.5, data=data)
+    assert (full.reason, full.global_step) == (Reason.budget, 8)
