@@ -85,22 +85,19 @@ class EndingRecorder(L.Callback):
 
 
 def fit_ending(trainer: L.Trainer) -> Ending:
-    """Why a `fit` that returned normally stopped: early stopping if a stopper fired and the loop
-    obeyed it (`trainer.should_stop` still set), else the budget if it was spent (epochs, steps or
-    `max_time`), else a stop requested by some other callback or the module. The stopper is asked
-    first: a stop at a check inside the last epoch (`val_check_interval` < 1) ends that epoch early,
-    and Lightning then counts the epoch as done, so `max_epochs` reads as reached though the run
-    trained fewer steps than its budget. A stopper that fired before `trainer.min_epochs` /
-    `min_steps` was taken back (`mre.stopping`), so its `stopped_epoch` alone does not say that the
-    run stopped there."""
+    """Why a `fit` that returned normally stopped: the budget if it was spent (epochs, steps or
+    `max_time`), else early stopping if a stopper fired and the loop obeyed it (`trainer.should_stop`
+    still set), else a stop requested by some other callback or the module. A stopper that fired
+    before `trainer.min_epochs` / `min_steps` was taken back (`mre.stopping`), so its `stopped_epoch`
+    alone does not say that the run stopped there."""
     epoch, step = trainer.current_epoch, trainer.global_step
+    limit = _budget_spent(trainer)
+    if limit is not None:
+        return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
     stopper = next((cb for cb in trainer.callbacks if _stopped_by(cb, trainer)), None)
     if stopper is not None:
         detail = f"stopped early at epoch {stopper.stopped_epoch}, step {step}: {_why(stopper)}"
         return Ending(Reason.early_stopping, stopper.stopped_epoch, step, detail)
-    limit = _budget_spent(trainer)
-    if limit is not None:
-        return Ending(Reason.budget, epoch, step, f"trained its budget ({limit}): epoch {epoch}, step {step}")
     detail = (
         f"stopped before its budget at epoch {epoch}, step {step}: "
         "a callback or the module set trainer.should_stop"
@@ -129,11 +126,22 @@ def _why(stopper: EarlyStopping) -> str:
     )
 
 
+def _epochs_whole(trainer: L.Trainer) -> bool:
+    """True when the last epoch ran to its last batch. A stop at a check inside an epoch
+    (`val_check_interval` < 1) ends that epoch early, and Lightning still counts it as done: in the last
+    epoch `current_epoch` then reads `max_epochs` though the run trained fewer steps than its budget."""
+    return trainer.current_epoch == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+
 def _budget_spent(trainer: L.Trainer) -> str | None:
     """The limit the run reached (`max_steps=…`, `max_epochs=…`, `max_time=…`), or None."""
     if 0 < trainer.max_steps <= trainer.global_step:
         return f"max_steps={trainer.max_steps}"
-    if trainer.max_epochs is not None and 0 <= trainer.max_epochs <= trainer.current_epoch:
+    if (
+        trainer.max_epochs is not None
+        and 0 <= trainer.max_epochs <= trainer.current_epoch
+        and _epochs_whole(trainer)
+    ):
         return f"max_epochs={trainer.max_epochs}"
     for cb in trainer.callbacks:
         left = cb.time_remaining() if isinstance(cb, Timer) else None
