@@ -4,8 +4,9 @@
 #
 #   tli       Table 3 at convergence (none, gold): 8 runs, about 2 hours
 #   controls  Table 3 with its shuffled control at convergence, all with today's code: text only, gold and
-#             shuffled slots, 12 runs (text only in draw<N>_none/, the others in draw<N>/)
-#   wli       Table 2 at convergence (text only, text + intent): 8 runs
+#             shuffled slots, 12 runs (text only in draw<N>_none/, the others in draw<N>/); 2026-12-06/07
+#             on the 2-core AMD EPYC: 101 min for gold and shuffled, 31 min for text only
+#   wli       Table 2 at convergence (text only, text + intent): 8 runs, 116 min (2026-12-06/07, AMD EPYC)
 #   curve     learning curve of Table 3 at convergence (60, 240, 480 texts x 2 settings x 2 seeds, one
 #             draw; every run up to 240 steps, dev checks every 15)
 #   all       controls, wli and curve in turn (tli is contained in controls), each skipping what is done
