@@ -254,15 +254,16 @@ def plot_dev(curves: DevCurves, path: Path) -> Path:
     return plot_dev_curves(panels, path)
 
 
-def dev_markdown(res: SweepResult) -> str:
-    """Per run: its checks, when its dev F1 first rose above the dev majority baseline and when it
-    reached NEAR_BEST of its best, its best and last dev F1 and how its training ended."""
+def dev_markdown(res: SweepResult, curves: DevCurves) -> str:
+    """Per run of `curves` (the sweep's `res.dev`): its checks, when its dev F1 first rose above the
+    dev majority baseline and when it reached NEAR_BEST of its best, its best and last dev F1 and how
+    its training ended (from `res`'s runs)."""
     lines = [
         f"| run | panel | setting | checks | above majority from step | {NEAR_BEST:.0%} of best from step "
         "| best dev F1 (step) | last dev F1 (step) | training ended |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for p in res.dev.paths() if res.dev is not None else []:
+    for p in curves.paths():
         left = "never" if p.left_majority_step is None else str(p.left_majority_step)
         lines.append(
             f"| [{_cell(_short(p.run))}](<../{p.run}/>) | {_cell(p.panel)} | {_cell(p.setting)} | {p.checks} "
@@ -636,7 +637,7 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
             "had learned most of what it would; best: the first check at the highest dev F1, the checkpoint "
             f"that a run trained with early stopping is tested at. Points: [{DEV_CSV}]({DEV_CSV}).",
             "",
-            dev_markdown(res),
+            dev_markdown(res, res.dev),
             "",
             f"![dev F1 at each check]({DEV_PNG})",
             "",
