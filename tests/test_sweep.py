@@ -165,8 +165,25 @@ def test_control_anchor_tables(tmp_path):
     assert "control_tli_random" in tables and "control_wli_random" not in tables
     report = (root / "analysis" / "report.md").read_text()
     assert "Control (TLI F1): Text only vs Text + shuffled WLI" in report
-    assert "anchor=True (shuffled)" in report
+    assert "text + shuffled WLI -> TLI" in report
     assert (root / "analysis" / "flow_grid_control_tli_shuffled.png").exists()
+
+
+def test_a_run_whose_config_is_unreadable_is_listed_with_its_problem_and_no_setting(tmp_path):
+    """The Runs table labels each run by its setting, read from its config: a run whose config does not
+    parse is still listed, with the reason and `—` for the setting, and the others are analysed."""
+    root = tmp_path / "broken"
+    _fake_run(root, 0, 1.0, False, 0.5, 300)
+    _fake_run(root, 1, 1.0, True, 0.9, 300)
+    bad = root / "2_broken" / ".hydra"
+    bad.mkdir(parents=True)
+    (bad / "config.yaml").write_text("direction: [unclosed\n")
+    res = analyze_sweep(root)
+    assert res.tables["table3_tli"].rows[0].diff > 0.2
+    report = (root / "analysis" / "report.md").read_text()
+    row = next(x for x in report.splitlines() if x.startswith("| 2 | [2_broken]"))
+    assert "unreadable config" in row and "| — | — | — | — | — |" in row and "None" not in row
+    assert "| text + WLI -> TLI |" in report and "| text -> TLI |" in report
 
 
 def test_rows_are_labelled_by_the_settings_that_vary(tmp_path):

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from mre.analysis.runs import DevCheck, Run
 from mre.results import write_stream_csv
-from mre.setting import Setting
 
 FILE = "dev_curves.csv"
 PANEL_KEYS = ("dataset.name", "direction.name")  # always in a panel's title
@@ -109,13 +108,6 @@ def run_path(points: list[DevPoint]) -> RunPath:
     )  # fmt: skip
 
 
-def setting_label(run: Run) -> str:
-    """`text + shuffled WLI -> TLI` for a generative run, `verbalizer=knowledgeable` for a few-shot one."""
-    if run.get("task") == "fewshot":
-        return f"verbalizer={run.get('verbalizer.kind')}"
-    return Setting.from_flat(run.flat).describe()
-
-
 def _panel(run: Run, varying: tuple[str, ...]) -> str:
     keys = [*PANEL_KEYS, *varying]
     return ", ".join(
@@ -124,8 +116,7 @@ def _panel(run: Run, varying: tuple[str, ...]) -> str:
 
 
 def _points(run: Run, panel: str, checks: list[DevCheck]) -> list[DevPoint]:
-    label = setting_label(run)
-    return [DevPoint(run.name, panel, label, c.step, c.f1, c.majority_f1) for c in checks]
+    return [DevPoint(run.name, panel, run.setting, c.step, c.f1, c.majority_f1) for c in checks]
 
 
 def dev_curves(runs: list[Run]) -> DevCurves | None:

@@ -498,13 +498,6 @@ def _short(name: str, n: int = 32) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
-def _anchor_text(r: Run) -> str:
-    kind = r.get("anchor_kind", "gold")
-    return f"anchor={r.get('with_anchor')}" + (
-        f" ({kind})" if r.get("with_anchor") and kind != "gold" else ""
-    )
-
-
 def collapsed_runs(res: SweepResult) -> set[str]:
     """The names of the runs that some table found collapsed."""
     return {
@@ -531,16 +524,15 @@ def _runs_md(runs: list[Run], collapsed: set[str]) -> str:
     ]
     for r in runs:
         status = "finished" if r.finished else f"**{_cell(r.problem)}**"
-        setting = f"verbalizer={r.get('verbalizer.kind')}" if r.get("task") == "fewshot" else _anchor_text(r)
         src = r.flow_file
         flow = f"[{src}](<../{r.name}/{src}>)" if src else "—"
         overrides = " ".join(r.overrides) or "—"
         mark = " (⚠ collapsed)" if r.name in collapsed else ""
         lines.append(
             f"| {r.index} | [{_cell(_short(r.name))}](<../{r.name}/>) | {status} | {_ending_text(r)} "
-            f"| {r.get('dataset.name')} "
-            f"| {r.get('direction.name') if r.get('task') != 'fewshot' else 'tli (few-shot)'} | {setting} "
-            f"| {r.get('model.name')} | {_num(r.f1)}{mark} | {flow} "
+            f"| {r.get('dataset.name', '—')} "
+            f"| {r.get('direction.name', '—') if r.get('task') != 'fewshot' else 'tli (few-shot)'} "
+            f"| {r.setting} | {r.get('model.name', '—')} | {_num(r.f1)}{mark} | {flow} "
             f"| [config](<../{r.name}/.hydra/config.yaml>) `{_cell(overrides)}` |"
         )
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from mre.ending import Ending
 from mre.errors import ConfigError, MissingInputError
 from mre.flow.files import read_layers
 from mre.rundir import ANALYSIS, CHECKPOINTS, CSV_METRICS, ENDING, FLOW, METRICS, OVERRIDES
+from mre.setting import Setting
 from mre.stats import LayerStats
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,16 @@ class Run:
     @property
     def f1(self) -> float | None:
         return None if self.metrics is None else self.metrics.get("test/f1")
+
+    @property
+    def setting(self) -> str:
+        """`text + shuffled WLI -> TLI` for a generative run, `verbalizer=knowledgeable` for a few-shot
+        one, `—` for a run whose config is unreadable: one label for every table and figure of runs."""
+        if self.get("task") == "fewshot":
+            return f"verbalizer={self.get('verbalizer.kind')}"
+        if "direction.name" not in self.flat:
+            return "—"
+        return Setting.from_flat(self.flat).describe()
 
     @cached_property
     def dev_checks(self) -> list[DevCheck]:
