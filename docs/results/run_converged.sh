@@ -32,7 +32,7 @@ fi
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
 OUT=${OUT:-multirun/converged}/$part
 export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
-stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+source "$(dirname "$0")/lanes.sh"
 train() { python train.py -m continue_existing=true dataset.path="$SNIPS" "$@"; }
 lane() {  # one data draw: lane <split_seed> <overrides...>
   local draw=$1; shift
@@ -63,10 +63,7 @@ else
   lane 7 "${args[@]}" &
   b=$!
 fi
-rc=0  # wait for both lanes even when one fails, and report nothing from a part that did not finish
-wait $a || rc=$?
-wait $b || rc=$?
-[ "$rc" = 0 ] || { stamp "a lane failed (exit $rc; see its log): run the part again to continue it"; exit "$rc"; }
+wait_lanes $a $b
 stamp "analyze.py sweep_dir=$OUT"
 OMP_NUM_THREADS=2 python analyze.py sweep_dir="$OUT"
 stamp "$part done in $(( ($(date +%s) - start) / 60 )) min"

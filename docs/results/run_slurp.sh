@@ -28,7 +28,7 @@ SLURP=${SLURP:-$(pwd)/../shared/data/slurp}
 OUT=${OUT:-multirun/slurp}/$part
 SEEDS=${SEEDS:-42}
 export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
-stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+source "$(dirname "$0")/lanes.sh"
 train() { python train.py -m continue_existing=true dataset.path="$SLURP" "$@"; }
 knockouts() {  # q's reads of the anchor in two windows, on every gold run of draw $1
   local run
@@ -57,10 +57,7 @@ lane 42 > "$OUT/draw42.log" 2>&1 &
 a=$!
 lane 7 > "$OUT/draw7.log" 2>&1 &
 b=$!
-rc=0  # wait for both lanes even when one fails, and report nothing from a part that did not finish
-wait $a || rc=$?
-wait $b || rc=$?
-[ "$rc" = 0 ] || { stamp "a lane failed (exit $rc; see its log): run the part again to continue it"; exit "$rc"; }
+wait_lanes $a $b
 if [ "$part" = tli ]; then
   stamp "analyze.py base model"
   OMP_NUM_THREADS=2 python analyze.py model=smollm2_135m dataset=slurp dataset.path="$SLURP" direction=tli \

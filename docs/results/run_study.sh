@@ -12,7 +12,7 @@ set -euo pipefail
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
 OUT=${OUT:-multirun/study}
 export WANDB_MODE=${WANDB_MODE:-offline}
-stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+source "$(dirname "$0")/lanes.sh"
 start=$(date +%s)
 for exp in real_tli real_wli real_kv; do
   stamp "train.py -m experiment=$exp"

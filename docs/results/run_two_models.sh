@@ -24,7 +24,7 @@ part=${1:?usage: run_two_models.sh tables|controls}
 SNIPS=${SNIPS:-$(pwd)/../shared/data/snips}
 OUT=${OUT:-multirun/two_models}/$part
 export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
-stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+source "$(dirname "$0")/lanes.sh"
 train() { python train.py -m continue_existing=true dataset.path="$SNIPS" "$@"; }
 windows() {  # windows of $2 layers over $1 layers, as a knockout.layers list
   local n=$1 w=$2 out="" a
@@ -60,10 +60,7 @@ lane smollm2_135m 30 5 > "$OUT/smollm2_135m.log" 2>&1 &
 a=$!
 lane gemma3_270m 18 3 > "$OUT/gemma3_270m.log" 2>&1 &
 b=$!
-rc=0  # wait for both lanes even when one fails, and report nothing from a part that did not finish
-wait $a || rc=$?
-wait $b || rc=$?
-[ "$rc" = 0 ] || { stamp "a lane failed (exit $rc; see its log): run the part again to continue it"; exit "$rc"; }
+wait_lanes $a $b
 sweep=$OUT
 [ "$part" = controls ] && sweep=$(dirname "$OUT")  # with the tables' runs: the gold reference
 stamp "analyze.py sweep_dir=$sweep"
