@@ -8,7 +8,10 @@
 #             the flow of the base model; the sweep report. 2026-12-06 on the 2-core AMD EPYC: the 4
 #             runs took about 2 h (before the shared prompt prefix); the knockouts (then 150 samples)
 #             did not fit and ran after them with 100, now the script's number
-#   controls  gold, shuffled and random entities -> scenario, 2 draws x seed 42 (6 runs)
+#   controls  Table 3 with its controls, paired, with a budget long enough to converge: text only, gold,
+#             shuffled and random entities -> scenario, at most 16 epochs (480 steps; the tli part's 8
+#             left 3 of 4 runs at the budget), 2 draws x seed 42 (8 runs; text only in draw<N>_none/,
+#             trained first so that an interrupted part has the Table 3 pairs first)
 #   wli       Table 2 (text only vs text + scenario -> entities), 2 draws x seed 42 (4 runs)
 #
 # From the repository root:
@@ -27,6 +30,7 @@ part=${1:?usage: run_slurp.sh tli|controls|wli}
 SLURP=${SLURP:-$(pwd)/../shared/data/slurp}
 OUT=${OUT:-multirun/slurp}/$part
 SEEDS=${SEEDS:-42}
+LONG=(trainer.max_epochs=16)  # the controls part's budget
 export WANDB_MODE=${WANDB_MODE:-offline} OMP_NUM_THREADS=1
 source "$(dirname "$0")/lanes.sh"
 train() { python train.py -m continue_existing=true dataset.path="$SLURP" "$@"; }
@@ -44,8 +48,11 @@ lane() {  # one data draw: lane <split_seed>
   case $part in
     tli) train experiment=converged_slurp_tli dataset.split_seed="$draw" seed="$SEEDS" hydra.sweep.dir="$OUT/draw$draw"
       knockouts "$draw" ;;
-    controls) train experiment=converged_slurp_tli dataset.split_seed="$draw" seed="$SEEDS" with_anchor=true \
-      anchor_kind=gold,shuffled,random hydra.sweep.dir="$OUT/draw$draw" ;;
+    controls)
+      train experiment=converged_slurp_tli dataset.split_seed="$draw" seed="$SEEDS" "${LONG[@]}" \
+        with_anchor=false hydra.sweep.dir="$OUT/draw${draw}_none"
+      train experiment=converged_slurp_tli dataset.split_seed="$draw" seed="$SEEDS" "${LONG[@]}" \
+        with_anchor=true anchor_kind=gold,shuffled,random hydra.sweep.dir="$OUT/draw$draw" ;;
     wli) train experiment=converged_slurp_wli dataset.split_seed="$draw" seed="$SEEDS" hydra.sweep.dir="$OUT/draw$draw" ;;
   esac
 }
