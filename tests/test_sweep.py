@@ -299,6 +299,27 @@ def test_expected_jobs_are_every_combination_of_params_and_command_line(tmp_path
     assert expected_jobs(_multirun(tmp_path / "i", {}, ["lr=interval(0,1)"])) is None  # no list of jobs
 
 
+def test_a_study_of_several_sub_sweeps_lists_each_ones_jobs_that_never_started(tmp_path):
+    """docs/results' scripts launch one sweep per data draw into sub-folders of a study; the jobs that
+    never started are found in each, and a sub-sweep's gap is not hidden by a run with the same
+    overrides in another sub-sweep."""
+    from mre.analysis.runs import Run
+
+    root = tmp_path / "study"
+    for draw in ("draw42", "draw7"):
+        _multirun(root / draw, {"with_anchor": "false,true"}, ["seed=1"])
+    _multirun(root / "draw42" / "analysis", {"x": "1,2"}, [])  # an analysis's own multirun: not jobs
+    ran = [
+        Run(root / "draw42" / "0", "draw42/0", None, {}, ["with_anchor=False", "seed=1"], None),
+        Run(root / "draw42" / "1", "draw42/1", None, {}, ["with_anchor=True", "seed=1"], None),
+        Run(root / "draw7" / "0", "draw7/0", None, {}, ["with_anchor=False", "seed=1"], None),
+    ]
+    assert never_started(root, ran) == ["draw7/: with_anchor=True seed=1"]
+    # draw7's text-only run does not stand in for draw42's; sub-sweeps in natural order (7 before 42)
+    gaps = ["draw7/: with_anchor=True seed=1", "draw42/: with_anchor=False seed=1"]
+    assert never_started(root, ran[1:]) == gaps
+
+
 # --------------------------------------------------------------------------------------------------
 # data draws, collapsed runs and learning curves
 # --------------------------------------------------------------------------------------------------

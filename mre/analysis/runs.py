@@ -3,9 +3,10 @@
 Runs are found as every directory below ``sweep_dir`` that holds ``.hydra/config.yaml`` (the
 ``analysis/`` output is skipped). A run is *finished* when it wrote ``metrics.json``; the others
 (failed, killed, still running) are listed and left out of the tables. With Hydra's basic sweeper the
-jobs a sweep was meant to run are rebuilt from ``multirun.yaml`` (``hydra.sweeper.params`` plus the
-command-line sweep, parsed by Hydra's public override parser), so jobs that never started (a sweep
-stops at its first failed job) are listed too.
+jobs a sweep was meant to run are rebuilt from each ``multirun.yaml`` below ``sweep_dir``
+(``hydra.sweeper.params`` plus the command-line sweep, parsed by Hydra's public override parser; a
+study may be several sweeps in sub-folders), so jobs that never started (a sweep stops at its first
+failed job) are listed too.
 """
 
 from __future__ import annotations
@@ -314,9 +315,17 @@ def expected_jobs(sweep_dir: str | Path) -> list[list[str]] | None:
 
 
 def never_started(sweep_dir: str | Path, runs: list[Run]) -> list[str]:
-    """The jobs of the sweep that left no run directory, as their override lists."""
-    jobs = expected_jobs(sweep_dir)
-    if not jobs:
-        return []
-    present = {frozenset(r.overrides) for r in runs}
-    return [" ".join(j) for j in jobs if frozenset(j) not in present]
+    """The jobs that left no run directory, as their override lists, from every multirun below
+    sweep_dir: a study launched as several sweeps into sub-folders (one per data draw or seed, as
+    docs/results' scripts do) is read as one. A sub-folder's jobs are prefixed with its path and
+    matched only against the runs inside it, so two sub-sweeps with the same jobs do not hide each
+    other's gaps."""
+    root = Path(sweep_dir)
+    multiruns = sorted(root.rglob(MULTIRUN), key=lambda p: _natural_path(p.relative_to(root)))
+    out: list[str] = []
+    for sub in (m.parent for m in multiruns if ANALYSIS.name not in m.relative_to(root).parts):
+        jobs = expected_jobs(sub) or []
+        present = {frozenset(r.overrides) for r in runs if r.path.is_relative_to(sub)}
+        where = "" if sub == root else f"{sub.relative_to(root).as_posix()}/: "
+        out += [where + " ".join(j) for j in jobs if frozenset(j) not in present]
+    return out
