@@ -8,7 +8,8 @@
 #             on the 2-core AMD EPYC: 101 min for gold and shuffled, 31 min for text only
 #   wli       Table 2 at convergence (text only, text + intent): 8 runs, 116 min (2026-12-06/07, AMD EPYC)
 #   curve     learning curve of Table 3 at convergence (60, 240, 480 texts x 2 settings x 2 seeds, one
-#             draw; every run up to 240 steps, dev checks every 15)
+#             draw; every run up to 240 steps, dev checks every 15): 12 runs, about 100 min (2026-12-07,
+#             AMD EPYC, over two sessions)
 #   all       controls, wli and curve in turn (tli is contained in controls), each skipping what is done
 #
 # From the repository root:
