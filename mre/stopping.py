@@ -8,14 +8,22 @@ epochs at the majority level); with the latch such a run stops at the minimum ho
 `EarlyStopFloor` withdraws a stop that a stopper decided before the minimum, so each check decides
 afresh from the stopper's own patience count: a run whose metric never improved stops at the first
 check past the minimum, one that improved within its last `patience` checks trains on.
+
+A fixed minimum is a guess at when a run starts to learn, and on SLURP it was wrong both ways: one
+text-only run left the majority level at step 134, another had not after 120 (docs/results).
+`EarlyStoppingAfterLearning` waits for the run itself instead: no early stop while the dev F1 has never
+risen above the dev majority baseline (`val/majority_f1`); the budget still ends a run that never
+learns, which the report then marks as collapsed.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 log = logging.getLogger(__name__)
 
@@ -55,3 +63,55 @@ class EarlyStopFloor(L.Callback):
                 trainer.fit_loop.min_epochs,
                 trainer.fit_loop.min_steps,
             )
+
+
+class EarlyStoppingAfterLearning(EarlyStopping):
+    """Lightning's `EarlyStopping` that does not stop a run whose monitored dev score has never risen
+    above the baseline the module logs beside it (`val/f1` over `val/majority_f1`: the run has not yet
+    learned more than the most frequent answer). Patience counts as usual; a stop it asks for before
+    the run has learned is taken back, and the first check above the baseline is an improvement that
+    resets the count. Whether the run has learned is kept in its checkpoints, with the stopper's own
+    state. A subclass rather than a second callback: Lightning calls stoppers after the other callbacks
+    at an epoch's end, so only a stopper sees its own decision in time to take it back."""
+
+    def __init__(self, *args: Any, baseline: str = "val/majority_f1", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.baseline = baseline
+        self.learned = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stopping = trainer.should_stop
+        super().on_validation_end(trainer, pl_module)
+        self._hold(trainer, stopping)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stopping = trainer.should_stop
+        super().on_train_epoch_end(trainer, pl_module)
+        self._hold(trainer, stopping)
+
+    def _hold(self, trainer: L.Trainer, stopping_before: bool) -> None:
+        if trainer.sanity_checking:
+            return
+        score, base = trainer.callback_metrics.get(self.monitor), trainer.callback_metrics.get(self.baseline)
+        if score is not None and base is not None and float(score) > float(base):
+            self.learned = True
+        if self.learned or stopping_before or not trainer.should_stop:
+            return
+        trainer.should_stop = False
+        self.stopped_epoch = 0
+        self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+        self.stopping_reason_message = None
+        log.info(
+            "%s has not improved for %d checks, but it has never risen above %s: training goes on until "
+            "it does (then patience decides) or the budget ends",
+            self.monitor,
+            self.wait_count,
+            self.baseline,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "learned": self.learned}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.learned = bool(state_dict.get("learned", False))

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
 from mre.ending import Ending, Reason, fit_ending
-from mre.stopping import EarlyStopFloor
+from mre.stopping import EarlyStopFloor, EarlyStoppingAfterLearning
 
 # dev scores by epoch: no gain in epochs 1-2 (patience 2 runs out at epoch 2), then gains up to epoch 5
 SCORES = [0.5, 0.4, 0.3, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8]
@@ -131,3 +131,62 @@ def test_a_stop_inside_the_last_epoch_is_early_stopping_not_the_budget(tmp_path)
     assert (out.reason, out.epoch, out.global_step) == (Reason.early_stopping, 1, 6)
     full = _ending(ScoreByCheck(), tmp_path, [], max_epochs=2, val_check_interval=0.5, data=data)
     assert (full.reason, full.global_step) == (Reason.budget, 8)
+
+
+# dev scores by epoch against a majority baseline of 0.2: at the baseline for epochs 0-4, learning from 5
+LATE = [0.2, 0.2, 0.2, 0.2, 0.2, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8]
+
+
+class LateLearner(ScriptedScore):
+    """Logs `val/f1` from `scores` (one per epoch) beside a dev majority baseline of 0.2."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/f1", self.scores[self.current_epoch])
+        self.log("val/majority_f1", 0.2)
+
+
+def _late_ending(scores: list[float], stopper: EarlyStopping, tmp_path) -> Ending:
+    return _ending(LateLearner(scores), tmp_path, [stopper], max_epochs=len(scores))
+
+
+def _after_learning() -> EarlyStoppingAfterLearning:
+    return EarlyStoppingAfterLearning(monitor="val/f1", mode="max", patience=2)
+
+
+def test_no_early_stop_before_the_dev_score_has_left_the_majority_baseline(tmp_path):
+    """Lightning's stopper (patience 2) stops the run at the majority level (epochs 1-2 bring no
+    gain), before it learns; this one lets it train until it learns at epoch 5, and patience then stops
+    it after two checks without a gain (epochs 8-9). A run that never learns trains its budget."""
+    plain = _late_ending(LATE, EarlyStopping(monitor="val/f1", mode="max", patience=2), tmp_path)
+    assert (plain.reason, plain.epoch) == (Reason.early_stopping, 2)
+    stopper = _after_learning()
+    held = _late_ending(LATE, stopper, tmp_path)
+    assert (held.reason, held.epoch) == (Reason.early_stopping, 9) and stopper.learned
+    assert "did not improve for 2 validation checks" in held.detail
+    never = _after_learning()
+    flat = _late_ending([0.2] * 6, never, tmp_path)
+    assert (flat.reason, flat.epoch) == (Reason.budget, 6) and not never.learned
+
+
+def test_whether_the_run_has_learned_is_kept_in_its_checkpoint(tmp_path):
+    """A run resumed after it learned does not wait for learning again: the state goes into the
+    checkpoint with the stopper's own."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    data = torch.utils.data.DataLoader(torch.ones(4, 1), batch_size=2)
+    stopper = _after_learning()
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = L.Trainer(
+        max_epochs=7, callbacks=[stopper, ckpt], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(LateLearner(LATE), data, data)
+    assert stopper.learned
+    fresh = _after_learning()
+    state = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    fresh.load_state_dict(state[fresh.state_key])
+    assert fresh.learned and fresh.wait_count == stopper.wait_count

@@ -11,7 +11,9 @@
 #   controls  Table 3 with its controls, paired, with a budget long enough to converge: text only, gold,
 #             shuffled and random entities -> scenario, at most 16 epochs (480 steps; the tli part's 8
 #             left 3 of 4 runs at the budget), 2 draws x seed 42 (8 runs; text only in draw<N>_none/,
-#             trained first so that an interrupted part has the Table 3 pairs first)
+#             trained first so that an interrupted part has the Table 3 pairs first); no early stop
+#             before a run's dev F1 has left the majority level (EarlyStoppingAfterLearning, added to
+#             converged_slurp_tli after a first attempt stopped a text-only run there at step 120)
 #   wli       Table 2 (text only vs text + scenario -> entities), 2 draws x seed 42 (4 runs)
 #
 # From the repository root:
@@ -20,8 +22,9 @@
 #   SLURP=/path/to/slurp bash docs/results/run_slurp.sh tli      # default: ../shared/data/slurp
 #   SEEDS=42,1 bash docs/results/run_slurp.sh tli                 # more seeds, where time allows
 #
-# A converged SLURP run takes 120-240 steps at about 15 s a step (one thread, two lanes side by side):
-# 30-60 minutes, so one seed per draw is what fits a session. Two lanes run side by side with one
+# A converged SLURP run takes 120-480 steps, at about 15 s a step before the shared prompt prefix and
+# about 5 s after it (one thread, two lanes side by side; 2026-12-07, text only, dev checks included):
+# 10-40 minutes, so one seed per draw is what fits a session. Two lanes run side by side with one
 # thread each, one per data draw. Every training command has continue_existing=true and every
 # knockout resumes its own sample file: run the same part again after an interruption and it goes on
 # where it stopped. Writes multirun/slurp/<part>/.
