@@ -170,6 +170,11 @@ def test_no_early_stop_before_the_dev_score_has_left_the_majority_baseline(tmp_p
     never = _after_learning()
     flat = _late_ending([0.2] * 6, never, tmp_path)
     assert (flat.reason, flat.epoch) == (Reason.budget, 6) and not never.learned
+    # one more right answer than the majority is not learning (margin 0.05); with no margin it is
+    blip = [0.2, 0.2, 0.21, 0.2, 0.2, 0.2]
+    assert _late_ending(blip, _after_learning(), tmp_path).reason is Reason.budget
+    strict = EarlyStoppingAfterLearning(monitor="val/f1", mode="max", patience=2, margin=0.0)
+    assert (_late_ending(blip, strict, tmp_path).reason, strict.learned) == (Reason.early_stopping, True)
 
 
 def test_whether_the_run_has_learned_is_kept_in_its_checkpoint(tmp_path):
