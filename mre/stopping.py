@@ -67,13 +67,13 @@ class EarlyStopFloor(L.Callback):
 
 class EarlyStoppingAfterLearning(EarlyStopping):
     """Lightning's `EarlyStopping` that does not stop a run whose monitored dev score has never risen
-    above the baseline the module logs beside it (`val/f1` over `val/majority_f1`: the run has not yet
-    learned more than the most frequent answer) by more than `margin`. Patience counts as usual; a stop
-    it asks for before
-    the run has learned is taken back, and the first check above the baseline is an improvement that
-    resets the count. Whether the run has learned is kept in its checkpoints, with the stopper's own
-    state. A subclass rather than a second callback: Lightning calls stoppers after the other callbacks
-    at an epoch's end, so only a stopper sees its own decision in time to take it back.
+    above the baseline the module logs beside it by more than `margin` (`val/f1` over
+    `val/majority_f1`: the run has not yet learned more than the most frequent answer). Patience counts
+    as usual; a stop it asks for before the run has learned is taken back, and the first check above
+    baseline + margin is an improvement that resets the count. Whether the run has learned is kept in
+    its checkpoints, with the stopper's own state. A subclass rather than a second callback: Lightning
+    calls stoppers after the other callbacks at an epoch's end, so only a stopper sees its own decision
+    in time to take it back.
 
     Why a margin: a run that gives the most frequent answer to every dev text but one, and gets that
     one right, is already above the baseline (a SLURP run stopped so, at dev F1 0.0164 against 0.0161,
@@ -113,11 +113,12 @@ class EarlyStoppingAfterLearning(EarlyStopping):
         self.stopping_reason = EarlyStoppingReason.NOT_STOPPED
         self.stopping_reason_message = None
         log.info(
-            "%s has not improved for %d checks, but it has never risen above %s: training goes on until "
-            "it does (then patience decides) or the budget ends",
+            "%s has not improved for %d checks, but it has never risen above %s + %g: training goes on "
+            "until it does (then patience decides) or the budget ends",
             self.monitor,
             self.wait_count,
             self.baseline,
+            self.margin,
         )
 
     def state_dict(self) -> dict[str, Any]:
