@@ -69,11 +69,11 @@ class EarlyStoppingAfterLearning(EarlyStopping):
     """Lightning's `EarlyStopping` that does not stop a run whose monitored dev score has never risen
     above the baseline the module logs beside it by more than `margin` (`val/f1` over
     `val/majority_f1`: the run has not yet learned more than the most frequent answer). Patience counts
-    as usual; a stop it asks for before the run has learned is taken back, and the first check above
-    baseline + margin is an improvement that resets the count. Whether the run has learned is kept in
-    its checkpoints, with the stopper's own state. A subclass rather than a second callback: Lightning
-    calls stoppers after the other callbacks at an epoch's end, so only a stopper sees its own decision
-    in time to take it back.
+    as usual; a patience stop before the run has learned is taken back (a non-finite score or a
+    threshold still stops it), and the first check above baseline + margin is an improvement that
+    resets the count. Whether the run has learned is kept in its checkpoints, with the stopper's own
+    state. A subclass rather than a second callback: Lightning calls stoppers after the other callbacks
+    at an epoch's end, so only a stopper sees its own decision in time to take it back.
 
     Why a margin: a run that gives the most frequent answer to every dev text but one, and gets that
     one right, is already above the baseline (a SLURP run stopped so, at dev F1 0.0164 against 0.0161,
@@ -106,7 +106,8 @@ class EarlyStoppingAfterLearning(EarlyStopping):
         score, base = trainer.callback_metrics.get(self.monitor), trainer.callback_metrics.get(self.baseline)
         if score is not None and base is not None and float(score) > float(base) + self.margin:
             self.learned = True
-        if self.learned or stopping_before or not trainer.should_stop:
+        patience_stop = self.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED
+        if self.learned or stopping_before or not trainer.should_stop or not patience_stop:
             return
         trainer.should_stop = False
         self.stopped_epoch = 0

@@ -175,6 +175,9 @@ def test_no_early_stop_before_the_dev_score_has_left_the_majority_baseline(tmp_p
     assert _late_ending(blip, _after_learning(), tmp_path).reason is Reason.budget
     strict = EarlyStoppingAfterLearning(monitor="val/f1", mode="max", patience=2, margin=0.0)
     assert (_late_ending(blip, strict, tmp_path).reason, strict.learned) == (Reason.early_stopping, True)
+    # only patience waits for learning: a non-finite dev score stops the run at once
+    broken = _late_ending([0.2, float("nan"), 0.2, 0.2], _after_learning(), tmp_path)
+    assert (broken.reason, broken.epoch) == (Reason.early_stopping, 1) and "finite" in broken.detail
 
 
 def test_whether_the_run_has_learned_is_kept_in_its_checkpoint(tmp_path):
