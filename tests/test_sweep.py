@@ -266,10 +266,11 @@ def test_rows_with_missing_and_refused_runs_read_back_equal(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _multirun(root: Path, params: dict[str, str], task: list[str]) -> Path:
+def _multirun(root: Path, params: dict[str, str], task: list[str], job: str = "train") -> Path:
     root.mkdir(parents=True)
     conf = {
         "hydra": {
+            "job": {"name": job},
             "sweeper": {
                 "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
                 "params": params,
@@ -309,6 +310,7 @@ def test_a_study_of_several_sub_sweeps_lists_each_ones_jobs_that_never_started(t
     for draw in ("draw42", "draw7"):
         _multirun(root / draw, {"with_anchor": "false,true"}, ["seed=1"])
     _multirun(root / "draw42" / "analysis", {"x": "1,2"}, [])  # an analysis's own multirun: not jobs
+    _multirun(root / "draw7" / "layers", {"x": "1,2"}, [], job="analyze")  # analyze.py -m, elsewhere
     ran = [
         Run(root / "draw42" / "0", "draw42/0", None, {}, ["with_anchor=False", "seed=1"], None),
         Run(root / "draw42" / "1", "draw42/1", None, {}, ["with_anchor=True", "seed=1"], None),

@@ -249,12 +249,12 @@ def _natural_path(path: Path) -> list[tuple[int, int | str]]:
     return [(0, int(t)) if t.isdigit() else (1, t) for t in re.split(r"(\d+)", str(path)) if t]
 
 
-def _analysis_output(run_dir: Path, root: Path) -> bool:
-    """A directory analyze.py wrote (it has a .hydra/ too): below an `analysis/` folder, or any folder
-    whose Hydra job was `analyze` (`output_dir=<run>/analysis_layers`)."""
-    if ANALYSIS.name in run_dir.relative_to(root).parts:
+def _analysis_output(folder: Path, root: Path, hydra_yaml: Path) -> bool:
+    """A folder analyze.py wrote (it has Hydra's files too, a run's `.hydra/hydra.yaml` or a sweep's
+    `multirun.yaml`): below an `analysis/` folder, or any folder whose Hydra job was `analyze`
+    (`output_dir=<run>/analysis_layers`, `analyze.py -m` into a study's folder)."""
+    if ANALYSIS.name in folder.relative_to(root).parts:
         return True
-    hydra_yaml = run_dir / ".hydra" / "hydra.yaml"
     return hydra_yaml.exists() and OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.name") == "analyze"
 
 
@@ -268,7 +268,7 @@ def discover_runs(sweep_dir: str | Path) -> list[Run]:
     found = sorted(root.rglob(".hydra/config.yaml"), key=lambda p: _natural_path(p.relative_to(root)))
     for cfg_path in found:
         run_dir = cfg_path.parent.parent
-        if not _analysis_output(run_dir, root):
+        if not _analysis_output(run_dir, root, run_dir / ".hydra" / "hydra.yaml"):
             runs.append(read_run(run_dir, root))
     for i, r in enumerate(runs):
         r.index = i
@@ -323,7 +323,7 @@ def never_started(sweep_dir: str | Path, runs: list[Run]) -> list[str]:
     root = Path(sweep_dir)
     multiruns = sorted(root.rglob(MULTIRUN), key=lambda p: _natural_path(p.relative_to(root)))
     out: list[str] = []
-    for sub in (m.parent for m in multiruns if ANALYSIS.name not in m.relative_to(root).parts):
+    for sub in (m.parent for m in multiruns if not _analysis_output(m.parent, root, m)):
         jobs = expected_jobs(sub) or []
         present = {frozenset(r.overrides) for r in runs if r.path.is_relative_to(sub)}
         where = "" if sub == root else f"{sub.relative_to(root).as_posix()}/: "
