@@ -27,6 +27,16 @@ from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
 log = logging.getLogger(__name__)
 
+LEARNING_MARGIN = 0.05  # see EarlyStoppingAfterLearning: about three right answers on SLURP's dev split
+
+
+def above_majority(score: float, baseline: float, margin: float = LEARNING_MARGIN) -> bool:
+    """Whether a dev score shows that a run has learned more than the most frequent answer: above the
+    majority baseline by more than `margin`. One definition for the stopper and the sweep report (the
+    dev path's "above majority from step", the collapse mark), so a run the stopper let stop is never
+    one the report calls collapsed on its dev checks, and the other way round."""
+    return score > baseline + margin
+
 
 def minimum_reached(trainer: L.Trainer) -> bool:
     """True when the trainer may stop early: its minimum epochs (counting the current one when this is
@@ -83,7 +93,7 @@ class EarlyStoppingAfterLearning(EarlyStopping):
     three such answers on SLURP."""
 
     def __init__(
-        self, *args: Any, baseline: str = "val/majority_f1", margin: float = 0.05, **kwargs: Any
+        self, *args: Any, baseline: str = "val/majority_f1", margin: float = LEARNING_MARGIN, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
         self.baseline = baseline
@@ -104,7 +114,7 @@ class EarlyStoppingAfterLearning(EarlyStopping):
         if trainer.sanity_checking:
             return
         score, base = trainer.callback_metrics.get(self.monitor), trainer.callback_metrics.get(self.baseline)
-        if score is not None and base is not None and float(score) > float(base) + self.margin:
+        if score is not None and base is not None and above_majority(float(score), float(base), self.margin):
             self.learned = True
         patience_stop = self.stopping_reason is EarlyStoppingReason.PATIENCE_EXHAUSTED
         if self.learned or stopping_before or not trainer.should_stop or not patience_stop:

@@ -438,6 +438,7 @@ def test_each_runs_dev_f1_path_is_shown_and_summarised(tmp_path):
     logged twice: the later value counts) and logged the baseline on rows of its own. A run that
     validated once has no path. The per-run summary, the CSV (read back equal) and the figure."""
     from mre.analysis.dev_curves import DevCurves
+    from mre.analysis.report import collapsed_runs
 
     root = tmp_path / "dev"
     _sweep(root, [(0.6, ("with_anchor=False",), 42), (0.8, ("with_anchor=True",), 42),
@@ -447,10 +448,11 @@ def test_each_runs_dev_f1_path_is_shown_and_summarised(tmp_path):
     _dev_log(runs[1], ["0,9,0.40,", "0,9,,0.05", "0,19,0.10,0.05", "0,19,0.80,0.05", "1,29,0.80,0.05",
                        "1,39,0.70,0.05"])  # fmt: skip
     _dev_log(runs[2], ["0,9,0.30,0.05"])
+    _dev_log(runs[3], ["0,9,0.06,0.05", "0,19,0.09,0.05"])  # above the baseline by < 0.05: not learning
     Ending(Reason.early_stopping, 1, 40, "stopped early").write(runs[1] / "ending.json")
     res = analyze_sweep(root)
-    text_only, anchored = res.dev.paths()
-    assert (text_only.run, anchored.run) == (runs[0].name, runs[1].name)
+    text_only, anchored, blip = res.dev.paths()
+    assert (text_only.run, anchored.run, blip.run) == (runs[0].name, runs[1].name, runs[3].name)
     assert (text_only.setting, anchored.setting) == ("text -> TLI", "text + WLI -> TLI")
     assert (text_only.checks, text_only.left_majority_step, text_only.near_best_step) == (4, 29, 39)
     assert (text_only.best_f1, text_only.best_step) == (0.60, 39)
@@ -461,13 +463,16 @@ def test_each_runs_dev_f1_path_is_shown_and_summarised(tmp_path):
         0.70,
         39,
     )
+    assert (blip.left_majority_step, blip.near_best_step, blip.best_step) == (None, None, 19)
+    assert collapsed_runs(res) == {runs[3].name}  # the report's collapse mark agrees: dev never learned
     out = root / "analysis"
-    assert DevCurves.read(out) == res.dev and len(read_csv(out / "dev_curves.csv")) == 8
+    assert DevCurves.read(out) == res.dev and len(read_csv(out / "dev_curves.csv")) == 10
     png = out / "dev_curves.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "## Training: dev F1 at each check" in report
     assert "| 4 | 9 | 19 | 0.8000 (19) | 0.7000 (39) | early stopping, step 40 |" in report
+    assert "| 2 | never | — | 0.0900 (19) | 0.0900 (19) |" in report
     _assert_reads_back(res, out)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mre.analysis.runs import DevCheck, Run
 from mre.results import write_stream_csv
+from mre.stopping import above_majority
 
 FILE = "dev_curves.csv"
 PANEL_KEYS = ("dataset.name", "direction.name")  # always in a panel's title
@@ -49,7 +50,7 @@ class RunPath:
     setting: str
     checks: int
     left_majority_step: int | None  # the first check above the dev majority baseline (None: never)
-    near_best_step: int  # the first check at NEAR_BEST of the best dev F1: when the run had learned
+    near_best_step: int | None  # the first check at NEAR_BEST of the best dev F1 (None: never learned)
     best_f1: float
     best_step: int  # the first check at the best dev F1: the checkpoint a run trained to convergence tests
     last_f1: float
@@ -98,9 +99,10 @@ def _point(line: dict[str, str]) -> DevPoint:
 def run_path(points: list[DevPoint]) -> RunPath:
     """The summary of one run's checks (`points`, by step)."""
     first = points[0]
-    above = [p.step for p in points if p.majority_f1 is not None and p.f1 > p.majority_f1]
+    above = [p.step for p in points if p.majority_f1 is not None and above_majority(p.f1, p.majority_f1)]
     best = max(points, key=lambda p: p.f1)  # max keeps the first of equal values
-    near = next(p.step for p in points if p.f1 >= NEAR_BEST * best.f1)
+    never = not above and any(p.majority_f1 is not None for p in points)  # 90% of noise is no step
+    near = None if never else next(p.step for p in points if p.f1 >= NEAR_BEST * best.f1)
     last = points[-1]
     return RunPath(
         first.run, first.panel, first.setting, len(points), above[0] if above else None, near, best.f1,

@@ -37,6 +37,7 @@ from mre.flow.plots import (
 )
 from mre.setting import Direction
 from mre.stats import p_text
+from mre.stopping import LEARNING_MARGIN
 
 # --------------------------------------------------------------------------------------------------
 # formatting
@@ -265,9 +266,10 @@ def dev_markdown(res: SweepResult, curves: DevCurves) -> str:
     ]
     for p in curves.paths():
         left = "never" if p.left_majority_step is None else str(p.left_majority_step)
+        near = "—" if p.near_best_step is None else str(p.near_best_step)
         lines.append(
             f"| [{_cell(_short(p.run))}](<../{p.run}/>) | {_cell(p.panel)} | {_cell(p.setting)} | {p.checks} "
-            f"| {left} | {p.near_best_step} | {p.best_f1:.4f} ({p.best_step}) "
+            f"| {left} | {near} | {p.best_f1:.4f} ({p.best_step}) "
             f"| {p.last_f1:.4f} ({p.last_step}) | {_ending_text(res.run(p.run))} |"
         )
     return "\n".join(lines)
@@ -415,9 +417,9 @@ STATS_NOTE = (
     'as 0; — where the design cannot estimate it: one draw, or one seed per draw). "draws disagree in '
     "sign\": one draw's Δ is above 0 and another's below. Majority F1: the F1 of answering the most "
     "frequent gold answer for every test text; a run collapsed when it gave one answer to at least "
-    "{share:.0%} of the test texts or its dev F1 never rose above the dev majority baseline (⚠ k/n: k "
-    'of the n compared runs); a row whose runs all collapsed on both sides is not compared ("both '
-    "collapsed\"). F1 is recomputed from each run's `predictions.jsonl` ({metric})."
+    "{share:.0%} of the test texts or its dev F1 never rose above the dev majority baseline by more "
+    "than {margin} (⚠ k/n: k of the n compared runs); a row whose runs all collapsed on both sides is "
+    'not compared ("both collapsed"). F1 is recomputed from each run\'s `predictions.jsonl` ({metric}).'
 )
 FEW_POINTS = "too few points: the interval says little (a resample of n points holds at most n distinct)"
 
@@ -592,6 +594,7 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
                 n_boot=res.n_boot,
                 n_perm=res.n_perm,
                 share=res.collapse_share,
+                margin=LEARNING_MARGIN,
                 metric=_metric_text(s.kind),
             ),
             "Files: "
@@ -624,9 +627,11 @@ def report_markdown(res: SweepResult, figures: dict[str, Path], gain_png: Path |
             "Every finished run that validated at least twice, from its own log (`csv/metrics.csv`): its "
             "dev F1 at each check against the global step, one colour per setting, the dev majority "
             "baseline dashed (one line per dev split). Above majority from: the first check whose dev F1 "
-            "beat that baseline (never: the run did not learn beyond answering the most frequent label); "
-            f"{NEAR_BEST:.0%} of best from: the first check at that share of the run's best dev F1, when it "
-            "had learned most of what it would; best: the first check at the highest dev F1, the checkpoint "
+            f"beat that baseline by more than {LEARNING_MARGIN} (never: the run did not learn beyond "
+            "answering the most frequent label; the margin is the early stopper's, a few right answers, so "
+            f"that one lucky answer is not learning); {NEAR_BEST:.0%} of best from: the first check at "
+            "that share of the run's best dev F1, when it had learned most of what it would (— for a run "
+            "that never learned); best: the first check at the highest dev F1, the checkpoint "
             f"that a run trained with early stopping is tested at. Points: [{DEV_CSV}]({DEV_CSV}).",
             "",
             dev_markdown(res, res.dev),

@@ -31,6 +31,7 @@ from mre.flow.files import read_layers
 from mre.rundir import ANALYSIS, CHECKPOINTS, CSV_METRICS, ENDING, FLOW, METRICS, OVERRIDES
 from mre.setting import Setting
 from mre.stats import LayerStats
+from mre.stopping import above_majority
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,10 @@ class Run:
 
     @cached_property
     def dev_below_majority(self) -> bool | None:
-        """True when no validation of the run reached a dev F1 above the dev majority baseline
-        (`val/f1` against `val/majority_f1` in csv/metrics.csv); None when the run logged neither."""
+        """True when no validation of the run reached a dev F1 above the dev majority baseline by the
+        learning margin (`val/f1` against `val/majority_f1` in csv/metrics.csv, `mre.stopping.
+        above_majority`): the run never learned more than the most frequent answer; None when the run
+        logged neither."""
         return dev_below_majority(self.dev_checks)
 
     @cached_property
@@ -152,7 +155,7 @@ def dev_below_majority(checks: list[DevCheck]) -> bool | None:
     baselines = [c.majority_f1 for c in checks if c.majority_f1 is not None]
     if not checks or not baselines:
         return None
-    return max(c.f1 for c in checks) <= max(baselines)
+    return not above_majority(max(c.f1 for c in checks), max(baselines))
 
 
 def run_flow(run: Run) -> RunFlow | None:
