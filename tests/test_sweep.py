@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 
 from mre.analysis.flow_gain import FlowGain
 from mre.analysis.known_answer import KnownAnswer
+from mre.analysis.report import flow_panels
 from mre.analysis.runs import expected_jobs, never_started
 from mre.analysis.studies import STUDIES
 from mre.analysis.sweep_result import SweepResult
@@ -358,6 +359,9 @@ def test_data_draws_are_one_row_with_three_level_statistics(tmp_path):
     report = (root / "analysis" / "report.md").read_text()
     assert "draws disagree in sign" in report and "variance of Δ: draw / seed / test" in report
     assert read_csv(root / "analysis" / "table3_tli.csv")[0]["draws_disagree"] == "True"
+    # the flow panel names the draw of the run it shows: two draws share seed 1
+    (title, _), *more = flow_panels(res, t)
+    assert title.split("\n")[1].startswith("Text + WLI (draw 1, seed 1, F1 ") and not more
     _assert_reads_back(res, root / "analysis")
 
 

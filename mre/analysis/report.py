@@ -36,7 +36,7 @@ from mre.flow.plots import (
     plot_learning_curve,
 )
 from mre.setting import Direction
-from mre.stats import p_text
+from mre.stats import LayerStats, p_text
 from mre.stopping import LEARNING_MARGIN
 
 # --------------------------------------------------------------------------------------------------
@@ -158,8 +158,18 @@ def _row_title(t: SweepTable, row: RowResult) -> str:
 
 
 def plot_flow_grid(res: SweepResult, t: SweepTable, path: Path) -> Path | None:
+    """The flow grid of a study's table (`flow_panels`); None when no row has flow."""
+    study = STUDIES[t.study]
+    panels = flow_panels(res, t)
+    if not panels:
+        return None
+    return plot_grid(panels, path, f"information flow, {study.label_b} ({study.kind.upper()} output)")
+
+
+def flow_panels(res: SweepResult, t: SweepTable) -> list[tuple[str, dict[str, LayerStats]]]:
     """One panel per row (data set and varying settings): the flow curves of the row's first seed
-    whose with-anchor run has flow (the other seeds' curves are in their own run directories)."""
+    whose with-anchor run has flow (the other seeds' and draws' curves are in their own run
+    directories); the title names that run's data draw when the row has several."""
     study = STUDIES[t.study]
     panels = []
     for row in t.rows:
@@ -175,11 +185,10 @@ def plot_flow_grid(res: SweepResult, t: SweepTable, path: Path) -> Path | None:
             continue
         x, flow = found
         f1 = f", F1 {x.f1_b:.3f}" if x.f1_b is not None else ""
-        seed = f" (seed {x.seed}{f1})" if len(row.seeds) > 1 else f1.replace(", ", " ")
+        draw = f"draw {x.draw}, " if len({s.draw for s in row.seeds}) > 1 else ""
+        seed = f" ({draw}seed {x.seed}{f1})" if len(row.seeds) > 1 else f1.replace(", ", " ")
         panels.append((f"{_row_title(t, row)}\n{study.label_b}{seed}", flow.layers))
-    if not panels:
-        return None
-    return plot_grid(panels, path, f"information flow, {study.label_b} ({study.kind.upper()} output)")
+    return panels
 
 
 def plot_gain(fg: FlowGain, path: Path) -> Path:
