@@ -14,8 +14,10 @@
 #             trained first so that an interrupted part has the Table 3 pairs first); no early stop
 #             before a run's dev F1 has left the majority level (EarlyStoppingAfterLearning, added to
 #             converged_slurp_tli after a first attempt stopped a text-only run there at step 120)
+#             2026-12-07 on the 2-core AMD EPYC: about 2.5 h of two lanes over two sessions
 #   wli       Table 2 (text only vs text + scenario -> entities), 2 draws x seed 42 (4 runs), 100 dev
 #             texts, the same stopper as controls
+#             2026-12-07: 25-40 min a run, one lane per draw
 #
 # From the repository root:
 #
